@@ -1,0 +1,66 @@
+"""Build entrypoint of the breast_cancer demo model.
+
+Trains a scaled logistic regression on scikit-learn's bundled Wisconsin breast cancer
+data (nothing is downloaded). Contract: see ``model_delivery.build``.
+
+    python train.py --output-dir OUT [--params '{"C": 1.0}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import joblib
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--params", default="{}", help="JSON hyper-parameters from model.yaml build.params")
+    args = parser.parse_args()
+    params = json.loads(args.params)
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame  # 30 numeric features + "target" (0 = malignant, 1 = benign)
+    features = list(data.feature_names)
+    train, evaluation = train_test_split(
+        frame, test_size=float(params.get("test_size", 0.25)), random_state=int(params.get("seed", 7)),
+        stratify=frame["target"],
+    )
+    model = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=float(params.get("C", 1.0)), max_iter=int(params.get("max_iter", 1000))),
+    )
+    model.fit(train[features].to_numpy(), train["target"].to_numpy())
+
+    out_model = args.output_dir / "model"
+    out_data = args.output_dir / "data"
+    out_model.mkdir(parents=True, exist_ok=True)
+    out_data.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out_model / "model.joblib")
+    serving = {
+        "name": "breast_cancer",
+        "flavor": "sklearn",
+        "model_file": "model.joblib",
+        "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, len(features)], "columns": features}],
+        "outputs": [
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+        ],
+        "labels": [str(n) for n in data.target_names],
+    }
+    (out_model / "serving.json").write_text(json.dumps(serving, indent=2, sort_keys=True))
+    train.to_csv(out_data / "train.csv", index=False)
+    evaluation.to_csv(out_data / "eval.csv", index=False)
+    print(f"trained on {len(train)} rows, {len(evaluation)} held out for evaluation")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""``python -m model_server``: verify an artifact, then serve it over HTTP.
+
+The artifact is verified against the expected digest before anything else happens: on a
+mismatch the error goes to stderr and the process exits with code 3 without binding the port.
+
+Exit codes:
+
+* 0 -- stopped by SIGTERM after a graceful shutdown (130 for SIGINT);
+* 1 -- could not serve, for example the port is in use (uvicorn's own exit code 3 is mapped to 1);
+* 2 -- bad arguments, including a malformed ``--digest``;
+* 3 -- artifact integrity failure: the files do not match the manifest or the expected digest;
+* 4 -- unusable artifact: ``serving.json`` invalid, wrong model name, or the model fails to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from model_server.manifest import ArtifactIntegrityError, parse_digest, verify_directory
+
+EXIT_FAILURE = 1
+EXIT_INTEGRITY = 3
+EXIT_UNUSABLE = 4
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m model_server",
+        description="Verify a model artifact against its digest, then serve it (Open Inference Protocol v2).",
+    )
+    parser.add_argument(
+        "--artifact", required=True, type=Path, help="artifact directory (with MANIFEST.json)"
+    )
+    parser.add_argument("--digest", required=True, help="expected artifact digest, sha256:<64 hex>")
+    parser.add_argument("--model-name", required=True, help="model name; must equal serving.json's name")
+    parser.add_argument("--model-version", required=True, help="model version to report")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (default: %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default: %(default)s")
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish after SIGTERM (default: %(default)s)",
+    )
+    return parser
+
+
+def _exit_after_shutdown(signum: int, _frame: object) -> None:
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, restores these handlers, then re-raises the signal.
+    _say(f"stopped ({signal.Signals(signum).name})")
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
+
+
+def _say(message: str) -> None:
+    print(f"model_server: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify, load and serve; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_digest(args.digest)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        verify_directory(args.artifact, args.digest)
+    except ArtifactIntegrityError as exc:
+        _say(f"refusing to start: {exc}")
+        return EXIT_INTEGRITY
+    _say(f"verified {args.artifact} against {args.digest}")
+
+    # Heavy imports only once the artifact is known to be good.
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from model_server.app import create_app
+    from model_server.flavors import ServingConfigError, load_model, read_serving_config
+
+    try:
+        declared = read_serving_config(args.artifact)["name"]
+        if declared != args.model_name:
+            _say(
+                f"refusing to start: {args.artifact}/serving.json declares model {declared!r} "
+                f"but --model-name is {args.model_name!r}; deploy the artifact of the model you meant"
+            )
+            return EXIT_UNUSABLE
+        model = load_model(args.artifact)
+    except ServingConfigError as exc:
+        _say(f"refusing to start: {exc}")
+        return EXIT_UNUSABLE
+    except Exception as exc:  # the model file itself fails to load (pickle, version skew, ...)
+        _say(f"refusing to start: cannot load the model of {args.artifact}: {type(exc).__name__}: {exc}")
+        return EXIT_UNUSABLE
+
+    app = create_app(model, version=args.model_version, digest=args.digest)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="asyncio",
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    server = uvicorn.Server(config)
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    signal.signal(signal.SIGINT, _exit_after_shutdown)
+    try:
+        server.run()
+    except SystemExit as exc:
+        # uvicorn exits with its own code 3 when it cannot bind: keep 3 for integrity failures only.
+        if exc.code == STARTUP_FAILURE:
+            _say(f"could not start serving on {args.host}:{args.port} (see the error above)")
+            return EXIT_FAILURE
+        raise
+    return 0 if server.started else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The HTTP application: Open Inference Protocol v2 (REST) for one loaded model, plus ``/metrics``.
+
+Every response carries ``X-Model-Version`` and ``X-Model-Digest``. Client mistakes are answered
+with ``400 {"error": "..."}`` naming the field and the fix; unknown models with ``404``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from model_server import __version__
+from model_server.flavors import DATATYPES, InvalidInput
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from starlette.types import Scope
+
+    from model_server.flavors import LoadedModel, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "model-delivery-model-server"
+
+#: numpy dtype kinds accepted in request data for each datatype family.
+_ACCEPTED_KINDS = {"BOOL": "b", "INT": "iu", "UINT": "iu", "FP": "iuf"}
+
+
+class InferenceInput(BaseModel):
+    """One input tensor of an inference request."""
+
+    name: StrictStr
+    shape: list[StrictInt]
+    datatype: StrictStr
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    """One output the client asks for."""
+
+    name: StrictStr
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """An Open Inference Protocol v2 inference request."""
+
+    id: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferenceInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _example(model: LoadedModel) -> str:
+    spec = model.inputs[0]
+    width = model.n_features or "n"
+    return (
+        f'{{"inputs": [{{"name": "{spec.name}", "datatype": "{spec.datatype}", '
+        f'"shape": [rows, {width}], "data": [...]}}]}}'
+    )
+
+
+def format_validation_error(exc: ValidationError | RequestValidationError) -> str:
+    """Describe pydantic errors as ``field: problem`` pairs, e.g. ``inputs[0].shape: ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = [p for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            parts.append(f"the request body is not valid JSON ({err.get('msg')})")
+            continue
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "request"
+        parts.append(f"{field}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarray:
+    """Turn one request input (flat row-major or nested ``data``) into an array of ``inp.shape``."""
+    where = f"inputs[{index}]"
+    if inp.datatype != spec.datatype:
+        raise ApiError(
+            400, f"{where}.datatype is {inp.datatype!r} but input {spec.name!r} expects {spec.datatype!r}"
+        )
+    shape = inp.shape
+    if len(shape) != len(spec.shape) or any(d < 0 for d in shape):
+        raise ApiError(
+            400,
+            f"{where}.shape {shape} does not fit input {spec.name!r} of shape {list(spec.shape)}: "
+            "give the actual size of every dimension, e.g. [rows, features]",
+        )
+    for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+        if want >= 0 and got != want:
+            raise ApiError(
+                400,
+                f"{where}.shape {shape} has {got} in dimension {axis} but input {spec.name!r} "
+                f"needs {want} (shape {list(spec.shape)})",
+            )
+    try:
+        array = np.asarray(inp.data)
+    except ValueError:
+        raise ApiError(
+            400, f"{where}.data is ragged: every row must hold the same number of values"
+        ) from None
+    family = "".join(c for c in spec.datatype if not c.isdigit())
+    if array.size and array.dtype.kind not in _ACCEPTED_KINDS[family]:
+        raise ApiError(
+            400, f"{where}.data must hold only {spec.datatype} numbers (no strings, nulls or mixed types)"
+        )
+    if array.ndim == 1 and len(shape) > 1:
+        if array.size != math.prod(shape):
+            raise ApiError(
+                400,
+                f"{where}.data has {array.size} values but shape {shape} needs {math.prod(shape)} "
+                "(flat data is read row-major)",
+            )
+        array = array.reshape(shape)
+    elif list(array.shape) != shape:
+        raise ApiError(400, f"{where}.data is nested as {list(array.shape)} but {where}.shape is {shape}")
+    return array.astype(DATATYPES[spec.datatype])
+
+
+def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, Any]:
+    spec = model.inputs[0]
+    names = [i.name for i in request.inputs]
+    if names != [spec.name]:
+        raise ApiError(
+            400,
+            f"inputs names {names} do not match model {model.name!r}: send exactly one input named "
+            f"{spec.name!r}, e.g. {_example(model)}",
+        )
+    features = _decode_input(request.inputs[0], spec, 0)
+    wanted = None if request.outputs is None else [o.name for o in request.outputs]
+    if wanted is not None:
+        unknown = [n for n in wanted if n not in model.output_names]
+        if unknown or len(set(wanted)) != len(wanted):
+            raise ApiError(
+                400, f"outputs {wanted} are not valid: ask each at most once, from {model.output_names}"
+            )
+    try:
+        results = model.predict(features, outputs=wanted)
+    except InvalidInput as exc:
+        raise ApiError(400, str(exc)) from None
+    specs = {o.name: o for o in model.outputs}
+    return {
+        "outputs": [
+            {"name": n, "datatype": specs[n].datatype, "shape": list(a.shape), "data": a.reshape(-1).tolist()}
+            for n, a in results.items()
+        ]
+    }
+
+
+class _Metrics:
+    def __init__(self, model: LoadedModel, version: str, digest: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "model_server_requests",
+            "HTTP requests by endpoint (route template) and status code.",
+            ["endpoint", "status_code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "model_server_inference_duration_seconds",
+            "Time to decode, predict and encode one successful inference request.",
+            registry=self.registry,
+        )
+        info = Info("model_server_model", "The model being served.", registry=self.registry)
+        info.info({"name": model.name, "version": version, "digest": digest, "flavor": model.flavor})
+
+
+def _route_template(app: FastAPI, scope: Scope) -> str:
+    partial = None
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "unmatched"))
+    return partial or "unmatched"
+
+
+def _install_handlers(app: FastAPI, metrics: _Metrics, version: str, digest: str) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status_code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, format_validation_error(exc))
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        endpoint = _route_template(app, request.scope)
+        try:
+            response = await call_next(request)
+        except Exception as exc:
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+        response.headers["X-Model-Version"] = version
+        response.headers["X-Model-Digest"] = digest
+        metrics.requests.labels(endpoint=endpoint, status_code=str(response.status_code)).inc()
+        return response
+
+
+class _Routes:
+    """The endpoint functions, bound to one model."""
+
+    def __init__(self, model: LoadedModel, version: str, metrics: _Metrics) -> None:
+        self.model = model
+        self.version = version
+        self.metrics = metrics
+
+    def _check(self, name: str, requested_version: str | None = None) -> None:
+        if name != self.model.name:
+            raise ApiError(404, f"unknown model {name!r}: this server serves {self.model.name!r}")
+        if requested_version is not None and requested_version != self.version:
+            raise ApiError(
+                404, f"model {name!r} has no version {requested_version!r}; available: [{self.version!r}]"
+            )
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+
+    def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    def _metadata(self, name: str, model_version: str | None) -> dict[str, Any]:
+        self._check(name, model_version)
+        return {
+            "name": self.model.name,
+            "versions": [self.version],
+            "platform": self.model.flavor,
+            "inputs": [s.as_dict() for s in self.model.inputs],
+            "outputs": [s.as_dict() for s in self.model.outputs],
+        }
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        return self._metadata(name, None)
+
+    def model_version_metadata(self, name: str, model_version: str) -> dict[str, Any]:
+        return self._metadata(name, model_version)
+
+    def model_ready(self, name: str) -> dict[str, Any]:
+        self._check(name)
+        return {"name": self.model.name, "ready": True}
+
+    def model_version_ready(self, name: str, model_version: str) -> dict[str, Any]:
+        self._check(name, model_version)
+        return {"name": self.model.name, "ready": True}
+
+    async def _infer(self, request: Request, name: str, model_version: str | None) -> JSONResponse:
+        self._check(name, model_version)
+        body = await request.body()
+        try:
+            parsed = InferenceRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise ApiError(
+                400, f"{format_validation_error(exc)}. Expected e.g. {_example(self.model)}"
+            ) from None
+        started = time.perf_counter()
+        result = await run_in_threadpool(_run_inference, self.model, parsed)
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return JSONResponse(
+            {
+                "model_name": self.model.name,
+                "model_version": self.version,
+                "id": parsed.id or str(uuid.uuid4()),
+                **result,
+            }
+        )
+
+    async def model_infer(self, request: Request, name: str) -> JSONResponse:
+        return await self._infer(request, name, None)
+
+    async def model_version_infer(self, request: Request, name: str, model_version: str) -> JSONResponse:
+        return await self._infer(request, name, model_version)
+
+    def prometheus(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(model: LoadedModel, *, version: str, digest: str) -> FastAPI:
+    """Build the Open Inference Protocol v2 application serving ``model``.
+
+    :param model: the loaded model.
+    :param version: the model version reported in metadata, responses and headers.
+    :param digest: the artifact digest (``sha256:<hex>``) reported in headers and metrics.
+    """
+    app = FastAPI(title=f"{SERVER_NAME}: {model.name}", version=__version__)
+    metrics = _Metrics(model, version, digest)
+    app.state.model = model
+    app.state.metrics_registry = metrics.registry
+    _install_handlers(app, metrics, version, digest)
+    routes = _Routes(model, version, metrics)
+    versioned = "/v2/models/{name}/versions/{model_version}"
+    for path, endpoint, method in [
+        ("/v2", routes.server_metadata, "GET"),
+        ("/v2/health/live", routes.live, "GET"),
+        ("/v2/health/ready", routes.ready, "GET"),
+        ("/v2/models/{name}", routes.model_metadata, "GET"),
+        (versioned, routes.model_version_metadata, "GET"),
+        ("/v2/models/{name}/ready", routes.model_ready, "GET"),
+        (f"{versioned}/ready", routes.model_version_ready, "GET"),
+        ("/v2/models/{name}/infer", routes.model_infer, "POST"),
+        (f"{versioned}/infer", routes.model_version_infer, "POST"),
+        ("/metrics", routes.prometheus, "GET"),
+    ]:
+        app.add_api_route(path, endpoint, methods=[method])
+    return app

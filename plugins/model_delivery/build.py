@@ -1,0 +1,148 @@
+"""Run a model's build entrypoint as its own process in an isolated working directory.
+
+The contract with the entrypoint (``include/models/<name>/train.py`` by default)::
+
+    python train.py --output-dir OUT --params '{"n_estimators": 200}'
+
+It must write ``OUT/model/`` (the artifact; ``serving.json`` plus the model files) and
+``OUT/data/train.csv`` and ``OUT/data/eval.csv`` (the data it trained and should be
+evaluated on). It runs in a fresh directory holding a copy of the model folder, with a
+minimal environment: no Airflow variables, connections or secrets reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_delivery.exceptions import BuildFailed
+from model_delivery.spec import ModelSpec
+
+DATA_FILES = ("train.csv", "eval.csv")
+_ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
+
+
+@dataclass(frozen=True)
+class BuildOutputs:
+    """Where a finished build left its outputs (local paths)."""
+
+    work_dir: Path
+    model_dir: Path
+    data: dict[str, Path]
+
+
+def _build_env(work_dir: Path, spec: ModelSpec) -> dict[str, str]:
+    env = {key: os.environ[key] for key in _ENV_PASSTHROUGH if key in os.environ}
+    tmp = work_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env.update(
+        HOME=str(work_dir),
+        TMPDIR=str(tmp),
+        PYTHONHASHSEED="0",
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        MODEL_DELIVERY_MODEL=spec.name,
+    )
+    return env
+
+
+def _stream(pipe: object, log: Callable[[str], None], tail: deque[str]) -> None:
+    for line in iter(pipe.readline, ""):  # type: ignore[attr-defined]
+        line = line.rstrip("\n")
+        tail.append(line)
+        log(line)
+
+
+def run_build(
+    spec: ModelSpec, model_dir: Path, scratch: Path, *, log: Callable[[str], None] = print
+) -> BuildOutputs:
+    """Run the spec's entrypoint and check its outputs.
+
+    :param spec: the model spec.
+    :param model_dir: the model folder (copied; the build never writes into it).
+    :param scratch: parent of the fresh working directory.
+    :param log: receives each line the build prints.
+    :raises BuildFailed: on a non-zero exit, a timeout, or missing outputs.
+    """
+    work_dir = scratch / spec.name / uuid.uuid4().hex
+    src = work_dir / "src"
+    shutil.copytree(model_dir, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = work_dir / "out"
+    out.mkdir()
+    cmd = [
+        sys.executable,
+        str(src / spec.build.entrypoint),
+        "--output-dir",
+        str(out),
+        "--params",
+        json.dumps(spec.build.params, sort_keys=True),
+    ]
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=work_dir,
+        env=_build_env(work_dir, spec),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    reader = threading.Thread(target=_stream, args=(proc.stdout, log, tail), daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=spec.build.timeout_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise BuildFailed(
+            f"build of {spec.name!r} exceeded build.timeout_seconds={spec.build.timeout_seconds} and was killed. "
+            "Fix: make the build faster or raise the timeout in model.yaml."
+        ) from None
+    finally:
+        reader.join(timeout=10)
+    if code != 0:
+        raise BuildFailed(
+            f"build entrypoint {spec.build.entrypoint} of {spec.name!r} exited with code {code}. "
+            "Last lines:\n" + "\n".join(tail)
+        )
+    return _check_outputs(spec, work_dir, out)
+
+
+def _check_outputs(spec: ModelSpec, work_dir: Path, out: Path) -> BuildOutputs:
+    model = out / "model"
+    missing = [] if (model / "serving.json").is_file() else ["model/serving.json"]
+    missing += [f"data/{name}" for name in DATA_FILES if not (out / "data" / name).is_file()]
+    if missing:
+        raise BuildFailed(
+            f"build entrypoint {spec.build.entrypoint} of {spec.name!r} finished but did not write "
+            f"{', '.join(missing)} under --output-dir. Fix the entrypoint: see the contract in docs/model-spec.md."
+        )
+    return BuildOutputs(work_dir, model, {name.removesuffix(".csv"): out / "data" / name for name in DATA_FILES})
+
+
+def git_sha(repo: Path) -> str:
+    """The commit of the project checkout, with ``-dirty`` when it has changes; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

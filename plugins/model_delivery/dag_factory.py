@@ -1,0 +1,119 @@
+"""Build one ``release__<model>`` DAG per model spec.
+
+A broken spec does not take the other models down: its DAG is replaced by a
+placeholder whose validation fails with the spec error, so ``airflow dags
+list-import-errors`` shows that error (naming the model, file, field and fix) while
+every valid model's DAG still loads from the same file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from model_delivery.exceptions import InvalidModelSpec
+from model_delivery.operators import (
+    BuildModelOperator,
+    DeployModelOperator,
+    EvaluateModelOperator,
+    GateModelOperator,
+    PromoteModelOperator,
+    RecordReleaseOperator,
+    RollbackModelOperator,
+    SmokeTestModelOperator,
+)
+from model_delivery.settings import get_settings
+from model_delivery.spec import ModelSpec, discover_specs
+
+START_DATE = datetime(2026, 1, 1)
+STAGE_DOC = """
+### Stages
+build → evaluate → gate → deploy_staging → smoke → deploy_production → verify → promote;
+any failure after a deploy started → rollback. `record` always runs and writes
+`release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
+
+### Trigger
+UI: *Trigger DAG w/ config*. CLI:
+`airflow dags trigger {dag_id} --conf '{{"reason": "weekly retrain"}}'`.
+`force: true` needs a `reason`; both are recorded.
+"""
+
+
+def release_params() -> dict[str, Param]:
+    """The release conf, validated by JSON schema before a run exists."""
+    return {
+        "reason": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Reason",
+            description="Why this release is made; recorded in the release record. Required with force.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Release even if the gate rejects the candidate. Needs a reason.",
+        ),
+    }
+
+
+def release_dag(spec: ModelSpec) -> DAG:
+    """The release DAG of one model."""
+    name = spec.name
+    with DAG(
+        dag_id=spec.dag_id,
+        description=f"Release {name}: build, evaluate, gate, deploy, smoke, promote or roll back",
+        doc_md=f"## Release `{name}`\n\n{spec.description}\n" + STAGE_DOC.format(model=name, dag_id=spec.dag_id),
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["model-delivery", "release", f"model:{name}", *spec.tags],
+        params=release_params(),
+        default_args={"owner": spec.owner, "retries": spec.retries, "retry_delay": timedelta(seconds=30)},
+    ) as dag:
+        build = BuildModelOperator(task_id="build", model=name)
+        candidate: Any = build.output
+        evaluate = EvaluateModelOperator(task_id="evaluate", model=name, candidate=candidate)
+        gate = GateModelOperator(task_id="gate", model=name, candidate=candidate, evaluation=evaluate.output)
+        staging = DeployModelOperator(task_id="deploy_staging", model=name, candidate=candidate, step="staging")
+        smoke = SmokeTestModelOperator(task_id="smoke", model=name, candidate=candidate, deployment=staging.output)
+        production = DeployModelOperator(task_id="deploy_production", model=name, candidate=candidate, step="production")
+        verify = SmokeTestModelOperator(task_id="verify", model=name, candidate=candidate, deployment=production.output)
+        promote = PromoteModelOperator(task_id="promote", model=name, candidate=candidate)
+        rollback = RollbackModelOperator(task_id="rollback", model=name, trigger_rule="one_failed", retries=2)
+        record = RecordReleaseOperator(task_id="record", model=name, trigger_rule="all_done", retries=2)
+        gate >> staging
+        smoke >> production
+        verify >> promote
+        [staging, smoke, production, verify, promote] >> rollback
+        [promote, rollback] >> record
+    return dag
+
+
+class BrokenSpecs(DAG):
+    """Placeholder for models whose spec does not load; fails DAG validation with their errors."""
+
+    spec_errors: dict[str, str] = {}
+
+    def validate(self) -> None:
+        details = "\n".join(f"model {name!r}: {error}" for name, error in sorted(self.spec_errors.items()))
+        raise InvalidModelSpec(
+            f"{len(self.spec_errors)} model spec(s) failed to load; their release DAGs are not available "
+            f"(other models are unaffected):\n{details}"
+        )
+
+
+def release_dags(models_dir: Path | None = None) -> dict[str, DAG]:
+    """Every model's release DAG by dag_id, plus one placeholder carrying spec errors if any."""
+    specs, errors = discover_specs(models_dir or get_settings().models_dir)
+    dags: dict[str, DAG] = {spec.dag_id: release_dag(spec) for spec in specs.values()}
+    if errors:
+        broken = BrokenSpecs(dag_id="model_delivery__broken_specs", schedule=None, start_date=START_DATE)
+        broken.spec_errors = errors
+        dags[broken.dag_id] = broken
+    return dags

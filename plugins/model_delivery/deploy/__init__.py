@@ -1,0 +1,52 @@
+"""Deploy targets behind one protocol, chosen by the spec's ``deploy.target``.
+
+A release uses a target in four steps: ``stage`` starts the candidate beside what is
+serving, without traffic; ``shift`` moves production traffic to it; ``retire`` frees the
+previous version once the candidate is promoted; ``rollback`` puts back what served
+before this run, from whatever step the run reached. Each step is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.settings import Settings
+    from model_delivery.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The version a run delivers."""
+
+    model: str
+    version: str
+    digest: str
+
+
+class DeployTarget(Protocol):
+    """What every deploy target provides. Results are small JSON-able dicts."""
+
+    name: str
+
+    def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]: ...
+
+    def shift(self, run_id: str) -> dict[str, Any]: ...
+
+    def retire(self, run_id: str) -> dict[str, Any]: ...
+
+    def rollback(self, run_id: str) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def get_target(spec: ModelSpec, settings: Settings, store: ArtifactStore) -> DeployTarget:
+    """Build the deploy target the spec names."""
+    if spec.deploy.target == "local":
+        from model_delivery.deploy.local import LocalTarget
+
+        assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
+        return LocalTarget(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store)
+    raise ValueError(f"unknown deploy target {spec.deploy.target!r}")

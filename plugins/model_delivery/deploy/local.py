@@ -1,0 +1,326 @@
+"""The ``local`` deploy target: blue-green on this machine.
+
+Each version runs as its own model-server process on a fresh port. A front proxy
+(``python -m model_server.front``) holds the model's stable port from the spec and
+forwards each new connection to the active version. ``shift`` points the front at the
+candidate once it is ready; the version it replaces stays warm as ``standby`` until
+``retire`` (called on promotion), so a rollback is a switch back.
+
+State lives in ``<MODEL_DELIVERY_HOME>/deploy/<model>/state.json`` and is changed only
+under an exclusive file lock (the deploy lock), so a restarted Airflow, or a manual
+rollback running beside a release, sees and respects what is serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_delivery.exceptions import DeployFailed, TamperedArtifact
+from model_delivery.records import now
+from model_delivery.settings import PROJECT_ROOT
+from model_server.front import write_state
+from model_server.manifest import parse_digest
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import Candidate
+    from model_delivery.spec import LocalTargetSpec
+
+SERVING_PATH = PROJECT_ROOT / "include" / "serving"
+EXIT_TAMPERED = 3
+
+
+def free_port(host: str) -> int:
+    """A port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    """True when ``pid`` runs and its command line contains ``marker`` (guards against pid reuse)."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _stop(pid: int | None, marker: str, timeout: float = 10.0) -> bool:
+    """Terminate a process we started (SIGTERM, then SIGKILL); False if it was not running."""
+    if not _alive(pid, marker):
+        return False
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid, marker):
+        time.sleep(0.1)
+    if _alive(pid, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _serving_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SERVING_PATH), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a detached process (own session) that outlives the task that started it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_serving_env(),
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalTarget:
+    """Blue-green deploys of one model on this machine.
+
+    :param model: model name.
+    :param config: the spec's ``deploy.local`` section.
+    :param state_dir: directory for state, logs and fetched artifacts.
+    :param store: the artifact store to fetch from.
+    """
+
+    name = "local"
+
+    def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore) -> None:
+        self.model = model
+        self.config = config
+        self.state_dir = state_dir
+        self.store = store
+        self.state_path = state_dir / "state.json"
+        self.front_state = state_dir / "front.json"
+
+    @property
+    def front_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    # -- state -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the deploy lock and yield the state; it is saved atomically on exit."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "deploy.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._read()
+            yield state
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+            os.replace(tmp, self.state_path)
+
+    def _read(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
+        else:
+            state = {}
+        state.setdefault("front", None)
+        state.setdefault("active", None)
+        state.setdefault("standby", None)
+        state.setdefault("candidates", {})
+        return state
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _server_marker(self, slot: dict[str, Any]) -> str:
+        return f"--port {slot['port']}"
+
+    def _slot_alive(self, slot: dict[str, Any] | None) -> bool:
+        return bool(slot) and _alive(slot.get("pid"), self._server_marker(slot))  # type: ignore[union-attr]
+
+    def _stop_slot(self, slot: dict[str, Any] | None) -> None:
+        if slot:
+            _stop(slot.get("pid"), self._server_marker(slot))
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], url: str, log_path: Path, digest: str) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.config.ready_timeout_seconds
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                message = f"model server for {self.model} exited with code {code} before it was ready"
+                if code == EXIT_TAMPERED:
+                    raise TamperedArtifact(f"{message}: it refused the artifact.\n{_tail(log_path)}")
+                raise DeployFailed(f"{message}. Log {log_path}:\n{_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        _stop(proc.pid, "model_server")
+        raise DeployFailed(
+            f"model server for {self.model} ({digest}) was not ready within "
+            f"deploy.local.ready_timeout_seconds={self.config.ready_timeout_seconds}. Log {log_path}:\n{_tail(log_path)}"
+        )
+
+    def _start_server(self, candidate: Candidate, artifact_dir: Path, run_id: str) -> dict[str, Any]:
+        host = self.config.host
+        port = free_port(host)
+        log_path = self.state_dir / "logs" / f"v{candidate.version}-{port}.log"
+        cmd = [sys.executable, "-m", "model_server", "--artifact", str(artifact_dir), "--digest", candidate.digest,
+               "--model-name", self.model, "--model-version", candidate.version, "--host", host, "--port", str(port)]
+        proc = _spawn(cmd, log_path)
+        url = f"http://{host}:{port}"
+        self._wait_ready(proc, url, log_path, candidate.digest)
+        return {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
+                "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now()}
+
+    def _ensure_front(self, state: dict[str, Any]) -> None:
+        front = state.get("front")
+        marker = f"--port {self.config.port}"
+        if front and _alive(front.get("pid"), marker):
+            return
+        try:
+            with socket.create_connection((self.config.host, self.config.port), timeout=1):
+                raise DeployFailed(
+                    f"port {self.config.port} on {self.config.host} is taken by another process, so the front for "
+                    f"{self.model} cannot start. Fix: free it, or set another deploy.local.port in model.yaml."
+                )
+        except OSError:
+            pass
+        if not self.front_state.exists():
+            write_state(self.front_state, None, None)
+        log_path = self.state_dir / "logs" / "front.log"
+        cmd = [sys.executable, "-m", "model_server.front", "--host", self.config.host, "--port",
+               str(self.config.port), "--state", str(self.front_state)]
+        proc = _spawn(cmd, log_path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DeployFailed(f"front proxy for {self.model} exited: {_tail(log_path)}")
+            with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 1):
+                state["front"] = {"host": self.config.host, "port": self.config.port, "pid": proc.pid}
+                return
+            time.sleep(0.1)
+        raise DeployFailed(f"front proxy for {self.model} did not listen on port {self.config.port} in 30 s")
+
+    def _route(self, slot: dict[str, Any] | None) -> None:
+        """Point the front at ``slot`` (None: no upstream) and wait until it serves that digest."""
+        import httpx
+
+        if slot is None:
+            write_state(self.front_state, None, None)
+            return
+        write_state(self.front_state, slot["host"], slot["port"], version=slot["version"], digest=slot["digest"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"{self.front_url}/v2/health/ready", timeout=2)
+                if response.status_code == 200 and response.headers.get("x-model-digest") == slot["digest"]:
+                    return
+            time.sleep(0.1)
+        raise DeployFailed(f"front {self.front_url} did not switch to version {slot['version']} within 30 s")
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
+        """Fetch and verify the artifact, start it on a fresh port, wait until it is ready."""
+        artifact_dir = self.state_dir / "artifacts" / parse_digest(candidate.digest)
+        self.store.fetch(self.model, candidate.digest, artifact_dir)
+        with self._locked() as state:
+            for slot in (state["candidates"].get(run_id), state["active"]):
+                if slot and slot["digest"] == candidate.digest and self._slot_alive(slot):
+                    state["candidates"][run_id] = slot
+                    return {**slot, "note": f"version {slot['version']} with this digest is already running"}
+            self._stop_slot(state["candidates"].pop(run_id, None))
+            slot = self._start_server(candidate, artifact_dir, run_id)
+            state["candidates"][run_id] = slot
+            return {**slot, "note": "started beside production, no traffic yet"}
+
+    def shift(self, run_id: str) -> dict[str, Any]:
+        """Send production traffic to this run's candidate; keep the old version warm."""
+        with self._locked() as state:
+            candidate = state["candidates"].get(run_id)
+            if not self._slot_alive(candidate):
+                raise DeployFailed(f"run {run_id} has no running candidate for {self.model}: deploy_staging first")
+            active = state["active"]
+            self._ensure_front(state)
+            if active and active["pid"] == candidate["pid"]:
+                self._route(candidate)
+                return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
+                        "note": "already serving"}
+            if state["standby"] and state["standby"]["pid"] != (active or {}).get("pid"):
+                self._stop_slot(state["standby"])
+            self._route(candidate)
+            state["standby"] = active if self._slot_alive(active) else None
+            state["active"] = {**candidate, "shifted_at": now()}
+            del state["candidates"][run_id]
+            standby = state["standby"]
+            return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
+                    "standby": standby["version"] if standby else None, "note": "front switched"}
+
+    def retire(self, run_id: str) -> dict[str, Any]:
+        """After promotion: stop the previous version kept warm for rollback."""
+        with self._locked() as state:
+            standby = state["standby"]
+            state["standby"] = None
+            if standby and standby["pid"] != (state["active"] or {}).get("pid"):
+                self._stop_slot(standby)
+                return {"stopped": standby["version"]}
+            return {"stopped": None}
+
+    def rollback(self, run_id: str) -> dict[str, Any]:
+        """Put back what served before this run; stop this run's candidate."""
+        with self._locked() as state:
+            active, standby = state["active"], state["standby"]
+            if active and active.get("run_id") == run_id:
+                if standby and self._slot_alive(standby):
+                    self._route(standby)
+                    action = "switched-back"
+                else:
+                    self._route(None)
+                    action = "stopped-first-release" if not standby else "stopped-no-warm-previous"
+                self._stop_slot(active)
+                state["active"], state["standby"] = (standby if action == "switched-back" else None), None
+                restored = state["active"]
+                return {"action": action, "serving": restored["version"] if restored else None}
+            candidate = state["candidates"].pop(run_id, None)
+            serving = active["version"] if active else None
+            if candidate is None or (active and candidate["pid"] == active["pid"]):
+                return {"action": "none", "serving": serving}
+            self._stop_slot(candidate)
+            return {"action": "stopped-candidate", "serving": serving}
+
+    def status(self) -> dict[str, Any]:
+        """What runs now, with liveness."""
+        state = self._read()
+        return {
+            "front_url": self.front_url,
+            "active": state["active"],
+            "active_alive": self._slot_alive(state["active"]),
+            "standby": state["standby"],
+            "candidates": state["candidates"],
+        }

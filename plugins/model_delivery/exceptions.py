@@ -1,0 +1,57 @@
+"""Typed errors of a release.
+
+Errors whose answer will not change on retry (a broken spec, a rejected model, a
+tampered artifact) subclass ``AirflowFailException`` when Airflow is importable, so the
+task fails without retries. Infrastructure errors stay ordinary exceptions so retries apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:  # Airflow is optional: the library is usable (and tested) without it.
+    from airflow.sdk.exceptions import AirflowFailException as _NoRetry
+except ImportError:  # pragma: no cover - exercised only where Airflow is absent
+    _NoRetry = Exception  # type: ignore[misc,assignment]
+
+from model_server.manifest import ArtifactIntegrityError
+
+
+class ModelDeliveryError(Exception):
+    """Base of every model-delivery error."""
+
+
+class ReleaseFailed(ModelDeliveryError, _NoRetry):
+    """A stage found a definite problem; retrying will not change the answer.
+
+    :param message: what went wrong, where, and the fix.
+    :param result: the stage's findings (small JSON), recorded and pushed to XCom before failing.
+    """
+
+    def __init__(self, message: str, *, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class InvalidModelSpec(ReleaseFailed):
+    """A model.yaml is missing, malformed, or has invalid fields."""
+
+
+class BuildFailed(ReleaseFailed):
+    """The build entrypoint failed or did not produce the expected outputs."""
+
+
+class GateRejected(ReleaseFailed):
+    """The gate did not bless the candidate."""
+
+
+class SmokeTestFailed(ReleaseFailed):
+    """A golden request failed its checks, or the latency budget was exceeded."""
+
+
+class TamperedArtifact(ReleaseFailed, ArtifactIntegrityError):
+    """Artifact files do not match the recorded digest."""
+
+
+class DeployFailed(ModelDeliveryError):
+    """A deploy target could not bring the candidate up (may be retried)."""

@@ -1,0 +1,21 @@
+"""One operator per release stage. Each is thin: it calls ``model_delivery.release``."""
+
+from model_delivery.operators.build import BuildModelOperator
+from model_delivery.operators.deploy import DeployModelOperator
+from model_delivery.operators.evaluate import EvaluateModelOperator
+from model_delivery.operators.gate import GateModelOperator
+from model_delivery.operators.promote import PromoteModelOperator
+from model_delivery.operators.record import RecordReleaseOperator
+from model_delivery.operators.rollback import RollbackModelOperator
+from model_delivery.operators.smoke import SmokeTestModelOperator
+
+__all__ = [
+    "BuildModelOperator",
+    "DeployModelOperator",
+    "EvaluateModelOperator",
+    "GateModelOperator",
+    "PromoteModelOperator",
+    "RecordReleaseOperator",
+    "RollbackModelOperator",
+    "SmokeTestModelOperator",
+]

@@ -1,0 +1,70 @@
+"""The shared shape of a release stage: time it, record it, push a small result, raise typed."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from model_delivery.release import ReleaseContext
+
+
+class ReleaseStageOperator(BaseOperator):
+    """Base of the stage operators: subclasses implement :meth:`run`.
+
+    The stage's entry in the release record (status, start, seconds, result or error) is
+    written whatever happens. A typed failure's findings are pushed to XCom *before* the
+    task fails, so the UI and later tasks can read why.
+
+    :param model: the model this release delivers (its folder name).
+    """
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, model: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def release_context(self, context: Context) -> ReleaseContext:
+        from model_delivery.release import ReleaseContext
+
+        params = context.get("params") or {}
+        return ReleaseContext(
+            model=self.model,
+            run_id=context["run_id"],
+            dag_id=self.dag_id,
+            conf={key: params[key] for key in params},
+            log=self.log.info,
+        )
+
+    def run(self, rc: ReleaseContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from model_delivery.records import now
+
+        rc = self.release_context(context)
+        entry: dict[str, Any] = {"started_at": now(), "try": context["ti"].try_number}
+        start = time.monotonic()
+        try:
+            result = self.run(rc)
+        except AirflowSkipException as exc:
+            rc.record.add_stage(self.task_id, {**entry, "status": "skipped", "note": str(exc),
+                                               "seconds": time.monotonic() - start})
+            raise
+        except Exception as exc:
+            partial = getattr(exc, "result", None)
+            if partial is not None:
+                context["ti"].xcom_push(key="return_value", value=partial)
+            rc.record.add_stage(self.task_id, {**entry, "status": "failed", "error": str(exc), "result": partial,
+                                               "error_type": type(exc).__name__, "seconds": time.monotonic() - start})
+            raise
+        rc.record.add_stage(self.task_id, {**entry, "status": "success", "result": result,
+                                           "note": result.get("note", ""), "seconds": time.monotonic() - start})
+        return result

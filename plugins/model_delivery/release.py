@@ -1,0 +1,210 @@
+"""The stages of a release as plain functions over a :class:`ReleaseContext`.
+
+Operators are thin wrappers around these; ``bench/bench_release.py`` calls them as a
+plain script. Nothing here imports Airflow's task machinery.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_delivery.exceptions import GateRejected, SmokeTestFailed
+from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import DeployTarget
+    from model_delivery.records import ReleaseRecord
+    from model_delivery.registry import Registry
+    from model_delivery.spec import ModelSpec
+
+
+@dataclass
+class ReleaseContext:
+    """Everything a stage needs to know about the release it is part of.
+
+    :param model: model name (its folder under the models directory).
+    :param run_id: the release run's id; names the record directory.
+    :param dag_id: the release DAG.
+    :param conf: the run's validated params (``reason``, ``force``).
+    :param log: where stages report progress.
+    """
+
+    model: str
+    run_id: str
+    dag_id: str
+    conf: dict[str, Any] = field(default_factory=dict)
+    log: Callable[..., None] = print
+    settings: Settings = field(default_factory=get_settings)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.settings.models_dir / self.model
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        from model_delivery.spec import load_spec
+
+        return load_spec(self.model_dir)
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        from model_delivery.artifacts import ArtifactStore
+
+        return ArtifactStore(self.settings.artifact_root, self.settings.artifact_conn_id)
+
+    @cached_property
+    def registry(self) -> Registry:
+        from model_delivery.registry import Registry
+
+        return Registry(self.settings.tracking_uri)
+
+    @cached_property
+    def record(self) -> ReleaseRecord:
+        from model_delivery.records import ReleaseRecord
+
+        return ReleaseRecord(self.store, self.model, self.run_id)
+
+    @cached_property
+    def target(self) -> DeployTarget:
+        from model_delivery.deploy import get_target
+
+        return get_target(self.spec, self.settings, self.store)
+
+    def candidate(self, build: dict[str, Any]) -> Any:
+        from model_delivery.deploy import Candidate
+
+        return Candidate(self.model, str(build["version"]), str(build["digest"]))
+
+
+def build(rc: ReleaseContext) -> dict[str, Any]:
+    """Run the build entrypoint, store the artifact and data, register the version."""
+    from model_delivery.build import git_sha, run_build
+    from model_server.manifest import build_manifest, manifest_digest
+
+    spec = rc.spec
+    outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
+    try:
+        artifact = rc.store.put_directory(spec.name, outputs.model_dir)
+        data = {}
+        for name, path in outputs.data.items():
+            dest = rc.record.dir / "data" / path.name
+            sha, size = rc.store.put_file(path, dest)
+            data[name] = {"uri": str(dest), "sha256": sha, "size_bytes": size}
+    finally:
+        shutil.rmtree(outputs.work_dir, ignore_errors=True)
+    lineage = {
+        "git_sha": git_sha(PROJECT_ROOT),
+        "spec_digest": manifest_digest(build_manifest(rc.model_dir)),
+        "dag_id": rc.dag_id,
+        "run_id": rc.run_id,
+        "artifact_uri": artifact.uri,
+        **{f"data.{name}.sha256": d["sha256"] for name, d in data.items()},
+    }
+    version, existed = rc.registry.register(
+        spec.name, source=artifact.uri, digest=artifact.digest, tags=lineage,
+        params={**spec.build.params}, description=spec.description,
+    )
+    rc.log("stored %s (%d files, %d bytes, reused=%s); registry version %s (existed=%s)",
+           artifact.digest, artifact.files, artifact.size_bytes, artifact.reused, version.version, existed)
+    return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data, **{
+        k: lineage[k] for k in ("git_sha", "spec_digest")}}
+
+
+def _download(uri: str, dest: Path) -> Path:
+    from airflow.sdk import ObjectStoragePath
+
+    from model_server.manifest import hash_stream
+
+    with ObjectStoragePath(uri).open("rb") as src, open(dest, "wb") as out:
+        hash_stream(src.read, out.write)
+    return dest
+
+
+def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Measure the candidate on the evaluation data and log the metrics to MLflow."""
+    from model_delivery.evaluate import evaluate_artifact
+    from model_server.manifest import parse_digest
+
+    spec = rc.spec
+    scratch = rc.settings.scratch_dir / spec.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        eval_csv = _download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv")
+        result = evaluate_artifact(
+            artifact_dir, eval_csv, task=spec.task, label=spec.evaluation.label, metrics=spec.evaluation.metrics
+        )
+    rc.registry.log_metrics(spec.name, candidate["version"], result["metrics"])
+    rc.store.write_json(rc.record.dir / "metrics.json", result)
+    for name, value in result["metrics"].items():
+        rc.log("metric %s = %.4f", name, value)
+    return result
+
+
+def gate(rc: ReleaseContext, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Decide whether the candidate may be deployed; raise ``GateRejected`` if not."""
+    from model_delivery.registry import PRODUCTION
+    from model_delivery.validation.gate import decide
+
+    reason = str(rc.conf.get("reason") or "")
+    try:
+        decision = decide(rc.spec.gate, evaluation["metrics"], force=bool(rc.conf.get("force")), reason=reason)
+    except ValueError as exc:
+        raise GateRejected(f"{exc}. Fix: trigger again with conf {{\"force\": true, \"reason\": \"...\"}}.") from None
+    champion = rc.registry.alias(rc.model, PRODUCTION)
+    result = {"decision": decision.to_dict(), "champion": champion.to_dict() if champion else None}
+    rc.registry.set_tags(rc.model, candidate["version"], {"gate.verdict": decision.verdict})
+    rc.log("gate verdict: %s %s", decision.verdict, "; ".join(decision.reasons))
+    if not decision.passed:
+        raise GateRejected(
+            f"gate rejected version {candidate['version']} of {rc.model}: " + "; ".join(decision.reasons), result=result
+        )
+    return result
+
+
+def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Start the candidate beside production, without traffic."""
+    return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
+
+
+def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
+    """Golden requests against a deployment; it must answer as expected, from this digest, in budget."""
+    from model_delivery.smoke import load_golden, run_smoke
+
+    spec = rc.spec
+    cases = load_golden(rc.model_dir / spec.smoke.golden)
+    report = run_smoke(
+        deployment["url"], spec.name, cases, repeats=spec.smoke.repeats,
+        budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"],
+    )
+    rc.log("smoke against %s: %d requests, p95 %s ms, passed=%s", report["url"], report["requests"],
+           report["latency_ms"]["p95"], report["passed"])
+    if not report["passed"]:
+        raise SmokeTestFailed(f"smoke test of {deployment['url']} failed: " + "; ".join(report["failures"]), result=report)
+    return report
+
+
+def deploy_production(rc: ReleaseContext) -> dict[str, Any]:
+    """Shift production traffic to the candidate (the previous version stays warm)."""
+    return {"target": rc.target.name, **rc.target.shift(rc.run_id)}
+
+
+def promote(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Move the registry aliases and retire the previous deployment."""
+    aliases = rc.registry.promote(rc.model, candidate["version"])
+    rc.registry.set_tags(rc.model, candidate["version"], {"promoted_by": rc.run_id})
+    retired = rc.target.retire(rc.run_id)
+    return {**aliases, **retired}
+
+
+def rollback(rc: ReleaseContext) -> dict[str, Any]:
+    """Put back what served before this run (a no-op when this run deployed nothing)."""
+    return {"target": rc.target.name, **rc.target.rollback(rc.run_id)}
+

@@ -1,0 +1,64 @@
+"""Where things live: project paths and the embedded defaults, overridable by environment.
+
+Every setting has an embedded default that works on one machine with no services:
+
+=================================  ==========================================================
+``MODEL_DELIVERY_HOME``            state directory, default ``<project>/.local``
+``MODEL_DELIVERY_MODELS_DIR``      model specs, default ``<project>/include/models``
+``MODEL_DELIVERY_ARTIFACT_ROOT``   artifact store URI, default ``file://<home>/artifacts``;
+                                   ``s3://bucket/prefix`` or ``gs://...`` with the provider
+``MODEL_DELIVERY_TRACKING_URI``    MLflow tracking/registry URI, default SQLite under home
+=================================  ==========================================================
+
+These are not secrets. Credentials for remote stores come from Airflow connections
+(``MODEL_DELIVERY_ARTIFACT_CONN_ID``) or the provider's own environment, never from here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one process.
+
+    :param home: local state directory (deploy state, locks, MLflow SQLite, scratch).
+    :param models_dir: directory holding one folder per model spec.
+    :param artifact_root: URI of the artifact store root.
+    :param artifact_conn_id: Airflow connection used for a remote artifact store, if any.
+    :param tracking_uri: MLflow tracking and registry URI.
+    """
+
+    home: Path
+    models_dir: Path
+    artifact_root: str
+    artifact_conn_id: str | None
+    tracking_uri: str
+
+    @property
+    def deploy_dir(self) -> Path:
+        """Local deploy state: which version serves each model, ports, pids."""
+        return self.home / "deploy"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Working directories for builds and fetched artifacts."""
+        return self.home / "work"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (cheap; call it where it is needed)."""
+    home = Path(os.environ.get("MODEL_DELIVERY_HOME", PROJECT_ROOT / ".local")).resolve()
+    models_dir = Path(os.environ.get("MODEL_DELIVERY_MODELS_DIR", PROJECT_ROOT / "include" / "models"))
+    return Settings(
+        home=home,
+        models_dir=models_dir.resolve(),
+        artifact_root=os.environ.get("MODEL_DELIVERY_ARTIFACT_ROOT", f"file://{home / 'artifacts'}"),
+        artifact_conn_id=os.environ.get("MODEL_DELIVERY_ARTIFACT_CONN_ID") or None,
+        tracking_uri=os.environ.get("MODEL_DELIVERY_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+    )

@@ -1,0 +1,289 @@
+"""ModelSpec: the contract of one model, loaded from ``include/models/<name>/model.yaml``.
+
+Adding a model means adding a folder with a ``model.yaml``, a build entrypoint and
+golden requests; no DAG code changes. Every field is documented here, and
+``docs/model-spec.md`` is generated from the same descriptions
+(``python -m model_delivery.spec --docs``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model_delivery.exceptions import InvalidModelSpec
+
+SPEC_FILE = "model.yaml"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildSpec(_Strict):
+    """How the model is built."""
+
+    entrypoint: str = Field(
+        "train.py",
+        description="Python file in the model folder, run as its own process in a fresh working directory. "
+        "It is called with `--output-dir DIR` and must write DIR/model/ (the artifact, with serving.json) "
+        "and DIR/data/train.csv and DIR/data/eval.csv.",
+    )
+    params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Hyper-parameters passed to the entrypoint as JSON in `--params`; recorded in MLflow.",
+    )
+    timeout_seconds: int = Field(1800, ge=1, le=86400, description="The build is killed after this long.")
+
+
+class EvaluationSpec(_Strict):
+    """How the candidate is measured on held-out data."""
+
+    label: str = Field("target", min_length=1, description="Column of the evaluation data holding the truth.")
+    metrics: list[str] = Field(
+        min_length=1,
+        description="Metrics to compute. Classification: "
+        + ", ".join(CLASSIFICATION_METRICS)
+        + ". Regression: "
+        + ", ".join(REGRESSION_METRICS)
+        + ".",
+    )
+
+
+class Threshold(_Strict):
+    """Absolute bounds for one metric; at least one of min and max."""
+
+    min: float | None = Field(None, description="The metric must be >= min.")
+    max: float | None = Field(None, description="The metric must be <= max.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("give at least one of min and max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max}); swap them")
+        return self
+
+
+class GateSpec(_Strict):
+    """What the candidate must meet before it may be deployed."""
+
+    thresholds: dict[str, Threshold] = Field(
+        default_factory=dict,
+        description="Absolute bounds per metric, e.g. `accuracy: {min: 0.9}`. Every metric named here "
+        "must be listed in evaluation.metrics.",
+    )
+    allow_no_thresholds: bool = Field(
+        False,
+        description="The gate fails closed: with no thresholds it refuses the release unless this is true.",
+    )
+
+
+class SmokeSpec(_Strict):
+    """Golden requests sent to a deployed candidate before and after it takes traffic."""
+
+    golden: str = Field(
+        "golden.json",
+        description="JSON file in the model folder: a list of {name, inputs, expect}; see docs/model-spec.md.",
+    )
+    latency_budget_ms: float = Field(
+        250.0, gt=0, description="Budget for the p95 latency of the golden requests, in milliseconds."
+    )
+    repeats: int = Field(20, ge=1, le=10000, description="Each golden request is sent this many times.")
+
+
+class LocalTargetSpec(_Strict):
+    """Blue-green on this machine: one process per version behind a stable front port."""
+
+    host: str = Field("127.0.0.1", description="Address the front and the servers bind to.")
+    port: int = Field(ge=1024, le=65535, description="Stable front port that clients use.")
+    ready_timeout_seconds: float = Field(
+        120.0, gt=0, description="How long a new server may take to become ready."
+    )
+
+
+class DeploySpec(_Strict):
+    """Where and how the model is served."""
+
+    target: Literal["local"] = Field("local", description="Deploy target. `local` runs on this machine.")
+    local: LocalTargetSpec | None = Field(None, description="Settings of the `local` target.")
+
+    @model_validator(mode="after")
+    def _target_settings(self) -> DeploySpec:
+        if self.target == "local" and self.local is None:
+            raise ValueError("target 'local' needs a 'local:' section with at least 'port'")
+        return self
+
+
+class ModelSpec(_Strict):
+    """One model: how it is built, measured, gated, deployed and smoke-tested."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Model name: lowercase letters, digits and _; must equal the folder name. "
+        "The DAG is `release__<name>` and the registry model is `<name>`.",
+    )
+    description: str = Field(min_length=1, description="One paragraph; shown as the DAG's documentation.")
+    owner: str = Field("ml-platform", min_length=1, description="Airflow owner of the release DAG.")
+    tags: list[str] = Field(default_factory=list, description="Extra Airflow tags for the release DAG.")
+    retries: int = Field(1, ge=0, le=10, description="Retries for infrastructure errors (never for verdicts).")
+    task: Literal["classification", "regression"] = Field(
+        description="Kind of model; decides which metrics exist."
+    )
+    build: BuildSpec = Field(default_factory=BuildSpec, description="How the model is built.")  # type: ignore[arg-type]
+    evaluation: EvaluationSpec = Field(description="How the candidate is measured.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="What the candidate must meet.")  # type: ignore[arg-type]
+    smoke: SmokeSpec = Field(default_factory=SmokeSpec, description="Golden requests and latency budget.")  # type: ignore[arg-type]
+    deploy: DeploySpec = Field(description="Where the model is served.")
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not tag or len(tag) > 100:
+                raise ValueError("each tag must be 1 to 100 characters")
+        return tags
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        unknown = [m for m in self.evaluation.metrics if m not in allowed]
+        if unknown:
+            raise ValueError(
+                f"evaluation.metrics has {unknown} which a {self.task} model does not have; use {list(allowed)}"
+            )
+        unmeasured = [m for m in self.gate.thresholds if m not in self.evaluation.metrics]
+        if unmeasured:
+            raise ValueError(
+                f"gate.thresholds names {unmeasured} which evaluation.metrics does not compute; "
+                "add them to evaluation.metrics or remove the thresholds"
+            )
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        """The release DAG's id."""
+        return f"release__{self.name}"
+
+
+_FIX_HINTS = {
+    "missing": "add it",
+    "extra_forbidden": "remove it or fix its spelling",
+    "literal_error": "use one of the allowed values",
+    "string_pattern_mismatch": "use lowercase letters, digits and underscores, starting with a letter",
+}
+
+
+def _describe(loc: tuple[Any, ...]) -> str:
+    """Return the documentation of the field at ``loc``, if it is a declared field."""
+    model: Any = ModelSpec
+    description = ""
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return description
+        info = fields[part]
+        description = info.description or ""
+        model = info.annotation
+        args = getattr(model, "__args__", ())
+        model = next((a for a in args if hasattr(a, "model_fields")), model)
+    return description
+
+
+def format_validation_error(path: Path, error: ValidationError) -> str:
+    """Turn a pydantic error into lines naming the file, the field and the fix."""
+    lines = [f"{path}: invalid model spec ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        hint = _FIX_HINTS.get(item["type"], "correct the value")
+        doc = _describe(loc)
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing",) and loc else ""
+        lines.append(f"  - field '{field}': {item['msg']}{got}. Fix: {hint}." + (f" Field: {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def load_spec(model_dir: Path) -> ModelSpec:
+    """Load and validate ``model_dir/model.yaml``, checking the files it names exist.
+
+    :raises InvalidModelSpec: with a message naming the file, the field and the fix.
+    """
+    path = model_dir / SPEC_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InvalidModelSpec(f"{path}: not found. Fix: add a {SPEC_FILE} to {model_dir}.") from None
+    except yaml.YAMLError as exc:
+        raise InvalidModelSpec(f"{path}: not valid YAML: {exc}. Fix: correct the syntax.") from None
+    if not isinstance(raw, dict):
+        raise InvalidModelSpec(f"{path}: must be a YAML mapping of fields, got {type(raw).__name__}.")
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidModelSpec(format_validation_error(path, exc)) from None
+    if spec.name != model_dir.name:
+        raise InvalidModelSpec(
+            f"{path}: field 'name' is {spec.name!r} but the folder is {model_dir.name!r}. "
+            "Fix: make them equal (the folder name is the model's identity)."
+        )
+    for field, rel in (("build.entrypoint", spec.build.entrypoint), ("smoke.golden", spec.smoke.golden)):
+        if not (model_dir / rel).is_file():
+            raise InvalidModelSpec(
+                f"{path}: field '{field}' names {rel!r}, which does not exist in {model_dir}. "
+                "Fix: add the file or correct the name."
+            )
+    return spec
+
+
+def discover_specs(models_dir: Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """Load every model folder under ``models_dir``.
+
+    :return: the valid specs by name, and an error message by folder name for the broken ones.
+    """
+    specs: dict[str, ModelSpec] = {}
+    errors: dict[str, str] = {}
+    if not models_dir.is_dir():
+        return specs, errors
+    for model_dir in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        if not re.match(NAME_PATTERN, model_dir.name):
+            errors[model_dir.name] = (
+                f"{model_dir}: folder name is not a valid model name. Fix: rename it to match {NAME_PATTERN}."
+            )
+            continue
+        try:
+            specs[model_dir.name] = load_spec(model_dir)
+        except InvalidModelSpec as exc:
+            errors[model_dir.name] = str(exc)
+    return specs, errors
+
+
+def spec_docs() -> str:
+    """Render the field reference of ModelSpec as markdown."""
+    out = ["# Model spec reference", "", f"Generated from `plugins/model_delivery/spec.py`. File: `include/models/<name>/{SPEC_FILE}`.", ""]
+
+    def walk(model: Any, prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            nested = next((a for a in (annotation, *getattr(annotation, "__args__", ())) if hasattr(a, "model_fields")), None)
+            required = "required" if info.is_required() else f"default `{info.get_default(call_default_factory=True)!r}`"
+            if nested is not None and nested is not Threshold:
+                out.append(f"- `{prefix}{name}`: {info.description} ({required})")
+                walk(nested, f"{prefix}{name}.")
+            else:
+                out.append(f"- `{prefix}{name}`: {info.description} ({required})")
+
+    walk(ModelSpec, "")
+    out += ["", "A threshold is `{min: <float>, max: <float>}` with at least one bound."]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(spec_docs())
