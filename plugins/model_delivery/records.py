@@ -72,7 +72,7 @@ class ReleaseRecord:
             outcome=outcome,
             reasons=reasons,
             finished_at=now(),
-            artifact=(stages.get("build", {}).get("result") or {}).get("artifact"),
+            artifact=_artifact(stages.get("build", {}).get("result")),
             metrics=(stages.get("evaluate", {}).get("result") or {}).get("metrics"),
             gate=(stages.get("gate", {}).get("result") or {}).get("decision"),
             deployments=[
@@ -85,6 +85,13 @@ class ReleaseRecord:
         self.store.write_json(self.path, record)
         self.store.write_text(self.dir / REPORT, render_report(record))
         return record
+
+
+def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not build:
+        return None
+    keys = ("digest", "uri", "version", "size_bytes", "files", "git_sha", "spec_digest", "data")
+    return {key: build.get(key) for key in keys}
 
 
 def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:

@@ -166,10 +166,10 @@ def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, A
     wanted = None if request.outputs is None else [o.name for o in request.outputs]
     if wanted is not None:
         unknown = [n for n in wanted if n not in model.output_names]
-        if unknown or len(set(wanted)) != len(wanted):
-            raise ApiError(
-                400, f"outputs {wanted} are not valid: ask each at most once, from {model.output_names}"
-            )
+        if unknown:
+            raise ApiError(400, f"unknown output(s) {unknown} in 'outputs': choose from {model.output_names}")
+        if len(set(wanted)) != len(wanted):
+            raise ApiError(400, f"'outputs' {wanted} names an output twice: ask for each at most once")
     try:
         results = model.predict(features, outputs=wanted)
     except InvalidInput as exc:

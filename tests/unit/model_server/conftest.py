@@ -11,14 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import joblib
-import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -26,6 +24,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model_server.manifest import MANIFEST_NAME, build_manifest, manifest_digest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import numpy as np
 
 SERVING_ROOT = Path(__file__).resolve().parents[3] / "include" / "serving"
 STARTUP_DEADLINE = 60.0
@@ -160,7 +163,9 @@ class Processes:
         deadline = time.monotonic() + STARTUP_DEADLINE
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"process exited with {proc.returncode} before {url} was up:\n{self.output(proc)}")
+                pytest.fail(
+                    f"process exited with {proc.returncode} before {url} was up:\n{self.output(proc)}"
+                )
             try:
                 if httpx.get(url, timeout=2.0).status_code == 200:
                     return
@@ -213,3 +218,9 @@ def new_port() -> Callable[[], int]:
 def make_artifact(tmp_path: Path) -> Callable[..., str]:
     """Return :func:`write_artifact` (``(directory, estimator, serving) -> digest``)."""
     return write_artifact
+
+
+@pytest.fixture
+def child_env() -> dict[str, str]:
+    """The environment for a child process, with ``model_server`` on ``PYTHONPATH``."""
+    return subprocess_env()

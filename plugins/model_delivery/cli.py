@@ -1,0 +1,75 @@
+"""``model-delivery``: command-line helpers around releases.
+
+    model-delivery summary <model>    what serves the model now, how to query it, the last report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from model_delivery.settings import get_settings
+
+
+def _latest_record(artifact_root: str, model: str) -> dict | None:
+    from airflow.sdk import ObjectStoragePath
+
+    releases = ObjectStoragePath(artifact_root) / model / "releases"
+    if not releases.exists():
+        return None
+    records = [p / "release.json" for p in releases.iterdir() if (p / "release.json").exists()]
+    if not records:
+        return None
+    newest = max(records, key=lambda p: json.loads(p.read_text()).get("finished_at") or "")
+    return json.loads(newest.read_text())
+
+
+def summary(model: str) -> int:
+    """Print where the model serves, a ready-to-run query and the newest release report."""
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import get_target
+    from model_delivery.smoke import load_golden
+    from model_delivery.spec import load_spec
+
+    settings = get_settings()
+    spec = load_spec(settings.models_dir / model)
+    status = get_target(spec, settings, ArtifactStore(settings.artifact_root)).status()
+    record = _latest_record(settings.artifact_root, model)
+    print()
+    if record:
+        print(f"Release {record['run_id']}: {record.get('outcome', 'in progress')}")
+        for reason in record.get("reasons") or []:
+            print(f"  - {reason}")
+        print(f"Report:  {record.get('report', '(not written yet)')}")
+    active = status["active"]
+    if not (active and status["active_alive"]):
+        print(f"{model} is not serving.")
+        return 1
+    request = settings.home / f"{model}-request.json"
+    request.parent.mkdir(parents=True, exist_ok=True)
+    request.write_text(json.dumps({"inputs": load_golden(settings.models_dir / model / spec.smoke.golden)[0].inputs}))
+    url = status["front_url"]
+    print(f"{model} version {active['version']} ({active['digest'][:19]}…) is serving at {url}")
+    print("Query it:")
+    print(f"  curl -s {url}/v2/models/{model}/infer -H 'content-type: application/json' -d @{request}")
+    print(f"  curl -s {url}/v2/models/{model}     # metadata")
+    print(f"  curl -s {url}/metrics               # Prometheus metrics")
+    print("Stop the servers with: scripts/stop-servers.sh")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="model-delivery", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    summary_cmd = sub.add_parser("summary", help="what serves a model now and its last release report")
+    summary_cmd.add_argument("model")
+    args = parser.parse_args(argv)
+    if args.command == "summary":
+        return summary(args.model)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())
