@@ -127,7 +127,9 @@ class ArtifactStore:
             digest = manifest_digest(manifest)
             final = self.artifact_path(model, digest)
             reused = self.exists(model, digest)
-            if not reused:
+            if reused:
+                self._check_existing(model, digest)
+            else:
                 for rel in (e["path"] for e in entries):
                     (final / rel).parent.mkdir(parents=True, exist_ok=True)
                     (staging / rel).rename(final / rel)
@@ -136,6 +138,16 @@ class ArtifactStore:
             _remove_tree(staging)
         size = sum(e["size"] for e in entries)
         return StoredArtifact(str(final), digest, size, len(entries), reused)
+
+    def _check_existing(self, model: str, digest: str) -> None:
+        """The store already holds this digest: make sure that copy is intact before reusing it."""
+        try:
+            self.verify(model, digest)
+        except TamperedArtifact as exc:
+            raise TamperedArtifact(
+                f"the store already holds {digest} for {model!r}, but that copy is damaged: {exc} "
+                f"Fix: inspect and remove {self.artifact_path(model, digest)}, then run the release again."
+            ) from None
 
     def read_manifest(self, model: str, digest: str) -> dict[str, Any]:
         """Read the stored manifest and check it hashes to ``digest``."""

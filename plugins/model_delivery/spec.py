@@ -179,6 +179,23 @@ _FIX_HINTS = {
     "extra_forbidden": "remove it or fix its spelling",
     "literal_error": "use one of the allowed values",
     "string_pattern_mismatch": "use lowercase letters, digits and underscores, starting with a letter",
+    "float_parsing": "use a number, e.g. 0.9",
+    "float_type": "use a number, e.g. 0.9",
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "bool_parsing": "use true or false",
+    "bool_type": "use true or false",
+    "string_type": "use a string",
+    "list_type": "use a YAML list, e.g. [a, b]",
+    "dict_type": "use a YAML mapping of fields",
+    "model_type": "use a YAML mapping of fields",
+    "model_attributes_type": "use a YAML mapping of fields",
+    "greater_than_equal": "use a value within the allowed range",
+    "less_than_equal": "use a value within the allowed range",
+    "greater_than": "use a value within the allowed range",
+    "too_short": "give at least one entry",
+    "string_too_short": "give a non-empty value",
+    "value_error": "see the message",
 }
 
 

@@ -1,0 +1,70 @@
+"""Test session set-up: an isolated Airflow home, metadata DB and model-delivery home.
+
+Airflow reads its configuration when first imported, so the environment is set here,
+at import time, before any test module imports airflow. Nothing is mocked: the
+Airflow DB is real SQLite, MLflow is real SQLite, servers are real processes on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="model-delivery-tests-"))
+AIRFLOW_HOME = SESSION_DIR / "airflow"
+AIRFLOW_HOME.mkdir()
+
+os.environ.update(
+    AIRFLOW_HOME=str(AIRFLOW_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT / "dags"),
+    AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT / "plugins"),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+    AIRFLOW__CORE__UNIT_TEST_MODE="False",
+    MODEL_DELIVERY_HOME=str(SESSION_DIR / "md"),
+    GIT_PYTHON_REFRESH="quiet",
+)
+os.environ.pop("MODEL_DELIVERY_MODELS_DIR", None)
+os.environ.pop("MODEL_DELIVERY_ARTIFACT_ROOT", None)
+os.environ.pop("MODEL_DELIVERY_TRACKING_URI", None)
+
+
+def run_airflow(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the airflow CLI of this venv with the session's environment."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Initialise the session's Airflow metadata DB once."""
+    result = run_airflow("db", "migrate", check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return AIRFLOW_HOME / "airflow.db"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop every process the tests started (their command lines name the session dir)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(SESSION_DIR) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)

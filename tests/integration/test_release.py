@@ -1,0 +1,146 @@
+"""End-to-end releases with dag.test(): real build, MLflow, model servers and HTTP on 127.0.0.1.
+
+The tests in this module share one model-delivery home and run in order: the first
+release puts version 1 into production, and later tests release against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.models import edit_spec
+from tests.helpers.release import load_record, release_env, run_release, task_states, xcom_values
+
+pytestmark = pytest.mark.integration
+
+MODEL = "breast_cancer"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
+    with release_env(tmp_path_factory.mktemp("release")) as models_dir:
+        yield models_dir
+
+
+def front_url(models_dir: Path, model: str = MODEL) -> str:
+    spec = yaml.safe_load((models_dir / model / "model.yaml").read_text())
+    return f"http://127.0.0.1:{spec['deploy']['local']['port']}"
+
+
+def golden(models_dir: Path, model: str = MODEL) -> list[dict]:
+    return json.loads((models_dir / model / "golden.json").read_text())
+
+
+def infer(models_dir: Path, model: str = MODEL) -> httpx.Response:
+    case = golden(models_dir, model)[0]
+    return httpx.post(f"{front_url(models_dir, model)}/v2/models/{model}/infer", json={"inputs": case["inputs"]}, timeout=10)
+
+
+def production(model: str = MODEL):
+    from model_delivery.registry import PRODUCTION, Registry
+    from model_delivery.settings import get_settings
+
+    return Registry(get_settings().tracking_uri).alias(model, PRODUCTION)
+
+
+def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
+    dag_run = run_release(MODEL, {"reason": "first release"})
+
+    assert dag_run.state == "success"
+    states = task_states(dag_run)
+    assert states.pop("rollback") == "skipped"
+    assert set(states.values()) == {"success"}, states
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "released"
+    assert record["conf"] == {"reason": "first release", "force": False}
+    assert record["gate"]["verdict"] == "blessed"
+    assert record["metrics"]["accuracy"] > 0.9
+    digest = record["artifact"]["digest"]
+    assert digest.startswith("sha256:")
+    for stage in ("build", "evaluate", "gate", "deploy_staging", "smoke", "deploy_production", "verify", "promote"):
+        assert record["stages"][stage]["status"] == "success"
+        assert record["stages"][stage]["seconds"] >= 0
+    assert Path(record["report"].removeprefix("file://")).read_text().startswith(f"# Release of `{MODEL}`: **released**")
+
+    # A real inference through the stable front address, answered by this very artifact.
+    response = infer(env)
+    assert response.status_code == 200
+    assert response.headers["x-model-digest"] == digest
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["predict"]["data"] == golden(env)[0]["expect"]["equals"]
+
+    # The registry: one version, in production, with its lineage.
+    version = production()
+    assert version is not None and version.version == record["artifact"]["version"]
+    for tag in ("artifact_digest", "git_sha", "spec_digest", "dag_id", "run_id", "data.train.sha256", "data.eval.sha256"):
+        assert version.tags[tag], tag
+    assert version.tags["run_id"] == dag_run.run_id
+    assert version.tags["artifact_digest"] == digest
+
+
+def test_xcom_holds_only_small_json(env: Path) -> None:
+    dag_run = run_release(MODEL, {"reason": "xcom check"})
+    values = xcom_values(dag_run)
+    assert "build.return_value" in values
+    for key, value in values.items():
+        encoded = json.dumps(value)  # raises on bytes, frames, arrays
+        assert len(encoded) < 16_384, f"{key} holds {len(encoded)} bytes"
+
+
+def test_rerunning_the_same_release_changes_nothing(env: Path) -> None:
+    before = production()
+    dag_run = run_release(MODEL, {"reason": "same inputs again"})
+
+    assert dag_run.state == "success"
+    record = load_record(MODEL, dag_run.run_id)
+    build = record["stages"]["build"]["result"]
+    assert build["reused"] is True and build["version_existed"] is True
+    assert build["version"] == before.version
+    assert "already running" in record["stages"]["deploy_staging"]["note"]
+    assert production().version == before.version
+    assert infer(env).headers["x-model-digest"] == before.digest
+
+
+def test_smoke_failure_rolls_back_and_production_keeps_serving(env: Path) -> None:
+    before = production()
+    model_dir = env / MODEL
+    # A different model (so a new version), whose golden answer can never match.
+    edit_spec(model_dir, lambda spec: spec["build"]["params"].update(C=0.5))
+    cases = golden(env)
+    cases[0]["expect"]["equals"] = [7]
+    (model_dir / "golden.json").write_text(json.dumps(cases))
+
+    dag_run = run_release(MODEL, {"reason": "this one fails its smoke test"})
+
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states["smoke"] == "failed"
+    assert states["rollback"] == "success"
+    assert states["deploy_production"] == "upstream_failed"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "rolled-back"
+    assert any(reason.startswith("smoke:") and "[7]" in reason for reason in record["reasons"]), record["reasons"]
+    assert record["stages"]["rollback"]["result"]["action"] == "stopped-candidate"
+    assert record["artifact"]["digest"] != before.digest
+    # Production is exactly as it was: same registry alias, same server answering.
+    assert production().version == before.version
+    response = infer(env)
+    assert response.status_code == 200
+    assert response.headers["x-model-digest"] == before.digest
+
+
+def test_second_model_releases_through_the_same_spec_contract(env: Path) -> None:
+    dag_run = run_release("wine", {"reason": "second model"})
+
+    assert dag_run.state == "success"
+    record = load_record("wine", dag_run.run_id)
+    assert record["outcome"] == "released"
+    response = infer(env, "wine")
+    assert response.status_code == 200
+    proba = {o["name"]: o for o in response.json()["outputs"]}["predict_proba"]
+    assert proba["shape"] == [1, 3]
