@@ -43,7 +43,7 @@ UI: *Trigger DAG w/ config*. CLI:
 
 
 def release_params() -> dict[str, Param]:
-    """The release conf, validated by JSON schema before a run exists."""
+    """The release conf, validated by JSON schema before a run exists (keys: ``release.CONF_KEYS``)."""
     return {
         "reason": Param(
             "",

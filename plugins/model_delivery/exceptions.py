@@ -37,6 +37,10 @@ class InvalidModelSpec(ReleaseFailed):
     """A model.yaml is missing, malformed, or has invalid fields."""
 
 
+class InvalidConf(ReleaseFailed):
+    """The run's conf has a key or value the release does not accept."""
+
+
 class BuildFailed(ReleaseFailed):
     """The build entrypoint failed or did not produce the expected outputs."""
 

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_delivery.exceptions import GateRejected, SmokeTestFailed
+from model_delivery.exceptions import GateRejected, InvalidConf, SmokeTestFailed
 from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -23,6 +23,19 @@ if TYPE_CHECKING:
     from model_delivery.records import ReleaseRecord
     from model_delivery.registry import Registry
     from model_delivery.spec import ModelSpec
+
+
+CONF_KEYS = ("reason", "force")
+
+
+def check_conf(conf: dict[str, Any]) -> None:
+    """Refuse conf keys the release does not know: a typo must not be silently ignored."""
+    unknown = sorted(set(conf) - set(CONF_KEYS))
+    if unknown:
+        raise InvalidConf(
+            f"conf has unknown key(s) {unknown}; a release takes only {list(CONF_KEYS)}. "
+            "Fix: correct the spelling and trigger again."
+        )
 
 
 @dataclass
@@ -88,6 +101,7 @@ def build(rc: ReleaseContext) -> dict[str, Any]:
     from model_delivery.build import git_sha, run_build
     from model_server.manifest import build_manifest, manifest_digest
 
+    check_conf(rc.conf)
     spec = rc.spec
     outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
     try:

@@ -159,7 +159,7 @@ def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, A
     if names != [spec.name]:
         raise ApiError(
             400,
-            f"inputs names {names} do not match model {model.name!r}: send exactly one input named "
+            f"input names {names} do not match model {model.name!r}: send exactly one input named "
             f"{spec.name!r}, e.g. {_example(model)}",
         )
     features = _decode_input(request.inputs[0], spec, 0)
@@ -333,7 +333,7 @@ def create_app(model: LoadedModel, *, version: str, digest: str) -> FastAPI:
     _install_handlers(app, metrics, version, digest)
     routes = _Routes(model, version, metrics)
     versioned = "/v2/models/{name}/versions/{model_version}"
-    for path, endpoint, method in [
+    table: list[tuple[str, Callable[..., Any], str]] = [
         ("/v2", routes.server_metadata, "GET"),
         ("/v2/health/live", routes.live, "GET"),
         ("/v2/health/ready", routes.ready, "GET"),
@@ -344,6 +344,7 @@ def create_app(model: LoadedModel, *, version: str, digest: str) -> FastAPI:
         ("/v2/models/{name}/infer", routes.model_infer, "POST"),
         (f"{versioned}/infer", routes.model_version_infer, "POST"),
         ("/metrics", routes.prometheus, "GET"),
-    ]:
+    ]
+    for path, endpoint, method in table:
         app.add_api_route(path, endpoint, methods=[method])
     return app

@@ -54,11 +54,11 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 def canonical_manifest(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Return the manifest document for file entries (``path``, ``sha256``, ``size``)."""
-    files = sorted(
+    files: list[dict[str, Any]] = sorted(
         ({"path": str(e["path"]), "sha256": str(e["sha256"]), "size": int(e["size"])} for e in entries),
-        key=lambda e: e["path"],
+        key=lambda e: str(e["path"]),
     )
-    paths = [f["path"] for f in files]
+    paths: list[str] = [f["path"] for f in files]
     if len(paths) != len(set(paths)):
         raise ArtifactIntegrityError("manifest lists the same path twice")
     for path in paths:

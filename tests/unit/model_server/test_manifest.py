@@ -71,7 +71,8 @@ def test_canonical_manifest_sorts_entries() -> None:
 
 def test_digest_changes_with_content(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
+    a.mkdir()
+    b.mkdir()
     first = _write(a, list(FILES))
     (b / "extra").write_bytes(b"x")
     assert _write(b, list(FILES)) != first
