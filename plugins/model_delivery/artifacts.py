@@ -20,8 +20,7 @@ import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -38,6 +37,9 @@ from model_server.manifest import (
     verify_directory,
 )
 from model_server.manifest import ArtifactIntegrityError as _IntegrityError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class ArtifactStore:
         reports ``reused=True``.
         """
         staging = self.root / model / ".staging" / uuid.uuid4().hex
-        entries = []
+        entries: list[dict[str, Any]] = []
         try:
             for rel in list_files(local_dir):
                 sha, size = self.put_file(local_dir / rel, staging / rel)

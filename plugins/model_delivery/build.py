@@ -21,12 +21,16 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_delivery.exceptions import BuildFailed
-from model_delivery.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from model_delivery.spec import ModelSpec
 
 DATA_FILES = ("train.csv", "eval.csv")
 _ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")

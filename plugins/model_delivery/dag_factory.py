@@ -9,8 +9,7 @@ every valid model's DAG still loads from the same file.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param
 
@@ -27,6 +26,9 @@ from model_delivery.operators import (
 )
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, discover_specs
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 START_DATE = datetime(2026, 1, 1)
 STAGE_DOC = """

@@ -7,12 +7,13 @@ exactly what will be served.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import ReleaseFailed
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +17,8 @@ from model_delivery.exceptions import GateRejected, InvalidConf, SmokeTestFailed
 from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import DeployTarget
     from model_delivery.records import ReleaseRecord
@@ -106,20 +107,20 @@ def build(rc: ReleaseContext) -> dict[str, Any]:
     outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
     try:
         artifact = rc.store.put_directory(spec.name, outputs.model_dir)
-        data = {}
+        data: dict[str, dict[str, Any]] = {}
         for name, path in outputs.data.items():
             dest = rc.record.dir / "data" / path.name
             sha, size = rc.store.put_file(path, dest)
             data[name] = {"uri": str(dest), "sha256": sha, "size_bytes": size}
     finally:
         shutil.rmtree(outputs.work_dir, ignore_errors=True)
-    lineage = {
+    lineage: dict[str, str] = {
         "git_sha": git_sha(PROJECT_ROOT),
         "spec_digest": manifest_digest(build_manifest(rc.model_dir)),
         "dag_id": rc.dag_id,
         "run_id": rc.run_id,
         "artifact_uri": artifact.uri,
-        **{f"data.{name}.sha256": d["sha256"] for name, d in data.items()},
+        **{f"data.{name}.sha256": str(d["sha256"]) for name, d in data.items()},
     }
     version, existed = rc.registry.register(
         spec.name, source=artifact.uri, digest=artifact.digest, tags=lineage,

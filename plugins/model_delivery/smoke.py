@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_delivery.exceptions import InvalidModelSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Expect(BaseModel):

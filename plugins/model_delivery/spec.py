@@ -9,13 +9,15 @@ golden requests; no DAG code changes. Every field is documented here, and
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model_delivery.exceptions import InvalidModelSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SPEC_FILE = "model.yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"

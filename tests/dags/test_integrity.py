@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import PROJECT, run_airflow
 from tests.helpers.models import copy_models, edit_spec
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 HEAVY = ("mlflow", "sklearn", "pandas", "great_expectations", "kubernetes", "scipy", "fastapi", "uvicorn", "joblib")
 

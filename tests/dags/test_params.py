@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -10,6 +10,9 @@ from model_delivery.release import CONF_KEYS
 from tests.conftest import run_airflow
 from tests.helpers.models import copy_models
 from tests.helpers.release import get_dag
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 BAD_CONFS = [
     pytest.param({"force": "yes"}, "force", id="force-not-boolean"),

@@ -22,8 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
@@ -33,6 +31,9 @@ from model_server.front import write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.spec import LocalTargetSpec
@@ -159,7 +160,7 @@ class LocalTarget:
         return f"--port {slot['port']}"
 
     def _slot_alive(self, slot: dict[str, Any] | None) -> bool:
-        return bool(slot) and _alive(slot.get("pid"), self._server_marker(slot))  # type: ignore[union-attr]
+        return slot is not None and _alive(slot.get("pid"), self._server_marker(slot))
 
     def _stop_slot(self, slot: dict[str, Any] | None) -> None:
         if slot:

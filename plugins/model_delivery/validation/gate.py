@@ -13,9 +13,10 @@ A spec without thresholds that does not allow it is rejected: nothing passes by 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model_delivery.spec import GateSpec
+if TYPE_CHECKING:
+    from model_delivery.spec import GateSpec
 
 PASSING = ("blessed", "no-thresholds", "forced")
 
