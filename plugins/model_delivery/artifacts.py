@@ -58,7 +58,8 @@ class StoredArtifact:
 
 def safe_segment(value: str) -> str:
     """Make a run id or similar safe to use as one path segment on any store."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", value)[:200] or "_"
+    segment = re.sub(r"[^A-Za-z0-9._-]", "_", value)[:200]
+    return (segment.replace(".", "_") or "_") if segment in ("", ".", "..") else segment
 
 
 def _copy(src_open: Any, dest: ObjectStoragePath) -> tuple[str, int]:

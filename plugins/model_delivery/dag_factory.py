@@ -23,6 +23,7 @@ from model_delivery.operators import (
     RecordReleaseOperator,
     RollbackModelOperator,
     SmokeTestModelOperator,
+    ValidateDataOperator,
 )
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, discover_specs
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 START_DATE = datetime(2026, 1, 1)
 STAGE_DOC = """
 ### Stages
-build → evaluate → gate → deploy_staging → smoke → deploy_production → verify → promote;
+build → validate_data → evaluate → gate → deploy_staging → smoke → deploy_production → verify → promote;
 any failure after a deploy started → rollback. `record` always runs and writes
 `release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
 
@@ -80,7 +81,9 @@ def release_dag(spec: ModelSpec) -> DAG:
     ) as dag:
         build = BuildModelOperator(task_id="build", model=name)
         candidate: Any = build.output
+        validate = ValidateDataOperator(task_id="validate_data", model=name, candidate=candidate)
         evaluate = EvaluateModelOperator(task_id="evaluate", model=name, candidate=candidate)
+        validate >> evaluate
         gate = GateModelOperator(task_id="gate", model=name, candidate=candidate, evaluation=evaluate.output)
         staging = DeployModelOperator(task_id="deploy_staging", model=name, candidate=candidate, step="staging")
         smoke = SmokeTestModelOperator(task_id="smoke", model=name, candidate=candidate, deployment=staging.output)

@@ -18,6 +18,7 @@ RECORD = "release.json"
 REPORT = "report.md"
 STAGES = (
     "build",
+    "validate_data",
     "evaluate",
     "gate",
     "deploy_staging",

@@ -142,6 +142,45 @@ def _download(uri: str, dest: Path) -> Path:
     return dest
 
 
+def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Expectations, schema and drift on the training and evaluation data; raise if any fails.
+
+    The full GX result of each data set is saved beside the release record; the returned
+    summary (and the exception's ``result``) names each failed expectation, column,
+    unexpected count and sample values, and every feature's drift statistic and threshold.
+    """
+    from model_delivery.validation.data import ValidationFailed, load_suite, read_table, validate_dataset
+
+    spec = rc.spec
+    config = spec.validation
+    suite = load_suite(rc.model_dir / config.suite)
+    reference = read_table(rc.model_dir / config.reference, f"reference data {config.reference}")
+    categorical = [*config.categorical, *([spec.evaluation.label] if spec.task == "classification" else [])]
+    scratch = rc.settings.scratch_dir / spec.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        for name in ("train", "eval"):
+            frame = read_table(_download(candidate["data"][name]["uri"], Path(tmp) / f"{name}.csv"), f"{name}.csv")
+            report = validate_dataset(f"{name}.csv", frame, reference, suite, config, categorical=categorical)
+            rc.store.write_json(rc.record.dir / "validation" / f"{name}.gx.json", report.gx_result)
+            reports[name] = report
+    problems = [line for report in reports.values() for line in report.problems()]
+    for line in problems:
+        rc.log("data check failed: %s", line)
+    result = {
+        "passed": not problems,
+        "problems": problems,
+        "datasets": {name: report.summary() for name, report in reports.items()},
+        "gx_results": {name: str(rc.record.dir / "validation" / f"{name}.gx.json") for name in reports},
+    }
+    if problems:
+        raise ValidationFailed(f"data validation failed ({len(problems)} problem(s)): " + "; ".join(problems[:10]),
+                               result=result)
+    rc.log("data checks passed: %s", ", ".join(f"{n} ({r.rows} rows)" for n, r in reports.items()))
+    return result
+
+
 def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     """Measure the candidate on the evaluation data and log the metrics to MLflow."""
     from model_delivery.evaluate import evaluate_artifact

@@ -26,6 +26,14 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "l
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 
 
+class _FieldError(ValueError):
+    """A cross-field problem that names its field (pydantic reports model validators at the top level)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +66,40 @@ class EvaluationSpec(_Strict):
         + ", ".join(REGRESSION_METRICS)
         + ".",
     )
+
+
+class DriftSpec(_Strict):
+    """Per-feature drift thresholds against the reference data."""
+
+    ks_max: float = Field(
+        0.2, gt=0, le=1, description="Numeric features drift when their two-sample KS statistic exceeds this."
+    )
+    psi_max: float = Field(
+        0.2, gt=0, description="Categorical features drift when their Population Stability Index exceeds this."
+    )
+    per_feature: dict[str, float] = Field(
+        default_factory=dict, description="Threshold overrides by feature name (KS or PSI, by the feature's test)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Columns not tested for drift.")
+
+
+class ValidationSpec(_Strict):
+    """Data checks on the training and evaluation data, before the model is measured."""
+
+    suite: str = Field(
+        description="Great Expectations 1.x suite (JSON) in the model folder, run on the training and "
+        "the evaluation data."
+    )
+    reference: str = Field(
+        description="CSV in the model folder with the reference data: the expected columns and types, and "
+        "the distributions drift is measured against."
+    )
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="Features tested with PSI; other numeric features use KS. For classification, the "
+        "label is always categorical.",
+    )
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift thresholds.")  # type: ignore[arg-type]
 
 
 class Threshold(_Strict):
@@ -141,6 +183,7 @@ class ModelSpec(_Strict):
         description="Kind of model; decides which metrics exist."
     )
     build: BuildSpec = Field(default_factory=BuildSpec, description="How the model is built.")  # type: ignore[arg-type]
+    validation: ValidationSpec = Field(description="Data checks: expectations, schema and drift.")
     evaluation: EvaluationSpec = Field(description="How the candidate is measured.")
     gate: GateSpec = Field(default_factory=GateSpec, description="What the candidate must meet.")  # type: ignore[arg-type]
     smoke: SmokeSpec = Field(default_factory=SmokeSpec, description="Golden requests and latency budget.")  # type: ignore[arg-type]
@@ -159,12 +202,14 @@ class ModelSpec(_Strict):
         allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
         unknown = [m for m in self.evaluation.metrics if m not in allowed]
         if unknown:
-            raise ValueError(
+            raise _FieldError(
+                "evaluation.metrics",
                 f"evaluation.metrics has {unknown} which a {self.task} model does not have; use {list(allowed)}"
             )
         unmeasured = [m for m in self.gate.thresholds if m not in self.evaluation.metrics]
         if unmeasured:
-            raise ValueError(
+            raise _FieldError(
+                f"gate.thresholds.{unmeasured[0]}",
                 f"gate.thresholds names {unmeasured} which evaluation.metrics does not compute; "
                 "add them to evaluation.metrics or remove the thresholds"
             )
@@ -222,10 +267,14 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid model spec ({error.error_count()} problem(s))"]
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
+        cross = (item.get("ctx") or {}).get("error")
+        named = not loc and isinstance(cross, _FieldError)
+        if named:
+            loc = tuple(cross.field.split("."))
         field = ".".join(str(p) for p in loc) or "(top level)"
         hint = _FIX_HINTS.get(item["type"], "correct the value")
         doc = _describe(loc)
-        got = f" (got {item['input']!r})" if item["type"] not in ("missing",) and loc else ""
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing",) and loc and not named else ""
         lines.append(f"  - field '{field}': {item['msg']}{got}. Fix: {hint}." + (f" Field: {doc}" if doc else ""))
     return "\n".join(lines)
 
@@ -243,7 +292,10 @@ def load_spec(model_dir: Path) -> ModelSpec:
     except yaml.YAMLError as exc:
         raise InvalidModelSpec(f"{path}: not valid YAML: {exc}. Fix: correct the syntax.") from None
     if not isinstance(raw, dict):
-        raise InvalidModelSpec(f"{path}: must be a YAML mapping of fields, got {type(raw).__name__}.")
+        raise InvalidModelSpec(
+            f"{path}: must be a YAML mapping of fields, got {type(raw).__name__}. "
+            "Fix: write one `field: value` per top-level field (see docs/model-spec.md)."
+        )
     try:
         spec = ModelSpec.model_validate(raw)
     except ValidationError as exc:
@@ -253,7 +305,13 @@ def load_spec(model_dir: Path) -> ModelSpec:
             f"{path}: field 'name' is {spec.name!r} but the folder is {model_dir.name!r}. "
             "Fix: make them equal (the folder name is the model's identity)."
         )
-    for field, rel in (("build.entrypoint", spec.build.entrypoint), ("smoke.golden", spec.smoke.golden)):
+    named = (
+        ("build.entrypoint", spec.build.entrypoint),
+        ("smoke.golden", spec.smoke.golden),
+        ("validation.suite", spec.validation.suite),
+        ("validation.reference", spec.validation.reference),
+    )
+    for field, rel in named:
         if not (model_dir / rel).is_file():
             raise InvalidModelSpec(
                 f"{path}: field '{field}' names {rel!r}, which does not exist in {model_dir}. "

@@ -4,6 +4,10 @@ Trains a scaled logistic regression on scikit-learn's bundled Wisconsin breast c
 data (nothing is downloaded). Contract: see ``model_delivery.build``.
 
     python train.py --output-dir OUT [--params '{"C": 1.0}']
+    python train.py --write-reference reference.csv   # the reference data for drift checks
+
+The data carries one column that is not a feature, ``size_group`` (``small``/``large``
+tumours by mean radius), so the gate can hold each slice to its own thresholds.
 """
 
 from __future__ import annotations
@@ -20,15 +24,28 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
+def load_frame():
+    """30 numeric features, ``target`` (0 = malignant, 1 = benign) and the ``size_group`` slice column."""
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame
+    frame["size_group"] = ["large" if r >= 15.0 else "small" for r in frame["mean radius"]]
+    return data, frame
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path)
     parser.add_argument("--params", default="{}", help="JSON hyper-parameters from model.yaml build.params")
+    parser.add_argument("--write-reference", type=Path, help="write the reference data set and exit")
     args = parser.parse_args()
     params = json.loads(args.params)
 
-    data = load_breast_cancer(as_frame=True)
-    frame = data.frame  # 30 numeric features + "target" (0 = malignant, 1 = benign)
+    data, frame = load_frame()
+    if args.write_reference:
+        frame.to_csv(args.write_reference, index=False)
+        return
+    if args.output_dir is None:
+        parser.error("--output-dir is required")
     features = list(data.feature_names)
     train, evaluation = train_test_split(
         frame, test_size=float(params.get("test_size", 0.25)), random_state=int(params.get("seed", 7)),

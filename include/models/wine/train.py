@@ -4,6 +4,7 @@ Trains on scikit-learn's bundled wine recognition data (nothing is downloaded).
 Contract: see ``model_delivery.build``.
 
     python train.py --output-dir OUT [--params '{"n_estimators": 100}']
+    python train.py --write-reference reference.csv   # the reference data for drift checks
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from sklearn.model_selection import train_test_split
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--output-dir", type=Path)
     parser.add_argument("--params", default="{}", help="JSON hyper-parameters from model.yaml build.params")
+    parser.add_argument("--write-reference", type=Path, help="write the reference data set and exit")
     args = parser.parse_args()
     params = json.loads(args.params)
 
     data = load_wine(as_frame=True)
     frame = data.frame  # 13 numeric features + "target" (cultivar 0, 1, 2)
+    if args.write_reference:
+        frame.to_csv(args.write_reference, index=False)
+        return
+    if args.output_dir is None:
+        parser.error("--output-dir is required")
     features = list(data.feature_names)
     train, evaluation = train_test_split(
         frame, test_size=0.3, random_state=int(params.get("seed", 11)), stratify=frame["target"]

@@ -8,6 +8,7 @@ from model_delivery.operators.promote import PromoteModelOperator
 from model_delivery.operators.record import RecordReleaseOperator
 from model_delivery.operators.rollback import RollbackModelOperator
 from model_delivery.operators.smoke import SmokeTestModelOperator
+from model_delivery.operators.validate import ValidateDataOperator
 
 __all__ = [
     "BuildModelOperator",
@@ -18,4 +19,5 @@ __all__ = [
     "RecordReleaseOperator",
     "RollbackModelOperator",
     "SmokeTestModelOperator",
+    "ValidateDataOperator",
 ]

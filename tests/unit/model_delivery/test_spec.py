@@ -1,0 +1,142 @@
+"""load_spec / discover_specs / spec_docs on real model folders and real broken YAML files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from model_delivery.exceptions import InvalidModelSpec
+from model_delivery.spec import ModelSpec, discover_specs, load_spec, spec_docs
+from tests.helpers.models import PROJECT, copy_models, edit_spec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+MODELS = PROJECT / "include" / "models"
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "metrics", "n_thresholds"),
+    [
+        pytest.param("breast_cancer", "classification", ["accuracy", "f1", "roc_auc", "log_loss"], 3, id="breast_cancer"),
+        pytest.param("wine", "classification", ["accuracy", "f1", "roc_auc"], 2, id="wine"),
+    ],
+)
+def test_load_spec_on_the_demo_models(name: str, task: str, metrics: list[str], n_thresholds: int) -> None:
+    spec = load_spec(MODELS / name)
+
+    assert spec.name == name
+    assert spec.dag_id == f"release__{name}"
+    assert spec.task == task
+    assert spec.evaluation.metrics == metrics
+    assert len(spec.gate.thresholds) == n_thresholds
+    assert spec.deploy.target == "local"
+    assert spec.deploy.local is not None and 1024 <= spec.deploy.local.port <= 65535
+    assert (MODELS / name / spec.build.entrypoint).is_file()
+    assert (MODELS / name / spec.smoke.golden).is_file()
+
+
+def _edit(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    return lambda model_dir: edit_spec(model_dir, change)
+
+
+def _write(text: str) -> Callable[[Path], None]:
+    return lambda model_dir: (model_dir / "model.yaml").write_text(text)
+
+
+def _delete(name: str) -> Callable[[Path], None]:
+    return lambda model_dir: (model_dir / name).unlink()
+
+
+def _pop(section: str, key: str | None = None) -> Callable[[dict[str, Any]], None]:
+    return lambda spec: spec.pop(section) if key is None else spec[section].pop(key)
+
+
+BROKEN = [
+    pytest.param(
+        _edit(lambda s: s["gate"]["thresholds"].update(accuracy={"min": "high"})),
+        "gate.thresholds.accuracy.min", "use a number", id="wrong-type",
+    ),
+    pytest.param(
+        _edit(lambda s: s["smoke"].update(latency_budget=100)),
+        "smoke.latency_budget", "fix its spelling", id="unknown-field-typo",
+    ),
+    pytest.param(_edit(_pop("task")), "task", "add it", id="missing-task"),
+    pytest.param(_edit(_pop("evaluation")), "evaluation", "add it", id="missing-evaluation"),
+    pytest.param(_edit(_pop("deploy")), "deploy", "add it", id="missing-deploy"),
+    pytest.param(_edit(_pop("deploy", "local")), "deploy", "needs a 'local:' section", id="local-target-without-section"),
+    pytest.param(_edit(lambda s: s.update(name="Breast-Cancer")), "name", "lowercase letters", id="bad-name-pattern"),
+    pytest.param(_edit(lambda s: s.update(name="wine")), "name", "folder", id="name-is-not-the-folder"),
+    pytest.param(_delete("train.py"), "build.entrypoint", "'train.py'", id="entrypoint-missing"),
+    pytest.param(_delete("golden.json"), "smoke.golden", "'golden.json'", id="golden-missing"),
+    pytest.param(
+        _edit(lambda s: s["gate"]["thresholds"].update(accuracy={"min": 0.9, "max": 0.5})),
+        "gate.thresholds.accuracy", "greater than max", id="threshold-min-above-max",
+    ),
+    pytest.param(
+        _edit(lambda s: s["gate"]["thresholds"].update(accuracy={})),
+        "gate.thresholds.accuracy", "at least one of min and max", id="threshold-without-bounds",
+    ),
+    pytest.param(
+        _edit(lambda s: s["gate"]["thresholds"].update(precision={"min": 0.5})),
+        "gate.thresholds.precision", "evaluation.metrics does not compute", id="threshold-on-unmeasured-metric",
+    ),
+    pytest.param(
+        _edit(lambda s: s["evaluation"].update(metrics=["accuracy", "rmse"])),
+        "evaluation.metrics", "['rmse']", id="regression-metric-on-classification",
+    ),
+    pytest.param(_write("name: breast_cancer\ntask: [classification\n"), None, "not valid YAML", id="not-yaml"),
+    pytest.param(_write("- name: breast_cancer\n- task: classification\n"), None, "got list", id="yaml-list"),
+    pytest.param(_delete("model.yaml"), None, "not found", id="missing-model-yaml"),
+]
+
+
+@pytest.mark.parametrize(("breaker", "field", "detail"), BROKEN)
+def test_broken_spec_names_file_field_and_fix(
+    tmp_path: Path, breaker: Callable[[Path], None], field: str | None, detail: str
+) -> None:
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    load_spec(model_dir)  # the copy is valid before it is broken
+    breaker(model_dir)
+
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+
+    message = str(caught.value)
+    assert str(model_dir / "model.yaml") in message
+    if field is not None:
+        assert f"field '{field}'" in message
+    assert detail in message
+    assert "Fix:" in message
+
+
+def test_discover_specs_loads_good_folders_and_reports_broken_ones(tmp_path: Path) -> None:
+    models = copy_models(tmp_path / "models", ("breast_cancer", "wine"))
+    edit_spec(models / "wine", lambda s: s.pop("task"))
+    (models / "Not-A-Model").mkdir()
+    (models / "_ignored").mkdir()
+    (models / "README.md").write_text("not a folder")
+
+    specs, errors = discover_specs(models)
+
+    assert list(specs) == ["breast_cancer"]
+    assert isinstance(specs["breast_cancer"], ModelSpec)
+    assert sorted(errors) == ["Not-A-Model", "wine"]
+    assert "field 'task'" in errors["wine"] and str(models / "wine" / "model.yaml") in errors["wine"]
+    assert "Fix:" in errors["Not-A-Model"]
+
+
+def test_discover_specs_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
+    assert discover_specs(tmp_path / "absent") == ({}, {})
+
+
+def test_spec_docs_mention_every_field() -> None:
+    docs = spec_docs()
+
+    for name in ModelSpec.model_fields:
+        assert f"`{name}`" in docs, name
+    for nested in ("build.entrypoint", "evaluation.metrics", "gate.thresholds", "smoke.latency_budget_ms",
+                   "deploy.local.port"):
+        assert f"`{nested}`" in docs, nested
