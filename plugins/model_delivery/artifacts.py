@@ -198,7 +198,7 @@ class ArtifactStore:
         An already-fetched directory that still verifies is reused. The copy lands in
         a temporary directory and is renamed into place only when every hash matched.
         """
-        if (dest / MANIFEST_NAME).exists():
+        if dest.exists():  # a copy that lost its MANIFEST is damaged too: replace it
             try:
                 verify_directory(dest, digest)
                 return dest

@@ -269,7 +269,7 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         loc = tuple(p for p in item["loc"] if not str(p).startswith("function-"))
         cross = (item.get("ctx") or {}).get("error")
         named = not loc and isinstance(cross, _FieldError)
-        if named:
+        if not loc and isinstance(cross, _FieldError):
             loc = tuple(cross.field.split("."))
         field = ".".join(str(p) for p in loc) or "(top level)"
         hint = _FIX_HINTS.get(item["type"], "correct the value")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +21,7 @@ from model_server.manifest import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 MODEL = "demo"
 
@@ -156,13 +156,34 @@ def test_fetch_gives_a_verified_copy_and_reuses_it(store: ArtifactStore, source:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["copy"]
 
 
-def test_fetch_repairs_a_damaged_local_copy(store: ArtifactStore, source: Path, tmp_path: Path) -> None:
+def _drop_manifest(dest: Path) -> None:
+    (dest / MANIFEST_NAME).unlink()
+
+
+def _add_file(dest: Path) -> None:
+    (dest / "extra.py").write_text("print('not part of the artifact')")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda dest: _flip_byte(dest / "model.joblib"), id="changed-file"),
+        pytest.param(lambda dest: (dest / "serving.json").unlink(), id="deleted-file"),
+        pytest.param(_add_file, id="added-file"),
+        pytest.param(lambda dest: (_flip_byte(dest / "model.joblib"), _drop_manifest(dest)), id="changed-file-no-manifest"),
+    ],
+)
+def test_fetch_repairs_a_damaged_local_copy(
+    store: ArtifactStore, source: Path, tmp_path: Path, damage: Callable[[Path], object]
+) -> None:
     stored = store.put_directory(MODEL, source)
     dest = tmp_path / "copy"
     store.fetch(MODEL, stored.digest, dest)
-    _flip_byte(dest / "model.joblib")
+    damage(dest)
 
     store.fetch(MODEL, stored.digest, dest)
+
+    assert not (dest / "extra.py").exists()
 
     assert (dest / "model.joblib").read_bytes() == (source / "model.joblib").read_bytes()
     verify_directory(dest, stored.digest)

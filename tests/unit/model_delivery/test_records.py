@@ -106,7 +106,7 @@ def test_record_round_trip_writes_release_json_and_report(tmp_path: Path) -> Non
     final = record.finalize(dag_id="release__demo", conf={"reason": "weekly", "force": False})
 
     release_dir = tmp_path / "store" / "demo" / "releases" / "manual__2026-01-01T00_00_00_00_00"
-    assert sorted(p.name for p in release_dir.iterdir()) == [REPORT, "release.json"]
+    assert sorted(p.name for p in release_dir.iterdir()) == sorted([REPORT, "release.json"])
     on_disk = json.loads((release_dir / "release.json").read_text())
     assert on_disk == json.loads(json.dumps(final, default=str))
     assert ReleaseRecord(store, "demo", "manual__2026-01-01T00:00:00+00:00").load() == on_disk
