@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import InvalidModelSpec, ReleaseFailed
 from model_delivery.validation.drift import drift_report, schema_changes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
     from model_delivery.spec import ValidationSpec

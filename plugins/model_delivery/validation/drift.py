@@ -13,11 +13,12 @@ threshold. Every feature's statistic and threshold is reported, drifted or not.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
 PSI_EPSILON = 1e-4
