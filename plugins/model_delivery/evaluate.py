@@ -59,6 +59,100 @@ def compute_metrics(task: str, names: list[str], y: np.ndarray, outputs: dict[st
     return {name: measure(name, y, outputs) for name in names}
 
 
+def _safe_metrics(task: str, names: list[str], y: np.ndarray, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Metrics that can be computed on this sample (e.g. roc_auc needs both classes); NaN otherwise."""
+    values = {}
+    for name in names:
+        try:
+            values[name] = compute_metrics(task, [name], y, outputs)[name]
+        except ValueError:
+            values[name] = float("nan")
+    return values
+
+
+def load_eval_frame(eval_csv: Path, label: str) -> Any:
+    """Read the evaluation data; a missing label column raises ``EvaluationFailed``."""
+    import pandas as pd
+
+    frame = pd.read_csv(eval_csv)
+    if label not in frame.columns:
+        raise EvaluationFailed(
+            f"{eval_csv.name}: label column {label!r} is missing (columns: {list(frame.columns)[:10]}...). "
+            "Fix: set evaluation.label in model.yaml to the right column."
+        )
+    return frame
+
+
+def predict_frame(artifact_dir: Path, frame: Any) -> dict[str, np.ndarray]:
+    """Every declared output of the artifact's model for the rows of ``frame``."""
+    from model_server.flavors import load_model
+
+    model = load_model(artifact_dir)
+    columns = model.metadata["inputs"][0].get("columns")
+    if not columns:
+        raise EvaluationFailed(f"{artifact_dir}/serving.json: inputs[0].columns is needed to evaluate on a table.")
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise EvaluationFailed(f"evaluation data lacks feature columns {absent} that the model needs.")
+    return model.predict(frame[columns].to_numpy(dtype="float64"))
+
+
+def _take(outputs: dict[str, np.ndarray], index: Any) -> dict[str, np.ndarray]:
+    return {name: values[index] for name, values in outputs.items()}
+
+
+def slice_metrics(
+    task: str, names: list[str], frame: Any, label: str, outputs: dict[str, np.ndarray], column: str
+) -> dict[str, dict[str, Any]]:
+    """Metrics per value of ``column``: ``{value: {"rows": n, "metrics": {...}}}``."""
+    if column not in frame.columns:
+        raise EvaluationFailed(f"slice column {column!r} is not in the evaluation data; fix gate.slices in model.yaml.")
+    y = frame[label].to_numpy()
+    result = {}
+    for value in sorted(frame[column].astype("string").fillna("<missing>").unique()):
+        mask = (frame[column].astype("string").fillna("<missing>") == value).to_numpy()
+        result[str(value)] = {"rows": int(mask.sum()), "metrics": _safe_metrics(task, names, y[mask], _take(outputs, mask))}
+    return result
+
+
+def bootstrap(
+    task: str,
+    names: list[str],
+    y: np.ndarray,
+    candidate: dict[str, np.ndarray],
+    champion: dict[str, np.ndarray] | None,
+    *,
+    samples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, dict[str, list[float]]]:
+    """Percentile confidence intervals of each metric and of (candidate - champion), paired by row."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in names}
+    deltas: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(samples):
+        index = rng.integers(0, len(y), len(y))
+        ours = _safe_metrics(task, names, y[index], _take(candidate, index))
+        theirs = _safe_metrics(task, names, y[index], _take(champion, index)) if champion is not None else {}
+        for name in names:
+            draws[name].append(ours[name])
+            if champion is not None:
+                deltas[name].append(ours[name] - theirs[name])
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: list[float]) -> list[float]:
+        arr = np.asarray(values, dtype="float64")
+        arr = arr[~np.isnan(arr)]
+        return [float(np.percentile(arr, tail)), float(np.percentile(arr, 100 - tail))] if arr.size else []
+
+    return {
+        name: {"candidate": interval(draws[name]), **({"delta": interval(deltas[name])} if champion is not None else {})}
+        for name in names
+    }
+
+
 def evaluate_artifact(
     artifact_dir: Path, eval_csv: Path, *, task: str, label: str, metrics: list[str]
 ) -> dict[str, Any]:
@@ -66,21 +160,7 @@ def evaluate_artifact(
 
     :raises EvaluationFailed: when the label or a feature column is missing.
     """
-    import pandas as pd
-
-    from model_server.flavors import load_model
-
-    model = load_model(artifact_dir)
-    frame = pd.read_csv(eval_csv)
-    if label not in frame.columns:
-        raise EvaluationFailed(
-            f"{eval_csv.name}: label column {label!r} is missing (columns: {list(frame.columns)[:10]}...). "
-            "Fix: set evaluation.label in model.yaml to the right column."
-        )
-    columns = model.metadata["inputs"][0].get("columns") or [c for c in frame.columns if c != label]
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise EvaluationFailed(f"{eval_csv.name}: feature columns {absent} that the model needs are missing.")
-    outputs = model.predict(frame[columns].to_numpy(dtype="float64"))
+    frame = load_eval_frame(eval_csv, label)
+    outputs = predict_frame(artifact_dir, frame)
     values = compute_metrics(task, metrics, frame[label].to_numpy(), outputs)
     return {"metrics": values, "rows": len(frame)}

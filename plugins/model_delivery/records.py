@@ -11,23 +11,14 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from model_delivery.report import render_html, render_markdown
+
 if TYPE_CHECKING:
     from model_delivery.artifacts import ArtifactStore
 
 RECORD = "release.json"
 REPORT = "report.md"
-STAGES = (
-    "build",
-    "validate_data",
-    "evaluate",
-    "gate",
-    "deploy_staging",
-    "smoke",
-    "deploy_production",
-    "verify",
-    "promote",
-    "rollback",
-)
+REPORT_HTML = "report.html"
 
 
 def now() -> str:
@@ -83,8 +74,11 @@ class ReleaseRecord:
             ],
             report=str(self.dir / REPORT),
         )
+        record["report_html"] = str(self.dir / REPORT_HTML)
         self.store.write_json(self.path, record)
-        self.store.write_text(self.dir / REPORT, render_report(record))
+        markdown = render_report(record)
+        self.store.write_text(self.dir / REPORT, markdown)
+        self.store.write_text(self.dir / REPORT_HTML, render_html(markdown, f"{self.model} {self.run_id}"))
         return record
 
 
@@ -109,45 +103,10 @@ def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     return "released", []
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "—" if value is None else str(value)
-
-
 def render_report(record: dict[str, Any]) -> str:
-    """A short markdown report of one release."""
-    artifact = record.get("artifact") or {}
-    lines = [
-        f"# Release of `{record['model']}`: **{record['outcome']}**",
-        "",
-        f"- Run: `{record.get('dag_id')}` / `{record['run_id']}`",
-        f"- Reason given: {record.get('conf', {}).get('reason') or '—'}; force: {record.get('conf', {}).get('force', False)}",
-        f"- Artifact: `{artifact.get('digest', '—')}` ({artifact.get('uri', 'not built')})",
-        f"- Registry version: {artifact.get('version', '—')}",
-        f"- Finished: {record.get('finished_at')}",
-    ]
-    if record.get("reasons"):
-        lines += ["", "## Why", ""] + [f"- {r}" for r in record["reasons"]]
-    gate = record.get("gate") or {}
-    if gate.get("checks") or record.get("metrics"):
-        lines += ["", f"## Metrics and gate (verdict: {gate.get('verdict', '—')})", "", "| metric | value | bound | ok |", "|---|---|---|---|"]
-        checked = {c["metric"] for c in gate.get("checks", [])}
-        for check in gate.get("checks", []):
-            bound = f"{check['bound']} {check['threshold']}"
-            lines.append(f"| {check['metric']} | {_fmt(check['value'])} | {bound} | {'yes' if check['ok'] else 'NO'} |")
-        for metric, value in (record.get("metrics") or {}).items():
-            if metric not in checked:
-                lines.append(f"| {metric} | {_fmt(value)} | — | — |")
-    lines += ["", "## Stages", "", "| stage | status | started | seconds | note |", "|---|---|---|---|---|"]
-    for name in STAGES:
-        entry = record.get("stages", {}).get(name)
-        if entry:
-            note = (entry.get("error") or entry.get("note") or "").replace("\n", " ")[:160]
-            lines.append(f"| {name} | {entry['status']} | {entry.get('started_at', '')} | {_fmt(entry.get('seconds'))} | {note} |")
-        else:
-            lines.append(f"| {name} | not run | | | |")
-    for deployment in record.get("deployments") or []:
-        lines.append("")
-        lines.append(f"- {deployment['stage']}: {deployment.get('url', '')} (version {deployment.get('version', '—')})")
-    return "\n".join(lines) + "\n"
+    """The markdown report; if rendering itself fails, a minimal report that says so (never no report)."""
+    try:
+        return render_markdown(record)
+    except Exception as exc:  # noqa: BLE001 - a report bug must not lose the record
+        return (f"# Release of `{record.get('model')}`: **{record.get('outcome')}**\n\n"
+                f"The full report could not be rendered ({type(exc).__name__}: {exc}); see release.json.\n")

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_delivery.exceptions import GateRejected, InvalidConf, SmokeTestFailed
+from model_delivery.exceptions import GateRejected, InvalidConf, ReleaseFailed, SmokeTestFailed
 from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -181,40 +181,92 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
     return result
 
 
+def _champion(rc: ReleaseContext, candidate: dict[str, Any], frame: Any, scratch: Path) -> tuple[dict[str, Any] | None, Any]:
+    """The production version measured on the candidate's evaluation rows (paired), if there is one."""
+    from model_delivery.evaluate import compute_metrics, predict_frame
+    from model_delivery.registry import PRODUCTION
+    from model_server.manifest import ArtifactIntegrityError, parse_digest
+
+    champion = rc.registry.alias(rc.model, PRODUCTION)
+    if champion is None:
+        return None, None
+    found: dict[str, Any] = champion.to_dict()
+    if champion.version == str(candidate["version"]):
+        return {**found, "same_as_candidate": True}, None
+    try:
+        artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}")
+        outputs = predict_frame(artifact_dir, frame)
+    except (ReleaseFailed, ArtifactIntegrityError, ValueError) as exc:
+        rc.log("production version %s could not be measured on this data: %s", champion.version, exc)
+        return {**found, "metrics": rc.registry.metrics_of(champion), "paired": False,
+                "note": f"not measured on this data ({exc}); its recorded metrics are used"}, None
+    y = frame[rc.spec.evaluation.label].to_numpy()
+    metrics = compute_metrics(rc.spec.task, rc.spec.evaluation.metrics, y, outputs)
+    return {**found, "metrics": metrics, "paired": True}, outputs
+
+
 def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Measure the candidate on the evaluation data and log the metrics to MLflow."""
-    from model_delivery.evaluate import evaluate_artifact
+    """Measure the candidate, and the production version on the same rows; log to MLflow.
+
+    Adds per-slice metrics for the gate's slices and bootstrap intervals when the gate asks.
+    """
+    from model_delivery.evaluate import (
+        bootstrap,
+        compute_metrics,
+        load_eval_frame,
+        predict_frame,
+        slice_metrics,
+    )
     from model_server.manifest import parse_digest
 
     spec = rc.spec
+    label, names = spec.evaluation.label, spec.evaluation.metrics
     scratch = rc.settings.scratch_dir / spec.name
     scratch.mkdir(parents=True, exist_ok=True)
     artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        eval_csv = _download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv")
-        result = evaluate_artifact(
-            artifact_dir, eval_csv, task=spec.task, label=spec.evaluation.label, metrics=spec.evaluation.metrics
-        )
+        frame = load_eval_frame(_download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv"), label)
+    outputs = predict_frame(artifact_dir, frame)
+    y = frame[label].to_numpy()
+    result: dict[str, Any] = {"metrics": compute_metrics(spec.task, names, y, outputs), "rows": len(frame)}
+    result["champion"], champion_outputs = _champion(rc, candidate, frame, scratch)
+    result["slices"] = {
+        s.column: slice_metrics(spec.task, names, frame, label, outputs, s.column) for s in spec.gate.slices
+    }
+    if spec.gate.bootstrap is not None:
+        config = spec.gate.bootstrap
+        result["bootstrap"] = {
+            "samples": config.samples, "confidence": config.confidence, "seed": config.seed,
+            "intervals": bootstrap(spec.task, names, y, outputs, champion_outputs, samples=config.samples,
+                                   confidence=config.confidence, seed=config.seed),
+        }
     rc.registry.log_metrics(spec.name, candidate["version"], result["metrics"])
     rc.store.write_json(rc.record.dir / "metrics.json", result)
+    baseline = (result["champion"] or {}).get("metrics") or {}
     for name, value in result["metrics"].items():
-        rc.log("metric %s = %.4f", name, value)
+        versus = f" (production {baseline[name]:.4f}, {value - baseline[name]:+.4f})" if name in baseline else ""
+        rc.log("metric %s = %.4f%s", name, value, versus)
     return result
 
 
 def gate(rc: ReleaseContext, candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     """Decide whether the candidate may be deployed; raise ``GateRejected`` if not."""
-    from model_delivery.registry import PRODUCTION
     from model_delivery.validation.gate import decide
 
     reason = str(rc.conf.get("reason") or "")
     try:
-        decision = decide(rc.spec.gate, evaluation["metrics"], force=bool(rc.conf.get("force")), reason=reason)
+        decision = decide(
+            rc.spec.gate, evaluation["metrics"], force=bool(rc.conf.get("force")), reason=reason,
+            champion=evaluation.get("champion"), slices=evaluation.get("slices"),
+            intervals=(evaluation.get("bootstrap") or {}).get("intervals"),
+        )
     except ValueError as exc:
         raise GateRejected(f"{exc}. Fix: trigger again with conf {{\"force\": true, \"reason\": \"...\"}}.") from None
-    champion = rc.registry.alias(rc.model, PRODUCTION)
-    result = {"decision": decision.to_dict(), "champion": champion.to_dict() if champion else None}
-    rc.registry.set_tags(rc.model, candidate["version"], {"gate.verdict": decision.verdict})
+    result = {"decision": decision.to_dict(), "champion": evaluation.get("champion")}
+    tags = {"gate.verdict": decision.verdict}
+    if decision.forced:
+        tags["gate.forced_reason"] = reason
+    rc.registry.set_tags(rc.model, candidate["version"], tags)
     rc.log("gate verdict: %s %s", decision.verdict, "; ".join(decision.reasons))
     if not decision.passed:
         raise GateRejected(

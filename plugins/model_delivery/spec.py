@@ -117,6 +117,40 @@ class Threshold(_Strict):
         return self
 
 
+LOWER_IS_BETTER = ("log_loss", "rmse", "mae")
+
+
+class RegressionCheck(_Strict):
+    """No regression of one metric against the production version, on the same evaluation data."""
+
+    tolerance: float = Field(0.0, ge=0, description="How much worse the candidate may be.")
+    relative: bool = Field(
+        False, description="The tolerance is a fraction of the production value (0.01 = 1%), not an absolute amount."
+    )
+    direction: Literal["higher", "lower"] | None = Field(
+        None,
+        description="Which way is better. Default: lower for " + ", ".join(LOWER_IS_BETTER) + "; higher otherwise.",
+    )
+
+
+class SliceGate(_Strict):
+    """Thresholds that every slice of the evaluation data must meet, slices being the values of a column."""
+
+    column: str = Field(min_length=1, description="Column of the evaluation data whose values define the slices.")
+    thresholds: dict[str, Threshold] = Field(min_length=1, description="Bounds per metric for every slice.")
+    min_rows: int = Field(
+        20, ge=1, description="Slices with fewer rows are reported but not judged (too noisy)."
+    )
+
+
+class BootstrapSpec(_Strict):
+    """Bootstrap confidence intervals, so that noise alone cannot flip a no-regression verdict."""
+
+    samples: int = Field(500, ge=50, le=20000, description="Number of bootstrap resamples of the evaluation rows.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the intervals.")
+    seed: int = Field(0, description="Random seed, so a verdict can be reproduced.")
+
+
 class GateSpec(_Strict):
     """What the candidate must meet before it may be deployed."""
 
@@ -125,9 +159,20 @@ class GateSpec(_Strict):
         description="Absolute bounds per metric, e.g. `accuracy: {min: 0.9}`. Every metric named here "
         "must be listed in evaluation.metrics.",
     )
+    no_regression: dict[str, RegressionCheck] = Field(
+        default_factory=dict,
+        description="Metrics that must not get worse than the `production` version's, measured on the same "
+        "evaluation data, e.g. `accuracy: {tolerance: 0.01}`.",
+    )
+    slices: list[SliceGate] = Field(default_factory=list, description="Per-slice thresholds.")
+    bootstrap: BootstrapSpec | None = Field(
+        None,
+        description="When set, a regression is only a regression when the whole confidence interval of "
+        "(candidate - production) is worse than the tolerance.",
+    )
     allow_no_thresholds: bool = Field(
         False,
-        description="The gate fails closed: with no thresholds it refuses the release unless this is true.",
+        description="The gate fails closed: with nothing to judge by it refuses the release unless this is true.",
     )
 
 
@@ -206,12 +251,14 @@ class ModelSpec(_Strict):
                 "evaluation.metrics",
                 f"evaluation.metrics has {unknown} which a {self.task} model does not have; use {list(allowed)}"
             )
-        unmeasured = [m for m in self.gate.thresholds if m not in self.evaluation.metrics]
+        gated = [*self.gate.thresholds, *self.gate.no_regression]
+        gated += [m for gate_slice in self.gate.slices for m in gate_slice.thresholds]
+        unmeasured = sorted({m for m in gated if m not in self.evaluation.metrics})
         if unmeasured:
             raise _FieldError(
                 f"gate.thresholds.{unmeasured[0]}",
-                f"gate.thresholds names {unmeasured} which evaluation.metrics does not compute; "
-                "add them to evaluation.metrics or remove the thresholds"
+                f"the gate names {unmeasured} which evaluation.metrics does not compute; "
+                "add them to evaluation.metrics or remove them from the gate"
             )
         return self
 

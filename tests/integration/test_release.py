@@ -58,7 +58,8 @@ def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "released"
     assert record["conf"] == {"reason": "first release", "force": False}
-    assert record["gate"]["verdict"] == "blessed"
+    assert record["gate"]["verdict"] == "first-release"
+    assert record["gate"]["reasons"] == ["no production version exists: thresholds alone decided"]
     assert record["metrics"]["accuracy"] > 0.9
     digest = record["artifact"]["digest"]
     assert digest.startswith("sha256:")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from model_delivery.artifacts import ArtifactStore
-from model_delivery.records import REPORT, STAGES, ReleaseRecord, decide_outcome, render_report
+from model_delivery.records import REPORT, ReleaseRecord, decide_outcome, render_report
+from model_delivery.report import STAGE_ORDER as STAGES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,7 +107,8 @@ def test_record_round_trip_writes_release_json_and_report(tmp_path: Path) -> Non
     final = record.finalize(dag_id="release__demo", conf={"reason": "weekly", "force": False})
 
     release_dir = tmp_path / "store" / "demo" / "releases" / "manual__2026-01-01T00_00_00_00_00"
-    assert sorted(p.name for p in release_dir.iterdir()) == sorted([REPORT, "release.json"])
+    assert sorted(p.name for p in release_dir.iterdir()) == sorted([REPORT, "report.html", "release.json"])
+    assert "<table>" in (release_dir / "report.html").read_text()
     on_disk = json.loads((release_dir / "release.json").read_text())
     assert on_disk == json.loads(json.dumps(final, default=str))
     assert ReleaseRecord(store, "demo", "manual__2026-01-01T00:00:00+00:00").load() == on_disk
@@ -142,17 +144,19 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
 
     report = render_report(record)
 
-    assert report.startswith("# Release of `demo`: **rolled-back**")
-    assert "Reason given: try C=0.5" in report
+    assert report.startswith("# Release of `demo` version 4: **rolled-back**")
+    assert "| Reason given | try C=0.5 |" in report
     assert f"`{'sha256:' + 'c' * 64}`" in report
     assert "- smoke: p95 latency 900.0 ms exceeds the budget of 250.0 ms" in report
-    assert "(verdict: blessed)" in report
-    assert "| accuracy | 0.9600 | min 0.93 | yes |" in report
-    assert "| f1 | 0.9712 | — | — |" in report
-    assert "| build | success | t1 | 2.2500 |  |" in report
+    assert "Verdict: **blessed**" in report
+    assert "| accuracy | 0.9600 | — | — | min 0.93 | — |" in report
+    assert "| f1 | 0.9712 | — | — | — | — |" in report
+    assert "| threshold | accuracy | — | 0.9600 | — | — | — | min 0.93 | yes |" in report
+    assert "| build | success | t1 | 2.2500 | — |" in report
     assert "| smoke | failed | t2 | — | p95 latency exceeds the budget |" in report
-    assert "| rollback | success |  | — | switched back |" in report
+    assert "| rollback | success | — | — | switched back |" in report
     for stage in STAGES:
-        assert sum(line.startswith(f"| {stage} |") for line in report.splitlines()) == 1, stage
-    assert "| promote | not run | | | |" in report
+        if stage != "approve":
+            assert sum(line.startswith(f"| {stage} |") for line in report.splitlines()) == 1, stage
+    assert "| promote | not run | — | — | — |" in report
     assert "- deploy_staging: http://127.0.0.1:1234 (version 4)" in report
