@@ -52,7 +52,7 @@ def _summary(record: dict[str, Any]) -> list[str]:
     data = artifact.get("data") or {}
     conf = record.get("conf") or {}
     gate = record.get("gate") or {}
-    rows = [
+    rows: list[list[Any]] = [
         ["Outcome", f"**{record.get('outcome', 'in progress')}**"],
         ["Gate verdict", gate.get("verdict")],
         ["Run", f"`{record.get('dag_id')}` / `{record['run_id']}`"],
