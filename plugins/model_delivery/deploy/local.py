@@ -138,10 +138,12 @@ class LocalTarget:
         with open(self.state_dir / "deploy.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self._read()
-            yield state
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-            os.replace(tmp, self.state_path)
+            try:
+                yield state
+            finally:  # saved even when a step fails half-way: the state must name every process started
+                tmp = self.state_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+                os.replace(tmp, self.state_path)
 
     def _read(self) -> dict[str, Any]:
         if self.state_path.exists():
@@ -303,7 +305,7 @@ class LocalTarget:
                     action = "switched-back"
                 else:
                     self._route(None)
-                    action = "stopped-first-release" if not standby else "stopped-no-warm-previous"
+                    action = "stopped-no-standby"  # nothing warm to go back to (first release, or retired)
                 self._stop_slot(active)
                 state["active"], state["standby"] = (standby if action == "switched-back" else None), None
                 restored = state["active"]

@@ -271,7 +271,7 @@ def test_staging_the_active_digest_reuses_production_and_its_rollback_keeps_it(
     assert infer(front_port) == (200, v1.digest)
 
     # Rolling back the run that made the first release leaves nothing serving: the front says 503.
-    assert target.rollback("run-1") == {"action": "stopped-first-release", "serving": None}
+    assert target.rollback("run-1") == {"action": "stopped-no-standby", "serving": None}
     assert wait_gone(production["pid"])
     assert infer(front_port)[0] == 503
 
@@ -344,3 +344,13 @@ def test_a_tampered_local_copy_is_never_served(
     assert infer(staged["port"]) == (200, v1.digest)
     assert (fetched / "model.joblib").read_bytes() == (builds.v1.model_dir / "model.joblib").read_bytes()
     verify_directory(fetched, v1.digest)
+
+
+def test_state_is_saved_even_when_a_step_fails_half_way(make_target: Callable[[], LocalTarget]) -> None:
+    target = make_target()
+    started = {"host": "127.0.0.1", "port": 1, "pid": 12345}
+    with pytest.raises(RuntimeError, match="boom"), target._locked() as state:
+        state["front"] = started  # a process was started, then the step failed
+        raise RuntimeError("boom")
+
+    assert make_target()._read()["front"] == started
