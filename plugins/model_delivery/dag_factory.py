@@ -15,6 +15,7 @@ from airflow.sdk import DAG, Param
 
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.operators import (
+    ApproveReleaseOperator,
     BuildModelOperator,
     DeployModelOperator,
     EvaluateModelOperator,
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 START_DATE = datetime(2026, 1, 1)
 STAGE_DOC = """
 ### Stages
-build → validate_data → evaluate → gate → deploy_staging → smoke → deploy_production → verify → promote;
+build → validate_data → evaluate → gate → deploy_staging → smoke → (approve, when the spec requires it) →
+deploy_production → verify → promote;
 any failure after a deploy started → rollback. `record` always runs and writes
 `release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
 
@@ -93,9 +95,17 @@ def release_dag(spec: ModelSpec) -> DAG:
         rollback = RollbackModelOperator(task_id="rollback", model=name, trigger_rule="one_failed", retries=2)
         record = RecordReleaseOperator(task_id="record", model=name, trigger_rule="all_done", retries=2)
         gate >> staging
-        smoke >> production
+        deploy_side: list[Any] = [staging, smoke, production, verify, promote]
+        if spec.approval == "required":
+            approve = ApproveReleaseOperator(
+                task_id="approve", model=name, timeout_minutes=spec.approval_timeout_minutes, retries=0
+            )
+            smoke >> approve >> production
+            deploy_side.append(approve)
+        else:
+            smoke >> production
         verify >> promote
-        [staging, smoke, production, verify, promote] >> rollback
+        deploy_side >> rollback
         [promote, rollback] >> record
     return dag
 

@@ -93,11 +93,11 @@ def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """``released``, ``rejected``, ``rolled-back`` or ``failed``, with the reasons."""
     failed = [(name, entry) for name, entry in stages.items() if entry.get("status") == "failed"]
     reasons = [f"{name}: {entry.get('error', 'failed')}" for name, entry in failed]
+    if stages.get("gate", {}).get("status") == "failed" or stages.get("approve", {}).get("status") == "failed":
+        return "rejected", reasons
     rollback = stages.get("rollback", {})
     if rollback.get("status") == "success" and (rollback.get("result") or {}).get("action") != "none":
         return "rolled-back", reasons
-    if stages.get("gate", {}).get("status") == "failed":
-        return "rejected", reasons
     if failed or stages.get("promote", {}).get("status") != "success":
         return "failed", reasons or ["the release did not reach promote"]
     return "released", []

@@ -297,6 +297,33 @@ def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, A
     return report
 
 
+def approval_request(rc: ReleaseContext) -> str:
+    """What the approver reads: verdict, metrics against production, data checks, smoke, report."""
+    record = rc.record.load()
+    stages = record.get("stages", {})
+    build = stages.get("build", {}).get("result") or {}
+    evaluation = stages.get("evaluate", {}).get("result") or {}
+    decision = (stages.get("gate", {}).get("result") or {}).get("decision") or {}
+    smoke_result = stages.get("smoke", {}).get("result") or {}
+    base = ((evaluation.get("champion") or {}).get("metrics")) or {}
+    lines = [
+        f"**{rc.model}** version {build.get('version')} (`{build.get('digest', '')[:19]}…`), "
+        f"reason: {rc.conf.get('reason') or record.get('conf', {}).get('reason') or '—'}",
+        "",
+        f"Gate verdict: **{decision.get('verdict')}**. " + " ".join(decision.get("reasons") or []),
+        "",
+        "| metric | candidate | production |",
+        "|---|---|---|",
+    ]
+    for name, value in (evaluation.get("metrics") or {}).items():
+        lines.append(f"| {name} | {value:.4f} | {base[name]:.4f} |" if name in base else f"| {name} | {value:.4f} | — |")
+    latency = smoke_result.get("latency_ms") or {}
+    lines += ["", f"Smoke test on the staged candidate: passed, p95 {latency.get('p95')} ms "
+                  f"(budget {latency.get('budget_p95')} ms).",
+              "", f"Report so far: {rc.record.dir / 'release.json'}"]
+    return "\n".join(lines)
+
+
 def deploy_production(rc: ReleaseContext) -> dict[str, Any]:
     """Shift production traffic to the candidate (the previous version stays warm)."""
     return {"target": rc.target.name, **rc.target.shift(rc.run_id)}

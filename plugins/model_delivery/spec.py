@@ -233,6 +233,14 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec, description="What the candidate must meet.")  # type: ignore[arg-type]
     smoke: SmokeSpec = Field(default_factory=SmokeSpec, description="Golden requests and latency budget.")  # type: ignore[arg-type]
     deploy: DeploySpec = Field(description="Where the model is served.")
+    approval: Literal["none", "required"] = Field(
+        "none",
+        description="`required`: a person must approve in Airflow (Required Actions) after the smoke test and "
+        "before production traffic moves. A rejection, or no answer in time, stops the release.",
+    )
+    approval_timeout_minutes: float = Field(
+        240.0, gt=0, le=10080, description="How long the approval may wait; no answer in time stops the release."
+    )
 
     @field_validator("tags")
     @classmethod

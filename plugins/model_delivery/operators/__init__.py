@@ -1,5 +1,6 @@
 """One operator per release stage. Each is thin: it calls ``model_delivery.release``."""
 
+from model_delivery.operators.approve import ApproveReleaseOperator
 from model_delivery.operators.build import BuildModelOperator
 from model_delivery.operators.deploy import DeployModelOperator
 from model_delivery.operators.evaluate import EvaluateModelOperator
@@ -11,6 +12,7 @@ from model_delivery.operators.smoke import SmokeTestModelOperator
 from model_delivery.operators.validate import ValidateDataOperator
 
 __all__ = [
+    "ApproveReleaseOperator",
     "BuildModelOperator",
     "DeployModelOperator",
     "EvaluateModelOperator",

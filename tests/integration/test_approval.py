@@ -1,0 +1,152 @@
+"""Human approval before production (spec ``approval: required``), answered through the real REST API.
+
+The release runs with ``dag.test()``; a second thread waits for the ``approve`` task to
+park in AWAITING_INPUT and answers it the way a person in the UI does: a PATCH to the
+api-server's Human-in-the-loop endpoint. For the timeout, the thread runs the
+scheduler's own timeout sweep once the deadline has passed (``dag.test`` has no scheduler).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.api_server import api_server
+from tests.helpers.models import edit_spec
+from tests.helpers.release import load_record, release_env, run_release, task_states
+
+pytestmark = pytest.mark.integration
+
+MODEL = "breast_cancer"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
+    base = tmp_path_factory.mktemp("approval")
+    with release_env(base, (MODEL,)) as models_dir:
+        first = run_release(MODEL, {"reason": "production before approvals"})
+        assert first.state == "success"
+        edit_spec(models_dir / MODEL, lambda spec: spec.update(approval="required", approval_timeout_minutes=10))
+        with api_server(base / "api-server.log") as api:
+            yield models_dir, api, load_record(MODEL, first.run_id)["artifact"]["digest"]
+
+
+def serving_digest(models_dir: Path) -> str:
+    port = yaml.safe_load((models_dir / MODEL / "model.yaml").read_text())["deploy"]["local"]["port"]
+    return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).headers["x-model-digest"]
+
+
+def _awaiting_approval(seen: set[str], deadline: float) -> Any:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    while time.monotonic() < deadline:
+        with create_session() as session:
+            ti = (
+                session.query(TaskInstance)
+                .filter_by(dag_id=f"release__{MODEL}", task_id="approve", state=TaskInstanceState.AWAITING_INPUT)
+                .one_or_none()
+            )
+            if ti is not None and ti.run_id not in seen:
+                session.expunge(ti)
+                return ti
+        time.sleep(0.5)
+    raise AssertionError("the approve task never waited for input")
+
+
+def answer_in_background(api: Any, answer: str | None, seen: set[str]) -> dict[str, Any]:
+    """Answer the next approval request: 'Approve', 'Reject', or None to let it time out."""
+    outcome: dict[str, Any] = {}
+
+    def respond() -> None:
+        try:
+            ti = _awaiting_approval(seen, time.monotonic() + 300)
+            seen.add(ti.run_id)
+            outcome["body"] = _hitl_detail(api, ti)["body"]
+            if answer is None:
+                _let_it_time_out(ti)
+                return
+            with api.client() as client:
+                response = client.patch(
+                    f"/api/v2/dags/{ti.dag_id}/dagRuns/{ti.run_id}/taskInstances/approve/-1/hitlDetails",
+                    json={"chosen_options": [answer], "params_input": {}},
+                )
+            outcome["status"] = response.status_code
+        except BaseException as exc:  # reported by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=respond, daemon=True)
+    thread.start()
+    outcome["thread"] = thread
+    return outcome
+
+
+def _hitl_detail(api: Any, ti: Any) -> dict[str, Any]:
+    with api.client() as client:
+        response = client.get(f"/api/v2/dags/{ti.dag_id}/dagRuns/{ti.run_id}/taskInstances/approve/-1/hitlDetails")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _let_it_time_out(ti: Any) -> None:
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.utils import timezone
+
+    wait = (ti.trigger_timeout - timezone.utcnow()).total_seconds()
+    time.sleep(max(0.0, wait) + 1)
+    SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
+
+
+def test_an_approved_release_reaches_production(env) -> None:
+    models_dir, api, _ = env
+    edit_spec(models_dir / MODEL, lambda spec: spec["build"]["params"].update(C=0.3))
+    answer = answer_in_background(api, "Approve", set())
+
+    dag_run = run_release(MODEL, {"reason": "needs a person"})
+
+    answer["thread"].join(timeout=60)
+    assert "error" not in answer, answer.get("error")
+    assert answer["status"] == 200
+    assert "Gate verdict: **blessed**" in answer["body"]
+    assert dag_run.state == "success"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["stages"]["approve"]["status"] == "success"
+    assert record["stages"]["approve"]["result"]["chosen"] == ["Approve"]
+    assert record["stages"]["approve"]["result"]["by"] == "admin"
+    assert serving_digest(models_dir) == record["artifact"]["digest"]
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    pytest.param("Reject", "approval rejected", id="rejected"),
+    pytest.param(None, "no answer before the approval timeout", id="timed-out"),
+])
+def test_no_approval_stops_the_release_and_production_is_unchanged(env, answer: str | None, why: str) -> None:
+    models_dir, api, _ = env
+    before = serving_digest(models_dir)
+    edit_spec(models_dir / MODEL, lambda spec: spec["build"]["params"].update(C=0.2 if answer else 0.1))
+    if answer is None:
+        edit_spec(models_dir / MODEL, lambda spec: spec.update(approval_timeout_minutes=0.05))
+    responder = answer_in_background(api, answer, set())
+
+    dag_run = run_release(MODEL, {"reason": f"to be {why}"})
+
+    responder["thread"].join(timeout=60)
+    assert "error" not in responder, responder.get("error")
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states["approve"] == "failed"
+    assert states["deploy_production"] == "upstream_failed"
+    assert states["rollback"] == "success"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "rejected"
+    assert why in record["stages"]["approve"]["error"]
+    assert record["stages"]["rollback"]["result"]["action"] == "stopped-candidate"
+    assert serving_digest(models_dir) == before
