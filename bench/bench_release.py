@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -107,6 +108,45 @@ def dags_test_outcome(home: Path, model: str, log: Path) -> dict[str, Any]:
             "run_id": record["run_id"], "stages": stages}
 
 
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
+# (phase name, log text that ends it); a phase starts where the previous one ended.
+DAGS_TEST_PHASES = (
+    ("CLI start-up (imports) until the first log line", None),
+    ("parse DAGs, sync to DB, create the DagRun", "[DAG TEST] starting task_id="),
+    ("in-process execution API up, first task started", "Task started"),
+    ("tasks (first start until DagRun finished)", "DagRun Finished"),
+)
+
+
+def log_phases(log: Path, start_epoch: float, end_epoch: float) -> dict[str, float]:
+    """Where the wall time of ``dags test`` went, from the timestamps of its log lines (information)."""
+    from datetime import datetime
+
+    marks: list[float] = [start_epoch]
+    names = []
+    lines = log.read_text(errors="replace").splitlines()
+    times = []
+    for line in lines:
+        m = LOG_TIME.match(line)
+        if m:
+            times.append((datetime.fromisoformat(m.group(1) + "+00:00").timestamp(), line))
+    if not times:
+        return {}
+    for name, needle in DAGS_TEST_PHASES:
+        if needle is None:
+            found = times[0][0]
+        else:
+            hits = [t for t, line in times if needle in line]
+            if not hits:
+                return {}
+            found = hits[-1] if needle == "DagRun Finished" else hits[0]
+        marks.append(found)
+        names.append(name)
+    marks.append(end_epoch)
+    names.append("after the run finished until exit (teardown)")
+    return {name: marks[i + 1] - marks[i] for i, name in enumerate(names)}
+
+
 def one_run(kind: str, index: int, work: Path, model: str) -> dict[str, Any]:
     run_dir = work / "runs" / f"{index}-{kind}"
     models = copy_models(run_dir / "models")
@@ -119,18 +159,26 @@ def one_run(kind: str, index: int, work: Path, model: str) -> dict[str, Any]:
         cmd = [sys.executable, str(BENCH / "plain_release.py"), "--model", model, "--out", str(run_dir / "plain.json"),
                "--reason", "bench"]
     print(f"  run {index + 1} {LABELS[kind]} ... ", end="", flush=True)
-    start = time.perf_counter()
+    start, start_epoch = time.perf_counter(), time.time()
     with open(log, "wb") as out:
         proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200, cwd=run_dir)
     wall = time.perf_counter() - start
+    end_epoch = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"{LABELS[kind]} exited with {proc.returncode}; last lines of {log}:\n{tail(log)}")
     if kind == "dags_test":
         outcome = dags_test_outcome(home, model, log)
+        outcome["phases"] = log_phases(log, start_epoch, end_epoch)
     else:
         plain = json.loads((run_dir / "plain.json").read_text())
+        staged = sum(plain["stages"].values())
         outcome = {"digest": plain["digest"], "version": plain["version"], "run_id": plain["run_id"],
-                   "stages": plain["stages"]}
+                   "stages": plain["stages"],
+                   "phases": {"interpreter start-up and imports": plain["import_seconds"],
+                              "stages": staged,
+                              "between stages": plain["total_seconds"] - plain["import_seconds"] - staged,
+                              "after the last stage until exit (teardown; + ~0.05 s interpreter start)":
+                                  wall - plain["total_seconds"]}}
     front = check_front(models, model, outcome["digest"])
     stopped = kill_processes_under(run_dir)
     port = int(front["url"].rsplit(":", 1)[1])
@@ -146,15 +194,17 @@ def one_run(kind: str, index: int, work: Path, model: str) -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str]]]:
     by_kind = {k: [r for r in runs if r["kind"] == k] for k in KINDS}
     stages: list[str] = []
-    for r in runs:
+    for r in by_kind["plain"] + by_kind["dags_test"]:  # the plain script runs them in the DAG's order
         stages += [s for s in r["stages"] if s not in stages]
     summary: dict[str, Any] = {}
     for kind, rs in by_kind.items():
         walls = [r["wall_s"] for r in rs]
         per_stage = {s: median([r["stages"].get(s, 0.0) for r in rs]) for s in stages}
         staged = median([sum(r["stages"].values()) for r in rs])
+        phases = {p: median([r["phases"].get(p, 0.0) for r in rs]) for p in rs[0].get("phases", {})}
         summary[kind] = {"median_wall_s": median(walls), "walls_s": walls, "stages_median_s": per_stage,
-                         "sum_of_stages_median_s": staged, "outside_stages_median_s": median(walls) - staged}
+                         "sum_of_stages_median_s": staged, "outside_stages_median_s": median(walls) - staged,
+                         "phases_median_s": phases}
     rows = [[s, *(fmt_s(summary[k]["stages_median_s"][s]) if any(s in r["stages"] for r in by_kind[k]) else "-"
                   for k in KINDS)] for s in stages]
     rows.append(["sum of stages", *(fmt_s(summary[k]["sum_of_stages_median_s"]) for k in KINDS)])
@@ -194,6 +244,11 @@ def main() -> int:
     print(f"\nrelease of {args.model} from an empty state, median of {repeats} run(s) each "
           "(stage seconds as each side timed them)")
     print(table(["stage", LABELS["dags_test"], LABELS["plain"]], rows))
+    for kind in KINDS:
+        if summary[kind]["phases_median_s"]:
+            source = "its log timestamps" if kind == "dags_test" else "its own timers"
+            print(f"\nwhere the wall of {LABELS[kind]} goes (medians, from {source}):")
+            print(table(["phase", "seconds"], [[p, fmt_s(v)] for p, v in summary[kind]["phases_median_s"].items()]))
     missing = set(summary["dags_test"]["stages_median_s"]) ^ set(summary["plain"]["stages_median_s"])
     if missing:
         print(f"NOTE: stages run by only one side: {sorted(missing)}")

@@ -66,7 +66,7 @@ def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
     for stage in ("build", "evaluate", "gate", "deploy_staging", "smoke", "deploy_production", "verify", "promote"):
         assert record["stages"][stage]["status"] == "success"
         assert record["stages"][stage]["seconds"] >= 0
-    assert Path(record["report"].removeprefix("file://")).read_text().startswith(f"# Release of `{MODEL}`: **released**")
+    assert Path(record["report"].removeprefix("file://")).read_text().startswith(f"# Release of `{MODEL}` version 1: **released**")
 
     # A real inference through the stable front address, answered by this very artifact.
     response = infer(env)
