@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
+from model_delivery.deploy.kubernetes_spec import KubernetesTargetSpec
 from model_delivery.exceptions import InvalidModelSpec
 
 if TYPE_CHECKING:
@@ -202,13 +204,20 @@ class LocalTargetSpec(_Strict):
 class DeploySpec(_Strict):
     """Where and how the model is served."""
 
-    target: Literal["local"] = Field("local", description="Deploy target. `local` runs on this machine.")
+    target: Literal["local", "ansible", "kubernetes"] = Field(
+        "local",
+        description="Deploy target: `local` (blue-green on this machine), `ansible` (rolling, a fleet of hosts "
+        "behind a load balancer) or `kubernetes` (a rolling Deployment).",
+    )
     local: LocalTargetSpec | None = Field(None, description="Settings of the `local` target.")
+    ansible: AnsibleTargetSpec | None = Field(None, description="Settings of the `ansible` target.")
+    kubernetes: KubernetesTargetSpec | None = Field(None, description="Settings of the `kubernetes` target.")
 
     @model_validator(mode="after")
     def _target_settings(self) -> DeploySpec:
-        if self.target == "local" and self.local is None:
-            raise ValueError("target 'local' needs a 'local:' section with at least 'port'")
+        if getattr(self, self.target) is None:
+            hint = "with at least 'port'" if self.target == "local" else "(see docs/model-spec.md)"
+            raise ValueError(f"target {self.target!r} needs a '{self.target}:' section {hint}")
         return self
 
 

@@ -49,4 +49,12 @@ def get_target(spec: ModelSpec, settings: Settings, store: ArtifactStore) -> Dep
 
         assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
         return LocalTarget(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store)
+    if spec.deploy.target == "ansible":
+        from model_delivery.deploy.ansible import AnsibleTarget
+
+        return AnsibleTarget(spec, settings, store)
+    if spec.deploy.target == "kubernetes":
+        from model_delivery.deploy.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(spec, settings, store)
     raise ValueError(f"unknown deploy target {spec.deploy.target!r}")
