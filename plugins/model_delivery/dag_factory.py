@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Param
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.operators import (
@@ -26,6 +27,7 @@ from model_delivery.operators import (
     SmokeTestModelOperator,
     ValidateDataOperator,
 )
+from model_delivery.release import has_changes
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, discover_specs
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 START_DATE = datetime(2026, 1, 1)
 STAGE_DOC = """
 ### Stages
-build → validate_data → evaluate → gate → deploy_staging → smoke → (approve, when the spec requires it) →
+build → detect_change → validate_data → evaluate → gate → deploy_staging → smoke → (approve, when the spec requires it) →
 deploy_production → verify → promote;
 any failure after a deploy started → rollback. `record` always runs and writes
 `release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
@@ -66,6 +68,15 @@ def release_params() -> dict[str, Param]:
     }
 
 
+def release_schedule(spec: ModelSpec) -> Any:
+    """The spec's cron schedule (timezone-aware), its asset trigger, both, or None (manual only)."""
+    cron = CronTriggerTimetable(spec.schedule, timezone=spec.timezone) if spec.schedule else None
+    asset = Asset(spec.trigger_on) if spec.trigger_on else None
+    if cron and asset:
+        return AssetOrTimeSchedule(timetable=cron, assets=asset)
+    return cron or ([asset] if asset else None)
+
+
 def release_dag(spec: ModelSpec) -> DAG:
     """The release DAG of one model."""
     name = spec.name
@@ -73,7 +84,7 @@ def release_dag(spec: ModelSpec) -> DAG:
         dag_id=spec.dag_id,
         description=f"Release {name}: build, evaluate, gate, deploy, smoke, promote or roll back",
         doc_md=f"## Release `{name}`\n\n{spec.description}\n" + STAGE_DOC.format(model=name, dag_id=spec.dag_id),
-        schedule=None,
+        schedule=release_schedule(spec),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
@@ -83,7 +94,16 @@ def release_dag(spec: ModelSpec) -> DAG:
     ) as dag:
         build = BuildModelOperator(task_id="build", model=name)
         candidate: Any = build.output
+        detect = ShortCircuitOperator(
+            task_id="detect_change",
+            python_callable=has_changes,
+            op_kwargs={"build": candidate},
+            ignore_downstream_trigger_rules=False,
+            doc_md="Ends the release early as `no-change` when production already is this version, built from "
+            "the same spec and data (unless `force`).",
+        )
         validate = ValidateDataOperator(task_id="validate_data", model=name, candidate=candidate)
+        detect >> validate
         evaluate = EvaluateModelOperator(task_id="evaluate", model=name, candidate=candidate)
         validate >> evaluate
         gate = GateModelOperator(task_id="gate", model=name, candidate=candidate, evaluation=evaluate.output)

@@ -91,6 +91,10 @@ def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """``released``, ``rejected``, ``rolled-back`` or ``failed``, with the reasons."""
+    build = stages.get("build", {})
+    if (build.get("result") or {}).get("no_change") and "validate_data" not in stages:
+        version = build["result"].get("version")
+        return "no-change", [f"version {version} is production already, from the same spec and data: nothing to do"]
     failed = [(name, entry) for name, entry in stages.items() if entry.get("status") == "failed"]
     reasons = [f"{name}: {entry.get('error', 'failed')}" for name, entry in failed]
     if stages.get("gate", {}).get("status") == "failed" or stages.get("approve", {}).get("status") == "failed":

@@ -128,8 +128,35 @@ def build(rc: ReleaseContext) -> dict[str, Any]:
     )
     rc.log("stored %s (%d files, %d bytes, reused=%s); registry version %s (existed=%s)",
            artifact.digest, artifact.files, artifact.size_bytes, artifact.reused, version.version, existed)
-    return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data, **{
-        k: lineage[k] for k in ("git_sha", "spec_digest")}}
+    no_change = _same_as_production(rc, version.version, lineage)
+    if no_change:
+        rc.log("version %s is production already, built from the same spec and data: nothing new", version.version)
+    return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data,
+            "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")}}
+
+
+NO_CHANGE_KEYS = ("spec_digest", "data.train.sha256", "data.eval.sha256")
+
+
+def _same_as_production(rc: ReleaseContext, version: str, lineage: dict[str, str]) -> bool:
+    """True when production is this very version, built from the same spec and data digests.
+
+    The git sha is recorded but not compared: a commit elsewhere in the repository is not a
+    change of this model.
+    """
+    from model_delivery.registry import PRODUCTION
+
+    production = rc.registry.alias(rc.model, PRODUCTION)
+    return bool(
+        production is not None
+        and production.version == version
+        and all(production.tags.get(key) == lineage.get(key) for key in NO_CHANGE_KEYS)
+    )
+
+
+def has_changes(build: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether the release goes on after build: something changed, or the run is forced."""
+    return bool(params.get("force")) or not build.get("no_change")
 
 
 def _download(uri: str, dest: Path) -> Path:

@@ -242,6 +242,17 @@ class ModelSpec(_Strict):
     gate: GateSpec = Field(default_factory=GateSpec, description="What the candidate must meet.")  # type: ignore[arg-type]
     smoke: SmokeSpec = Field(default_factory=SmokeSpec, description="Golden requests and latency budget.")  # type: ignore[arg-type]
     deploy: DeploySpec = Field(description="Where the model is served.")
+    schedule: str | None = Field(
+        None,
+        description="Cron expression for scheduled releases, e.g. `0 2 * * *` (02:00 every day), in `timezone`. "
+        "No catch-up. A scheduled run that finds the same model, spec and data as production ends as `no-change`.",
+    )
+    timezone: str = Field("UTC", description="IANA timezone of `schedule`, e.g. `Europe/Paris`.")
+    trigger_on: str | None = Field(
+        None,
+        description="Asset URI; each new event of it (e.g. from `data_refresh__<name>`) triggers a release, "
+        "e.g. `model-delivery://data/breast_cancer`.",
+    )
     approval: Literal["none", "required"] = Field(
         "none",
         description="`required`: a person must approve in Airflow (Required Actions) after the smoke test and "
@@ -250,6 +261,33 @@ class ModelSpec(_Strict):
     approval_timeout_minutes: float = Field(
         240.0, gt=0, le=10080, description="How long the approval may wait; no answer in time stops the release."
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (five fields, e.g. '0 2 * * *')")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone (e.g. 'UTC', 'Europe/Paris')") from None
+        return value
+
+    @field_validator("trigger_on")
+    @classmethod
+    def _asset_uri(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"{value!r} is not an asset URI (scheme://path, e.g. 'model-delivery://data/<name>')")
+        return value
 
     @field_validator("tags")
     @classmethod

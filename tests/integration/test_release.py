@@ -93,15 +93,32 @@ def test_xcom_holds_only_small_json(env: Path) -> None:
         assert len(encoded) < 16_384, f"{key} holds {len(encoded)} bytes"
 
 
-def test_rerunning_the_same_release_changes_nothing(env: Path) -> None:
+def test_rerunning_the_same_release_ends_early_as_no_change(env: Path) -> None:
     before = production()
     dag_run = run_release(MODEL, {"reason": "same inputs again"})
 
     assert dag_run.state == "success"
+    states = task_states(dag_run)
+    assert states["build"] == states["detect_change"] == states["record"] == "success"
+    for task in ("validate_data", "evaluate", "gate", "deploy_staging", "deploy_production", "promote"):
+        assert states[task] == "skipped", task
     record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "no-change"
+    assert record["reasons"] == [f"version {before.version} is production already, from the same spec and data: nothing to do"]
     build = record["stages"]["build"]["result"]
-    assert build["reused"] is True and build["version_existed"] is True
-    assert build["version"] == before.version
+    assert build["reused"] is True and build["version_existed"] is True and build["no_change"] is True
+    assert production().version == before.version
+    assert infer(env).headers["x-model-digest"] == before.digest
+
+
+def test_force_redeploys_the_same_version_as_a_no_op(env: Path) -> None:
+    before = production()
+    dag_run = run_release(MODEL, {"reason": "redeploy", "force": True})
+
+    assert dag_run.state == "success"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "released"
+    assert record["gate"]["verdict"] == "no-change"
     assert "already running" in record["stages"]["deploy_staging"]["note"]
     assert production().version == before.version
     assert infer(env).headers["x-model-digest"] == before.digest

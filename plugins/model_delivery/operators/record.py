@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class RecordReleaseOperator(BaseOperator):
     """Close the release record. Runs whatever happened before (``trigger_rule=all_done``).
 
-    It fails the run when the outcome is not ``released``, so a rejected or rolled-back
+    It fails the run unless the outcome is ``released`` or ``no-change``, so a rejected or rolled-back
     release is visible as a failed run to the UI and to CI.
 
     :param model: the model.
@@ -34,7 +34,7 @@ class RecordReleaseOperator(BaseOperator):
         record = rc.record.finalize(dag_id=self.dag_id, conf={key: params[key] for key in params})
         self.log.info("release %s of %s: %s; report %s", rc.run_id, self.model, record["outcome"], record["report"])
         summary = {key: record[key] for key in ("outcome", "reasons", "report")}
-        if record["outcome"] != "released":
+        if record["outcome"] not in ("released", "no-change"):
             context["ti"].xcom_push(key="return_value", value=summary)
             raise ReleaseFailed(f"release {record['outcome']}: " + "; ".join(record["reasons"]), result=summary)
         return summary
