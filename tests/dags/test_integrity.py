@@ -85,3 +85,13 @@ def test_a_broken_spec_is_an_import_error_for_that_model_only(tmp_path: Path, ai
     dag_ids = {d["dag_id"] for d in _json_lines(dags.stdout)}
     assert "release__breast_cancer" in dag_ids
     assert "release__wine" not in dag_ids
+
+
+def test_every_dag_is_owned_tagged_retried_documented(dagbag) -> None:
+    assert "data_refresh__breast_cancer" in dagbag.dags
+    for dag in dagbag.dags.values():
+        assert dag.doc_md, dag.dag_id
+        assert "model-delivery" in dag.tags, dag.dag_id
+        for task in dag.tasks:
+            assert task.owner not in ("airflow", None), (dag.dag_id, task.task_id)
+            assert task.retries >= 1, (dag.dag_id, task.task_id)

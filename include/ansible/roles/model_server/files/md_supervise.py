@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Supervise one model-server instance on a host without systemd (standard library only).
+
+An instance is described by ``<root>/<instance>.json`` (templated by the ``model_server``
+role). Its supervisor keeps ``python -m model_server`` running, restarting it after a
+crash with a growing back-off, but not after exit 3 (the artifact does not match its
+digest) or 4 (unusable artifact): those would fail again. SIGTERM stops the server
+gracefully, then the supervisor.
+
+    md_supervise.py start|stop|restart|status|run|wait-ready --root DIR --instance NAME
+
+``start`` runs ``run`` detached in its own session and returns; ``stop`` and ``restart``
+print ``stopped`` only when something was running (the role's ``changed_when`` reads it);
+``wait-ready`` waits for ``/v2/health/ready`` to answer 200 with the expected
+``X-Model-Digest`` and fails early, with the log's tail, when the server gave up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+NO_RESTART_CODES = (3, 4)  # integrity failure, unusable artifact: a restart cannot help
+MAX_BACKOFF = 10.0
+
+
+class Instance:
+    """Paths and process handling of one instance under ``root``."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.config_path = root / f"{name}.json"
+        self.pidfile = root / "run" / f"{name}.pid"
+        self.status_path = root / "run" / f"{name}.status.json"
+        self.log_path = root / "logs" / f"{name}.log"
+
+    def config(self) -> dict:
+        return json.loads(self.config_path.read_text())
+
+    def command(self, config: dict) -> list[str]:
+        return [*config.get("wrapper", []), config["python"], "-m", "model_server",
+                "--artifact", config["artifact"], "--digest", config["digest"],
+                "--model-name", config["model"], "--model-version", str(config["version"]),
+                "--host", config["host"], "--port", str(config["port"]),
+                "--graceful-timeout", str(config.get("graceful_timeout", 30)), *config.get("extra_args", [])]
+
+    def write_status(self, **status: object) -> None:
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**status, "at": time.time()}))
+        os.replace(tmp, self.status_path)
+
+    def read_status(self) -> dict:
+        try:
+            return dict(json.loads(self.status_path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def marker(self) -> list[str]:
+        return ["md_supervise.py", "--root", str(self.root), "--instance", self.name]
+
+    def pid(self) -> int | None:
+        """The supervisor's pid if it runs (its command line is checked: a reused pid is never signalled)."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return None
+        args = [part.decode(errors="replace") for part in cmdline]
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return None
+        joined = " ".join(args)
+        if all(part in joined for part in self.marker()) and "run" in args:
+            return pid
+        return None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _run(instance: Instance) -> int:
+    """Foreground: keep the server running until SIGTERM."""
+    config = instance.config()
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    env = {**os.environ, "PYTHONPATH": config["pythonpath"]}
+    backoff, restarts = 1.0, 0
+    instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+    while not stopping:
+        with open(instance.log_path, "ab") as log:
+            child = subprocess.Popen(instance.command(config), stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, env=env)
+        instance.write_status(state="running", child=child.pid, restarts=restarts, digest=config["digest"])
+        started = time.monotonic()
+        while True:
+            try:
+                code = child.wait(timeout=float(config.get("graceful_timeout", 30)) + 10 if stopping else None)
+                break
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if stopping:
+            instance.write_status(state="stopped", code=code, digest=config["digest"])
+            return 0
+        if code in NO_RESTART_CODES:
+            instance.write_status(state="refused", code=code, digest=config["digest"])
+            return code
+        instance.write_status(state="restarting", code=code, restarts=restarts + 1, digest=config["digest"])
+        if time.monotonic() - started > 60:
+            backoff = 1.0
+        deadline = time.monotonic() + backoff
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        backoff, restarts = min(backoff * 2, MAX_BACKOFF), restarts + 1
+    return 0
+
+
+def _start(instance: Instance) -> str:
+    if instance.pid() is not None:
+        return "already running"
+    instance.pidfile.parent.mkdir(parents=True, exist_ok=True)
+    instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+    instance.write_status(state="starting")
+    with open(instance.log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "run", "--root", str(instance.root),
+             "--instance", instance.name],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    tmp = instance.pidfile.with_suffix(".tmp")
+    tmp.write_text(f"{proc.pid}\n")
+    os.replace(tmp, instance.pidfile)
+    return "started"
+
+
+def _stop(instance: Instance) -> str:
+    pid = instance.pid()
+    if pid is None:
+        return "not running"
+    graceful = float(instance.config().get("graceful_timeout", 30)) if instance.config_path.exists() else 30.0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + graceful + 15
+    while time.monotonic() < deadline and instance.pid() is not None:
+        time.sleep(0.1)
+    if instance.pid() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        instance.pidfile.unlink()
+    return "stopped"
+
+
+def _probe(url: str) -> tuple[int, str | None]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a URL we build
+            return int(response.status), response.headers.get("X-Model-Digest")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.headers.get("X-Model-Digest") if exc.headers else None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
+    config = instance.config()
+    url = f"http://{health_host}:{config['port']}/v2/health/ready"
+    deadline = time.monotonic() + timeout
+    last: tuple[int, str | None] = (0, None)
+    while time.monotonic() < deadline:
+        status = instance.read_status()
+        if status.get("state") == "refused":
+            what = "its artifact does not match the digest" if status.get("code") == 3 else "the artifact is unusable"
+            print(f"model server {instance.name} on port {config['port']} refused to start (exit "
+                  f"{status.get('code')}): {what}.\n{instance.tail()}", file=sys.stderr)
+            return 1
+        if instance.pid() is None:
+            print(f"the supervisor of {instance.name} is not running.\n{instance.tail()}", file=sys.stderr)
+            return 1
+        last = _probe(url)
+        if last[0] == 200 and last[1] == config["digest"]:
+            print(json.dumps({"ready": True, "url": url, "digest": config["digest"]}))
+            return 0
+        time.sleep(0.25)
+    seen = f"last answer: HTTP {last[0]}" + (f" from digest {last[1]}" if last[1] else "") if last[0] else "no answer"
+    print(f"model server {instance.name} (version {config['version']}, {config['digest']}) was not ready on "
+          f"{url} within {timeout:g} s ({seen}). Log tail:\n{instance.tail()}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("start", "stop", "restart", "status", "run", "wait-ready"))
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--instance", required=True)
+    parser.add_argument("--timeout", type=float, default=120.0, help="wait-ready: seconds")
+    parser.add_argument("--health-host", default="127.0.0.1", help="wait-ready: address to probe")
+    args = parser.parse_args(argv)
+    instance = Instance(args.root.resolve(), args.instance)
+    if args.command == "run":
+        return _run(instance)
+    if args.command == "start":
+        print(_start(instance))
+    elif args.command == "stop":
+        print(_stop(instance))
+    elif args.command == "restart":
+        print(_stop(instance))
+        print(_start(instance))
+    elif args.command == "status":
+        pid = instance.pid()
+        print(json.dumps({"running": pid is not None, "pid": pid, **instance.read_status()}))
+        return 0 if pid is not None else 3
+    elif args.command == "wait-ready":
+        return _wait_ready(instance, args.timeout, args.health_host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
