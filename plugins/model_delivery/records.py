@@ -64,7 +64,7 @@ class ReleaseRecord:
             outcome=outcome,
             reasons=reasons,
             finished_at=now(),
-            artifact=_artifact(stages.get("build", {}).get("result")),
+            artifact=_artifact(stages.get("build", {}).get("result") or stages.get("resolve", {}).get("result")),
             metrics=(stages.get("evaluate", {}).get("result") or {}).get("metrics"),
             gate=(stages.get("gate", {}).get("result") or {}).get("decision"),
             deployments=[
@@ -89,8 +89,24 @@ def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: build.get(key) for key in keys}
 
 
+def _rollback_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """A manual rollback: ``refused``, ``no-change``, ``reverted`` or ``failed``."""
+    resolve = stages["resolve"]
+    target = resolve.get("result") or {}
+    failed = [f"{name}: {entry.get('error', 'failed')}" for name, entry in stages.items() if entry.get("status") == "failed"]
+    if resolve.get("status") == "failed":
+        return "refused", failed
+    if target.get("no_op"):
+        return "no-change", [target.get("note") or "that version already serves"]
+    if stages.get("promote", {}).get("status") == "success" and not failed:
+        return "reverted", [f"version {target.get('from_version')} → version {target.get('version')}"]
+    return "failed", failed or ["the rollback did not reach promote"]
+
+
 def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """``released``, ``rejected``, ``rolled-back`` or ``failed``, with the reasons."""
+    if "resolve" in stages:
+        return _rollback_outcome(stages)
     build = stages.get("build", {})
     if (build.get("result") or {}).get("no_change") and "validate_data" not in stages:
         version = build["result"].get("version")

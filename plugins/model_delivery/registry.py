@@ -142,6 +142,11 @@ class Registry:
     def get(self, name: str, version: str) -> ModelVersion:
         return _version(self.client.get_model_version(name, version))
 
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first (empty when the model is unknown)."""
+        found = self.client.search_model_versions(f"name={_quote(name)}")
+        return sorted((_version(v) for v in found), key=lambda v: int(v.version))
+
     def alias(self, name: str, alias: str) -> ModelVersion | None:
         """The version an alias points to, or None when the alias (or the model) does not exist."""
         from mlflow.exceptions import MlflowException

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import DeployTarget
+    from model_delivery.lease import DeployLease
     from model_delivery.records import ReleaseRecord
     from model_delivery.registry import Registry
     from model_delivery.spec import ModelSpec
@@ -89,7 +90,17 @@ class ReleaseContext:
     def target(self) -> DeployTarget:
         from model_delivery.deploy import get_target
 
-        return get_target(self.spec, self.settings, self.store)
+        return get_target(self.spec, self.settings, self.store, log=self.log)
+
+    @cached_property
+    def lease(self) -> DeployLease:
+        from model_delivery.lease import DeployLease
+        from model_delivery.records import ReleaseRecord
+
+        def finished(run_id: str) -> bool:
+            return ReleaseRecord(self.store, self.model, run_id).load().get("outcome") is not None
+
+        return DeployLease(self.settings.deploy_dir / self.model, finished)
 
     def candidate(self, build: dict[str, Any]) -> Any:
         from model_delivery.deploy import Candidate
@@ -302,8 +313,40 @@ def gate(rc: ReleaseContext, candidate: dict[str, Any], evaluation: dict[str, An
     return result
 
 
+def resolve_rollback(rc: ReleaseContext, version: str) -> dict[str, Any]:
+    """The version a manual rollback goes to (``previous`` by default), checked before anything changes.
+
+    :raises InvalidConf: an unknown model, an unknown version, or no ``previous`` alias.
+    """
+    from model_delivery.registry import PREVIOUS, PRODUCTION
+
+    if not (rc.model_dir / "model.yaml").is_file():
+        known = sorted(p.name for p in rc.settings.models_dir.iterdir() if (p / "model.yaml").is_file())
+        raise InvalidConf(f"unknown model {rc.model!r}. Fix: use one of {known}.")
+    versions = {v.version: v for v in rc.registry.versions(rc.model)}
+    wanted = (version or PREVIOUS).strip()
+    target = rc.registry.alias(rc.model, PREVIOUS) if wanted == PREVIOUS else versions.get(wanted)
+    if target is None:
+        what = "has no 'previous' version" if wanted == PREVIOUS else f"has no version {wanted!r}"
+        raise InvalidConf(f"model {rc.model!r} {what}. Fix: give one of its versions: {sorted(versions, key=int)}.")
+    if not rc.store.exists(rc.model, target.digest):
+        raise InvalidConf(f"version {target.version} of {rc.model!r} has no artifact in the store ({target.digest}); "
+                          "it cannot be deployed. Fix: choose another version.")
+    production = rc.registry.alias(rc.model, PRODUCTION)
+    no_op = production is not None and production.version == target.version
+    if no_op:
+        rc.log("version %s is already production: nothing to roll back", target.version)
+    return {"model": rc.model, "version": target.version, "digest": target.digest, "uri": target.source,
+            "from_version": production.version if production else None, "no_op": no_op,
+            "note": f"version {target.version} is already production: nothing to do" if no_op else ""}
+
+
 def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Start the candidate beside production, without traffic."""
+    """Take the model's deploy lease, then start the candidate beside production, without traffic.
+
+    :raises DeployBusy: another run (a release or a manual rollback) is deploying this model.
+    """
+    rc.lease.acquire(rc.run_id, rc.dag_id)
     return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
 
 
@@ -361,10 +404,13 @@ def promote(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     aliases = rc.registry.promote(rc.model, candidate["version"])
     rc.registry.set_tags(rc.model, candidate["version"], {"promoted_by": rc.run_id})
     retired = rc.target.retire(rc.run_id)
+    rc.lease.release(rc.run_id)
     return {**aliases, **retired}
 
 
 def rollback(rc: ReleaseContext) -> dict[str, Any]:
     """Put back what served before this run (a no-op when this run deployed nothing)."""
-    return {"target": rc.target.name, **rc.target.rollback(rc.run_id)}
+    result = {"target": rc.target.name, **rc.target.rollback(rc.run_id)}
+    rc.lease.release(rc.run_id)
+    return result
 

@@ -9,6 +9,7 @@ import html
 from typing import Any
 
 STAGE_ORDER = (
+    "resolve",
     "build",
     "validate_data",
     "evaluate",
@@ -172,7 +173,7 @@ def _stages(record: dict[str, Any]) -> list[str]:
         if entry:
             note = entry.get("error") or entry.get("note") or ""
             rows.append([name, entry["status"], entry.get("started_at"), entry.get("seconds"), note[:200]])
-        elif name != "approve":
+        elif name not in ("approve", "resolve"):
             rows.append([name, "not run", None, None, None])
     deployments = [f"- {d['stage']}: {d.get('url')} (version {d.get('version')})" for d in record.get("deployments") or []]
     return ["## Stages", "", *_table(["stage", "status", "started", "seconds", "note"], rows), *deployments]

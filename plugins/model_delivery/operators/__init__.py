@@ -7,6 +7,7 @@ from model_delivery.operators.evaluate import EvaluateModelOperator
 from model_delivery.operators.gate import GateModelOperator
 from model_delivery.operators.promote import PromoteModelOperator
 from model_delivery.operators.record import RecordReleaseOperator
+from model_delivery.operators.resolve import ResolveRollbackOperator
 from model_delivery.operators.rollback import RollbackModelOperator
 from model_delivery.operators.smoke import SmokeTestModelOperator
 from model_delivery.operators.validate import ValidateDataOperator
@@ -19,6 +20,7 @@ __all__ = [
     "GateModelOperator",
     "PromoteModelOperator",
     "RecordReleaseOperator",
+    "ResolveRollbackOperator",
     "RollbackModelOperator",
     "SmokeTestModelOperator",
     "ValidateDataOperator",

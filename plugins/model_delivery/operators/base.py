@@ -20,9 +20,10 @@ class ReleaseStageOperator(BaseOperator):
     written whatever happens. A typed failure's findings are pushed to XCom *before* the
     task fails, so the UI and later tasks can read why.
 
-    :param model: the model this release delivers (its folder name).
+    :param model: the model this release delivers (its folder name) (templated).
     """
 
+    template_fields: tuple[str, ...] = ("model",)
     ui_color = "#e8f1fb"
 
     def __init__(self, *, model: str, **kwargs: Any) -> None:
@@ -45,7 +46,7 @@ class ReleaseStageOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
 
         from model_delivery.records import now
 
@@ -57,6 +58,10 @@ class ReleaseStageOperator(BaseOperator):
         except AirflowSkipException as exc:
             rc.record.add_stage(self.task_id, {**entry, "status": "skipped", "note": str(exc),
                                                "seconds": time.monotonic() - start})
+            raise
+        except AirflowRescheduleException as exc:
+            rc.record.add_stage(self.task_id, {**entry, "status": "waiting", "seconds": time.monotonic() - start,
+                                               "note": f"waiting for another run to finish deploying (next try {exc.reschedule_date})"})
             raise
         except Exception as exc:
             partial = getattr(exc, "result", None)

@@ -7,20 +7,26 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.operators.base import ReleaseStageOperator
 
 if TYPE_CHECKING:
+    from airflow.sdk import Context
+
     from model_delivery.release import ReleaseContext
 
 STEPS = ("staging", "production")
+BUSY_RETRY_SECONDS = 10
 
 
 class DeployModelOperator(ReleaseStageOperator):
     """Deploy through the spec's target (``local`` runs blue-green on this machine).
+
+    A target may raise ``RolloutPending`` (``kubernetes`` does, after a short in-task wait): the
+    operator then defers to the trigger it names and runs the step again when the trigger fires.
 
     :param model: the model.
     :param candidate: the build stage's result (templated).
     :param step: ``staging`` starts the candidate without traffic; ``production`` shifts traffic to it.
     """
 
-    template_fields = ("candidate",)
+    template_fields = ("model", "candidate")
     ui_color = "#d5f5e3"
 
     def __init__(self, *, candidate: Any, step: str, **kwargs: Any) -> None:
@@ -31,8 +37,35 @@ class DeployModelOperator(ReleaseStageOperator):
         self.step = step
 
     def run(self, rc: ReleaseContext) -> dict[str, Any]:
+        from model_delivery.deploy.k8s.rollout import RolloutPending
+
+        try:
+            return self._run(rc)
+        except RolloutPending as pending:  # a long rollout wait: free the worker slot, wait in the triggerer
+            from model_delivery.records import now
+
+            rc.record.add_stage(self.task_id, {"status": "waiting", "note": str(pending), "started_at": now()})
+            self.defer(trigger=pending.trigger(), method_name="execute_complete", timeout=pending.timeout)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The deferred rollout wait ended: run the step again (idempotent); it now finds the rollout over."""
+        self.log.info("rollout wait ended: %s", event)
+        return self.execute(context)
+
+    def _run(self, rc: ReleaseContext) -> dict[str, Any]:
         from model_delivery.release import deploy_production, deploy_staging
 
-        if self.step == "staging":
+        if self.step == "production":
+            return deploy_production(rc)
+        from datetime import timedelta
+
+        from airflow.sdk.exceptions import AirflowRescheduleException
+        from airflow.sdk.timezone import utcnow
+
+        from model_delivery.lease import DeployBusy
+
+        try:
             return deploy_staging(rc, self.candidate)
-        return deploy_production(rc)
+        except DeployBusy as busy:
+            self.log.warning("%s", busy)
+            raise AirflowRescheduleException(utcnow() + timedelta(seconds=BUSY_RETRY_SECONDS)) from None

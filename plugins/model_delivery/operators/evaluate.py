@@ -17,7 +17,7 @@ class EvaluateModelOperator(ReleaseStageOperator):
     :param candidate: the build stage's result (templated; pass ``build.output``).
     """
 
-    template_fields = ("candidate",)
+    template_fields = ("model", "candidate")
 
     def __init__(self, *, candidate: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)

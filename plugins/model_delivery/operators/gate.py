@@ -18,7 +18,7 @@ class GateModelOperator(ReleaseStageOperator):
     :param evaluation: the evaluate stage's result (templated).
     """
 
-    template_fields = ("candidate", "evaluation")
+    template_fields = ("model", "candidate", "evaluation")
     ui_color = "#fdebd0"
 
     def __init__(self, *, candidate: Any, evaluation: Any, **kwargs: Any) -> None:

@@ -17,7 +17,7 @@ class PromoteModelOperator(ReleaseStageOperator):
     :param candidate: the build stage's result (templated).
     """
 
-    template_fields = ("candidate",)
+    template_fields = ("model", "candidate")
     ui_color = "#abebc6"
 
     def __init__(self, *, candidate: Any, **kwargs: Any) -> None:

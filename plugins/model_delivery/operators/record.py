@@ -19,6 +19,7 @@ class RecordReleaseOperator(BaseOperator):
     :param model: the model.
     """
 
+    template_fields = ("model",)
     ui_color = "#eaeded"
 
     def __init__(self, *, model: str, **kwargs: Any) -> None:
@@ -32,9 +33,11 @@ class RecordReleaseOperator(BaseOperator):
         params = context.get("params") or {}
         rc = ReleaseContext(model=self.model, run_id=context["run_id"], dag_id=self.dag_id, log=self.log.info)
         record = rc.record.finalize(dag_id=self.dag_id, conf={key: params[key] for key in params})
+        if rc.lease.release(rc.run_id):
+            self.log.warning("gave back the deploy lease that this run still held")
         self.log.info("release %s of %s: %s; report %s", rc.run_id, self.model, record["outcome"], record["report"])
         summary = {key: record[key] for key in ("outcome", "reasons", "report")}
-        if record["outcome"] not in ("released", "no-change"):
+        if record["outcome"] not in ("released", "no-change", "reverted"):
             context["ti"].xcom_push(key="return_value", value=summary)
             raise ReleaseFailed(f"release {record['outcome']}: " + "; ".join(record["reasons"]), result=summary)
         return summary

@@ -18,7 +18,7 @@ class SmokeTestModelOperator(ReleaseStageOperator):
     :param deployment: a deploy stage's result with its ``url`` (templated).
     """
 
-    template_fields = ("candidate", "deployment")
+    template_fields = ("model", "candidate", "deployment")
 
     def __init__(self, *, candidate: Any, deployment: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)

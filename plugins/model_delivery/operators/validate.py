@@ -22,7 +22,7 @@ class ValidateDataOperator(ReleaseStageOperator):
     :param candidate: the build stage's result (templated).
     """
 
-    template_fields = ("candidate",)
+    template_fields = ("model", "candidate")
     ui_color = "#fcf3cf"
 
     def __init__(self, *, candidate: Any, **kwargs: Any) -> None:

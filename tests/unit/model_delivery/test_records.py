@@ -156,7 +156,7 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
     assert "| smoke | failed | t2 | — | p95 latency exceeds the budget |" in report
     assert "| rollback | success | — | — | switched back |" in report
     for stage in STAGES:
-        if stage != "approve":
+        if stage not in ("approve", "resolve"):
             assert sum(line.startswith(f"| {stage} |") for line in report.splitlines()) == 1, stage
     assert "| promote | not run | — | — | — |" in report
     assert "- deploy_staging: http://127.0.0.1:1234 (version 4)" in report

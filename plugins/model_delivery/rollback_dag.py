@@ -1,0 +1,73 @@
+"""The ``model_rollback`` DAG: move a model's registry alias and its serving deployment back together.
+
+Params: ``model`` (one of the specs) and ``version`` (default ``previous``). The run
+resolves the version (refusing an unknown model or version before anything changes),
+stops early when that version already serves, and otherwise deploys it through the
+model's own target exactly like a release does: stage, smoke, shift, verify, promote, with
+automatic undo if any of that fails. It holds the same deploy lease as a release, so a
+rollback and a release never deploy the same model at once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.sdk import DAG, Param
+
+from model_delivery.dag_factory import START_DATE
+from model_delivery.operators import (
+    DeployModelOperator,
+    PromoteModelOperator,
+    RecordReleaseOperator,
+    ResolveRollbackOperator,
+    RollbackModelOperator,
+    SmokeTestModelOperator,
+)
+
+MODEL = "{{ params.model }}"
+
+
+def is_a_change(target: dict[str, Any]) -> bool:
+    """Go on unless the target version already serves."""
+    return not target.get("no_op")
+
+
+def rollback_dag(models: list[str]) -> DAG:
+    """The manual rollback DAG for the given models."""
+    with DAG(
+        dag_id="model_rollback",
+        description="Roll a model back to its previous (or a named) version: registry and serving together",
+        doc_md=__doc__,
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["model-delivery", "rollback"],
+        params={
+            "model": Param(models[0] if models else "", type="string", enum=models or [""], title="Model"),
+            "version": Param("previous", type="string", minLength=1, maxLength=20, title="Version",
+                             description="A registry version number, or 'previous' (the version before production)."),
+            "reason": Param("", type="string", maxLength=500, title="Reason", description="Recorded with the rollback."),
+        },
+        default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
+    ) as dag:
+        resolve = ResolveRollbackOperator(task_id="resolve", model=MODEL, version="{{ params.version }}", retries=0)
+        target: Any = resolve.output
+        go_on = ShortCircuitOperator(task_id="detect_change", python_callable=is_a_change,
+                                     op_kwargs={"target": target}, ignore_downstream_trigger_rules=False,
+                                     doc_md="Ends the run when the version already serves.")
+        staging = DeployModelOperator(task_id="deploy_staging", model=MODEL, candidate=target, step="staging")
+        smoke = SmokeTestModelOperator(task_id="smoke", model=MODEL, candidate=target, deployment=staging.output)
+        production = DeployModelOperator(task_id="deploy_production", model=MODEL, candidate=target, step="production")
+        verify = SmokeTestModelOperator(task_id="verify", model=MODEL, candidate=target, deployment=production.output)
+        promote = PromoteModelOperator(task_id="promote", model=MODEL, candidate=target)
+        undo = RollbackModelOperator(task_id="rollback", model=MODEL, trigger_rule="one_failed", retries=2)
+        record = RecordReleaseOperator(task_id="record", model=MODEL, trigger_rule="all_done", retries=2)
+        go_on >> staging
+        smoke >> production
+        verify >> promote
+        [staging, smoke, production, verify, promote] >> undo
+        [resolve, promote, undo] >> record
+    return dag

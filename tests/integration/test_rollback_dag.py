@@ -1,0 +1,113 @@
+"""The model_rollback DAG: registry alias and serving deployment move back together, smoke-tested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.models import edit_spec
+from tests.helpers.release import get_dag, load_record, release_env, run_release, task_states
+
+pytestmark = pytest.mark.integration
+
+MODEL = "breast_cancer"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
+    """Three released versions of the model: C=1.0 (v1), C=0.5 (v2), C=0.3 (v3, production)."""
+    with release_env(tmp_path_factory.mktemp("rollback"), (MODEL,)) as models_dir:
+        digests = {}
+        for c in (1.0, 0.5, 0.3):
+            edit_spec(models_dir / MODEL, lambda spec, c=c: spec["build"]["params"].update(C=c))
+            dag_run = run_release(MODEL, {"reason": f"C={c}"})
+            assert dag_run.state == "success"
+            artifact = load_record(MODEL, dag_run.run_id)["artifact"]
+            digests[artifact["version"]] = artifact["digest"]
+        yield models_dir, digests
+
+
+def rollback(conf: dict) -> object:
+    return get_dag("model_rollback").test(run_conf=conf)
+
+
+def aliases() -> tuple[str | None, str | None]:
+    from model_delivery.registry import PREVIOUS, PRODUCTION, Registry
+    from model_delivery.settings import get_settings
+
+    registry = Registry(get_settings().tracking_uri)
+    prod, prev = registry.alias(MODEL, PRODUCTION), registry.alias(MODEL, PREVIOUS)
+    return (prod.version if prod else None, prev.version if prev else None)
+
+
+def serving(models_dir: Path) -> str:
+    port = yaml.safe_load((models_dir / MODEL / "model.yaml").read_text())["deploy"]["local"]["port"]
+    return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).headers["x-model-digest"]
+
+
+def test_rollback_to_the_previous_version(env) -> None:
+    models_dir, digests = env
+    assert aliases() == ("3", "2")
+
+    dag_run = rollback({"model": MODEL, "reason": "v3 misbehaves"})
+
+    assert dag_run.state == "success"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "reverted"
+    assert record["reasons"] == ["version 3 → version 2"]
+    assert record["stages"]["smoke"]["status"] == record["stages"]["verify"]["status"] == "success"
+    assert aliases() == ("2", "3")
+    assert serving(models_dir) == digests["2"]
+
+
+def test_rollback_to_a_named_version(env) -> None:
+    models_dir, digests = env
+    dag_run = rollback({"model": MODEL, "version": "1", "reason": "back to the first"})
+
+    assert dag_run.state == "success"
+    assert aliases()[0] == "1"
+    assert serving(models_dir) == digests["1"]
+
+
+def test_rolling_back_to_what_already_serves_is_a_no_op(env) -> None:
+    models_dir, digests = env
+    before = aliases()
+    dag_run = rollback({"model": MODEL, "version": "1", "reason": "again"})
+
+    assert dag_run.state == "success"
+    states = task_states(dag_run)
+    assert states["deploy_staging"] == "skipped"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "no-change"
+    assert "already production" in record["reasons"][0]
+    assert aliases() == before
+    assert serving(models_dir) == digests["1"]
+
+
+@pytest.mark.parametrize(("conf", "message"), [
+    pytest.param({"version": "42"}, "has no version '42'", id="unknown-version"),
+    pytest.param({"version": "latest"}, "has no version 'latest'", id="not-a-version"),
+])
+def test_an_unknown_version_is_refused_before_anything_changes(env, conf: dict, message: str) -> None:
+    models_dir, _ = env
+    before, digest = aliases(), serving(models_dir)
+    dag_run = rollback({"model": MODEL, **conf})
+
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states["resolve"] == "failed"
+    assert states["deploy_staging"] == "upstream_failed"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "refused"
+    assert message in record["reasons"][0] and "Fix:" in record["reasons"][0]
+    assert aliases() == before and serving(models_dir) == digest
+
+
+def test_an_unknown_model_is_refused_by_the_params(env) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="model"):
+        rollback({"model": "no_such_model"})
