@@ -13,9 +13,10 @@ migrated once before, untimed. Each run is a fresh process, timed from start to 
 A run counts only if it succeeded: exit code 0, for ``dags test`` a release record whose
 outcome is ``released``, and for both the model's stable front address answering every
 golden request from the released digest. The model servers and the front are stopped
-after each run. Runs alternate (ABBA...) so drift hits both sides alike.
+after each run. Runs alternate (AB BA AB ...) so drift hits both sides alike.
 
-Ratio = median wall(dags test) / median wall(plain).
+Ratio = median wall(dags test) / median wall(plain); the best-run ratio (min / min) is
+printed beside it, as it is less sensitive to other load on the machine.
 
     .venv/bin/python bench/bench_release.py [--quick] [--repeats N] [--model breast_cancer]
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import subprocess
@@ -147,9 +149,24 @@ def log_phases(log: Path, start_epoch: float, end_epoch: float) -> dict[str, flo
     return {name: marks[i + 1] - marks[i] for i, name in enumerate(names)}
 
 
+def no_approval(models: Path, model: str) -> bool:
+    """A benchmark cannot wait for a human: turn ``approval: required`` off in this copy of the spec."""
+    import yaml
+
+    path = models / model / "model.yaml"
+    spec = yaml.safe_load(path.read_text())
+    if spec.get("approval") != "required":
+        return False
+    spec["approval"] = "none"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return True
+
+
 def one_run(kind: str, index: int, work: Path, model: str) -> dict[str, Any]:
     run_dir = work / "runs" / f"{index}-{kind}"
     models = copy_models(run_dir / "models")
+    if no_approval(models, model) and index == 0:
+        print(f"  NOTE: the {model} spec requires approval; this benchmark's copy sets approval: none", flush=True)
     home = run_dir / "home"
     env = isolated_env(work, md_home=home, models_dir=models)
     log = run_dir / "output.log"
@@ -186,9 +203,11 @@ def one_run(kind: str, index: int, work: Path, model: str) -> dict[str, Any]:
         if port_free(port):
             break
         time.sleep(0.1)
+    load = os.getloadavg()[0]
     print(f"{wall:.1f} s, released {outcome['digest'][:19]}…, front answered {front['golden_requests']} golden "
-          f"requests, stopped {stopped} processes", flush=True)
-    return {"kind": kind, "wall_s": wall, "front": front, "stopped_processes": stopped, **outcome}
+          f"requests, stopped {stopped} processes (load avg {load:.2f})", flush=True)
+    return {"kind": kind, "wall_s": wall, "front": front, "stopped_processes": stopped, "load_avg_1min": load,
+            **outcome}
 
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str]]]:
@@ -202,7 +221,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str
         per_stage = {s: median([r["stages"].get(s, 0.0) for r in rs]) for s in stages}
         staged = median([sum(r["stages"].values()) for r in rs])
         phases = {p: median([r["phases"].get(p, 0.0) for r in rs]) for p in rs[0].get("phases", {})}
-        summary[kind] = {"median_wall_s": median(walls), "walls_s": walls, "stages_median_s": per_stage,
+        summary[kind] = {"median_wall_s": median(walls), "min_wall_s": min(walls), "walls_s": walls, "stages_median_s": per_stage,
                          "sum_of_stages_median_s": staged, "outside_stages_median_s": median(walls) - staged,
                          "phases_median_s": phases}
     rows = [[s, *(fmt_s(summary[k]["stages_median_s"][s]) if any(s in r["stages"] for r in by_kind[k]) else "-"
@@ -210,6 +229,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str
     rows.append(["sum of stages", *(fmt_s(summary[k]["sum_of_stages_median_s"]) for k in KINDS)])
     rows.append(["outside the stages", *(fmt_s(summary[k]["outside_stages_median_s"]) for k in KINDS)])
     rows.append(["WALL (median)", *(fmt_s(summary[k]["median_wall_s"]) for k in KINDS)])
+    rows.append(["wall (best run)", *(fmt_s(summary[k]["min_wall_s"]) for k in KINDS)])
     rows.append(["wall, every run", *(" / ".join(f"{w:.1f}" for w in summary[k]["walls_s"]) for k in KINDS)])
     return summary, rows
 
@@ -217,11 +237,11 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[list[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one run of each")
-    parser.add_argument("--repeats", type=int, default=None, help="runs of each side (default 2, quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of each side (default 3, quick 1)")
     parser.add_argument("--model", default="breast_cancer")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (debugging)")
     args = parser.parse_args()
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     started = time.perf_counter()
 
     with workdir(NAME, keep=args.keep) as work:
@@ -253,11 +273,12 @@ def main() -> int:
     if missing:
         print(f"NOTE: stages run by only one side: {sorted(missing)}")
     ratio = summary["dags_test"]["median_wall_s"] / summary["plain"]["median_wall_s"]
+    best = summary["dags_test"]["min_wall_s"] / summary["plain"]["min_wall_s"]
     lines = [ratio_line(NAME, ratio, f"wall of airflow dags test release__{args.model} / the same stages as a plain "
-                                     f"script, median of {repeats}, both from an empty state")]
+                                     f"script, median of {repeats}, both from an empty state; best-run ratio {best:.2f}x")]
     elapsed = time.perf_counter() - started
     path = write_results(NAME, {"model": args.model, "repeats": repeats, "quick": args.quick, "seconds": elapsed,
-                                "db_migrate_s": migrate_s, "summary": summary, "ratio": ratio, "runs": runs,
+                                "db_migrate_s": migrate_s, "summary": summary, "ratio": ratio, "best_run_ratio": best, "runs": runs,
                                 "ratio_lines": lines})
     print(f"\nresults: {path.relative_to(PROJECT)}  ({elapsed:.0f} s)")
     for line in lines:

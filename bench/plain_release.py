@@ -2,9 +2,12 @@
 
 No scheduler, no task runner, no XCom, no metadata DB: one process builds a
 ``ReleaseContext`` and calls the stage functions of ``model_delivery.release`` in the
-DAG's order: build → validate_data (when the library has it) → evaluate → gate →
-deploy_staging → smoke → deploy_production → verify (smoke against production) → promote.
-On a failure after a deploy started it rolls back, like the DAG, and exits 1.
+DAG's order: build → [detect_change] → [validate_data] → evaluate → gate → deploy_staging →
+smoke → deploy_production → verify (smoke against production) → promote. The bracketed
+steps run when the library has them (``has_changes``, ``validate_data``); from an empty
+state ``has_changes`` is always true. There is no approval step: bench_release.py turns
+``approval: required`` off in its copy of the spec. On a failure after a deploy started
+it rolls back, like the DAG, and exits 1.
 
 The caller sets the environment (MODEL_DELIVERY_HOME, MODEL_DELIVERY_MODELS_DIR, an
 isolated AIRFLOW_HOME). Writes a JSON summary (digest, front URL, seconds per stage) to --out.
@@ -60,6 +63,8 @@ def main() -> int:
     deployed = False
     try:
         candidate = timed("build", stages.build)
+        if hasattr(stages, "has_changes") and not stages.has_changes(candidate, rc.conf):
+            raise RuntimeError("detect_change: nothing changed, the release would end here (not a benchmark run)")
         if hasattr(stages, "validate_data"):  # the DAG runs it before evaluate
             timed("validate_data", stages.validate_data, candidate)
         evaluation = timed("evaluate", stages.evaluate, candidate)

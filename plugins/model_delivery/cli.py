@@ -1,6 +1,7 @@
 """``model-delivery``: command-line helpers around releases.
 
     model-delivery summary <model>    what serves the model now, how to query it, the last report
+    model-delivery render-k8s <model> the model's Kubernetes manifests (YAML) for review or GitOps
 """
 
 from __future__ import annotations
@@ -59,15 +60,52 @@ def summary(model: str) -> int:
     return 0
 
 
+def render_k8s(model: str, version: str | None, digest: str | None, parts: str, candidate: bool) -> int:
+    """Print the Kubernetes manifests of a model version as YAML."""
+    from model_delivery.deploy.k8s.manifests import CANDIDATE, STABLE, to_yaml
+    from model_delivery.deploy.kubernetes import render
+    from model_delivery.spec import load_spec
+
+    settings = get_settings()
+    spec = load_spec(settings.models_dir / model)
+    if parts != "rbac" and not (version and digest):
+        from model_delivery.registry import PRODUCTION, Registry
+
+        production = Registry(settings.tracking_uri).alias(model, PRODUCTION)
+        if production is None:
+            print(f"{model} has no production version yet: give --version and --digest", file=sys.stderr)
+            return 2
+        version, digest = production.version, production.digest
+    try:
+        objects = render(spec, settings, version or "0", digest or "sha256:" + "0" * 64, parts=parts,
+                         track=CANDIDATE if candidate else STABLE)
+    except ValueError as exc:
+        print(f"render-k8s: {exc}", file=sys.stderr)
+        return 2
+    print(to_yaml(objects), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="model-delivery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     summary_cmd = sub.add_parser("summary", help="what serves a model now and its last release report")
     summary_cmd.add_argument("model")
+    render_cmd = sub.add_parser("render-k8s", help="print the model's Kubernetes manifests (YAML)")
+    render_cmd.add_argument("model")
+    render_cmd.add_argument("--version", help="model version (default: the registry's production version)")
+    render_cmd.add_argument("--digest", help="its artifact digest, sha256:<hex> (default: as --version)")
+    render_cmd.add_argument("--rbac", action="store_const", const="rbac", dest="parts",
+                            help="only the deployer's ServiceAccount, Role and RoleBinding")
+    render_cmd.add_argument("--workload", action="store_const", const="workload", dest="parts",
+                            help="only what the deployer applies")
+    render_cmd.add_argument("--candidate", action="store_true", help="the candidate Deployment instead of production")
     args = parser.parse_args(argv)
     if args.command == "summary":
         return summary(args.model)
+    if args.command == "render-k8s":
+        return render_k8s(args.model, args.version, args.digest, args.parts or "all", args.candidate)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -53,7 +53,7 @@ def rollback_dag(models: list[str]) -> DAG:
         },
         default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)},
     ) as dag:
-        resolve = ResolveRollbackOperator(task_id="resolve", model=MODEL, version="{{ params.version }}", retries=0)
+        resolve = ResolveRollbackOperator(task_id="resolve", model=MODEL, version="{{ params.version }}")
         target: Any = resolve.output
         go_on = ShortCircuitOperator(task_id="detect_change", python_callable=is_a_change,
                                      op_kwargs={"target": target}, ignore_downstream_trigger_rules=False,

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
-from model_delivery.deploy.kubernetes_spec import KubernetesTargetSpec
+from model_delivery.deploy.kubernetes_spec import BuildContainerSpec, KubernetesTargetSpec
 from model_delivery.exceptions import InvalidModelSpec
 
 if TYPE_CHECKING:
@@ -54,6 +54,10 @@ class BuildSpec(_Strict):
         description="Hyper-parameters passed to the entrypoint as JSON in `--params`; recorded in MLflow.",
     )
     timeout_seconds: int = Field(1800, ge=1, le=86400, description="The build is killed after this long.")
+    container: BuildContainerSpec | None = Field(
+        None, description="Run the build in this container image (KubernetesPodOperator or DockerOperator, with "
+        "GPUs if asked) instead of on the Airflow worker."
+    )
 
 
 class EvaluationSpec(_Strict):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
@@ -42,8 +44,10 @@ class DeployTarget(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def get_target(spec: ModelSpec, settings: Settings, store: ArtifactStore) -> DeployTarget:
-    """Build the deploy target the spec names."""
+def get_target(
+    spec: ModelSpec, settings: Settings, store: ArtifactStore, log: Callable[..., None] | None = None
+) -> DeployTarget:
+    """Build the deploy target the spec names; ``log`` receives a target's progress (Ansible's output)."""
     if spec.deploy.target == "local":
         from model_delivery.deploy.local import LocalTarget
 
@@ -52,7 +56,7 @@ def get_target(spec: ModelSpec, settings: Settings, store: ArtifactStore) -> Dep
     if spec.deploy.target == "ansible":
         from model_delivery.deploy.ansible import AnsibleTarget
 
-        return AnsibleTarget(spec, settings, store)
+        return AnsibleTarget(spec, settings, store, log=log)
     if spec.deploy.target == "kubernetes":
         from model_delivery.deploy.kubernetes import KubernetesTarget
 

@@ -87,7 +87,8 @@ class ArtifactFetchSpec(_Strict):
         "2Gi", pattern=QUANTITY, description="Size limit of the emptyDir the artifact is fetched into."
     )
     resources: ResourcesSpec = Field(
-        default_factory=lambda: ResourcesSpec(cpu_request="100m", memory_request="128Mi", memory_limit="256Mi"),
+        default_factory=lambda: ResourcesSpec.model_validate(
+            {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "256Mi"}),
         description="Resources of the init container (its gpus must be 0).",
     )
 
@@ -184,7 +185,8 @@ class KubernetesTargetSpec(_Strict):
         300, ge=10, le=3600, description="How long a server may take to load its model (the startup probe's budget)."
     )
     resources: ResourcesSpec = Field(
-        default_factory=ResourcesSpec, description="Resources of the serving container, GPUs included."
+        default_factory=lambda: ResourcesSpec.model_validate({}),
+        description="Resources of the serving container, GPUs included.",
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the pods must run on, e.g. `{nvidia.com/gpu.present: 'true'}`."
@@ -197,11 +199,14 @@ class KubernetesTargetSpec(_Strict):
     pdb_max_unavailable: int = Field(
         1, ge=1, description="PodDisruptionBudget maxUnavailable for the production pods (voluntary evictions)."
     )
-    service: ServiceSpec = Field(default_factory=ServiceSpec, description="The Services.")
+    service: ServiceSpec = Field(
+        default_factory=lambda: ServiceSpec.model_validate({}), description="The Services."
+    )
     container_port: int = Field(8080, ge=1024, le=65535, description="Port the model server listens on in the pod.")
     run_as_user: int = Field(10001, ge=1, description="Non-root user id the containers run as.")
     artifact_fetch: ArtifactFetchSpec = Field(
-        default_factory=ArtifactFetchSpec, description="The init container that fetches and verifies the artifact."
+        default_factory=lambda: ArtifactFetchSpec.model_validate({}),
+        description="The init container that fetches and verifies the artifact.",
     )
     canary: CanarySpec | None = Field(
         None,
@@ -216,7 +221,9 @@ class KubernetesTargetSpec(_Strict):
         description="Server-side apply with force: take over fields another manager owns instead of failing "
         "with a conflict.",
     )
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How rollouts are awaited.")
+    rollout: RolloutSpec = Field(
+        default_factory=lambda: RolloutSpec.model_validate({}), description="How rollouts are awaited."
+    )
     staging_url: str = Field(
         "http://{name}-candidate.{namespace}.svc.cluster.local:{port}",
         description="URL the smoke test reaches the candidate at; `{name}`, `{namespace}`, `{port}` are filled in. "
@@ -273,7 +280,8 @@ class BuildContainerSpec(_Strict):
         None, pattern=DNS_LABEL, description="Secret whose keys become the build pod's environment (store access)."
     )
     resources: ResourcesSpec = Field(
-        default_factory=lambda: ResourcesSpec(cpu_request="1", memory_request="2Gi", memory_limit="4Gi"),
+        default_factory=lambda: ResourcesSpec.model_validate(
+            {"cpu_request": "1", "memory_request": "2Gi", "memory_limit": "4Gi"}),
         description="Resources of the build container, GPUs included.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the build pod must run on.")
