@@ -111,3 +111,44 @@ def test_an_unknown_model_is_refused_by_the_params(env) -> None:
 
     with pytest.raises(ParamValidationError, match="model"):
         rollback({"model": "no_such_model"})
+
+
+def test_a_release_waits_while_a_rollback_holds_the_deploy_lease(env) -> None:
+    """The lease is held as if a manual rollback were deploying; the release's deploy waits, then goes on."""
+    import threading
+    import time
+
+    from model_delivery.release import ReleaseContext
+
+    models_dir, _ = env
+    holder = ReleaseContext(model=MODEL, run_id="manual-rollback-in-flight", dag_id="model_rollback")
+    holder.lease.acquire(holder.run_id, holder.dag_id)
+    def release_once_the_release_waits() -> None:
+        releases = holder.store.release_dir(MODEL, "x").parent
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not stop.is_set():
+            for record in releases.glob("*/release.json"):
+                if '"status": "waiting"' in record.read_text():
+                    holder.lease.release(holder.run_id)
+                    return
+            time.sleep(0.5)
+        holder.lease.release(holder.run_id)
+
+    stop = threading.Event()
+    timer = threading.Thread(target=release_once_the_release_waits, daemon=True)
+    timer.start()
+    edit_spec(models_dir / MODEL, lambda spec: spec["build"]["params"].update(C=0.2))
+    started = time.monotonic()
+    try:
+        dag_run = run_release(MODEL, {"reason": "while a rollback deploys"})
+    finally:
+        stop.set()
+        timer.join(timeout=10)
+        holder.lease.release(holder.run_id)
+
+    assert dag_run.state == "success"
+    deploy = load_record(MODEL, dag_run.run_id)["stages"]["deploy_staging"]
+    assert deploy["status"] == "success"
+    assert deploy["waits"] >= 1, "deploy_staging never waited for the lease"
+    assert time.monotonic() - started > 0
+    assert holder.lease.holder() is None

@@ -52,6 +52,9 @@ class ReleaseStageOperator(BaseOperator):
 
         rc = self.release_context(context)
         entry: dict[str, Any] = {"started_at": now(), "try": context["ti"].try_number}
+        earlier = rc.record.load().get("stages", {}).get(self.task_id) or {}
+        if earlier.get("status") == "waiting":  # rescheduled while another run held the deploy lease
+            entry.update(waits=earlier.get("waits", 1), waiting_since=earlier.get("waiting_since"))
         start = time.monotonic()
         try:
             result = self.run(rc)
@@ -60,6 +63,7 @@ class ReleaseStageOperator(BaseOperator):
                                                "seconds": time.monotonic() - start})
             raise
         except AirflowRescheduleException as exc:
+            entry.update(waits=entry.get("waits", 0) + 1, waiting_since=entry.get("waiting_since") or entry["started_at"])
             rc.record.add_stage(self.task_id, {**entry, "status": "waiting", "seconds": time.monotonic() - start,
                                                "note": f"waiting for another run to finish deploying (next try {exc.reschedule_date})"})
             raise
