@@ -75,7 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="200,000 rows, 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.repeats = 200_000, 3
     from model_delivery.validation.drift import drift_report
 
     frame = make_frame(args.rows, seed=1)

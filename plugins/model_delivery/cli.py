@@ -1,6 +1,7 @@
 """``model-delivery``: command-line helpers around releases.
 
     model-delivery summary <model>    what serves the model now, how to query it, the last report
+    model-delivery release <model>    trigger a release through the Airflow REST API [--wait]; exit 0/1/2/3
     model-delivery render-k8s <model> the model's Kubernetes manifests (YAML) for review or GitOps
 """
 
@@ -101,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd.add_argument("--workload", action="store_const", const="workload", dest="parts",
                             help="only what the deployer applies")
     render_cmd.add_argument("--candidate", action="store_true", help="the candidate Deployment instead of production")
+    from model_delivery.ci import add_parser, release
+
+    add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "release":
+        return release(args)
     if args.command == "summary":
         return summary(args.model)
     if args.command == "render-k8s":

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
+from model_delivery.deploy.k8s.build import build_operator
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.operators import (
     ApproveReleaseOperator,
-    BuildModelOperator,
     DeployModelOperator,
     EvaluateModelOperator,
     GateModelOperator,
@@ -92,7 +92,7 @@ def release_dag(spec: ModelSpec) -> DAG:
         params=release_params(),
         default_args={"owner": spec.owner, "retries": spec.retries, "retry_delay": timedelta(seconds=30)},
     ) as dag:
-        build = BuildModelOperator(task_id="build", model=name)
+        build = build_operator(spec)(task_id="build", model=name)  # in a container when build.container names one
         candidate: Any = build.output
         detect = ShortCircuitOperator(
             task_id="detect_change",

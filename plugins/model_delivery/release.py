@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from model_delivery.artifacts import ArtifactStore
+    from model_delivery.build import BuildOutputs
     from model_delivery.deploy import DeployTarget
     from model_delivery.lease import DeployLease
     from model_delivery.records import ReleaseRecord
@@ -108,14 +109,15 @@ class ReleaseContext:
         return Candidate(self.model, str(build["version"]), str(build["digest"]))
 
 
-def build(rc: ReleaseContext) -> dict[str, Any]:
-    """Run the build entrypoint, store the artifact and data, register the version."""
+def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, Any]:
+    """Run the build entrypoint (unless a container build passes its ``outputs``), store, register."""
     from model_delivery.build import git_sha, run_build
     from model_server.manifest import build_manifest, manifest_digest
 
     check_conf(rc.conf)
     spec = rc.spec
-    outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
+    if outputs is None:
+        outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
     try:
         artifact = rc.store.put_directory(spec.name, outputs.model_dir)
         data: dict[str, dict[str, Any]] = {}

@@ -89,7 +89,8 @@ class ArtifactFetchSpec(_Strict):
     resources: ResourcesSpec = Field(
         default_factory=lambda: ResourcesSpec.model_validate(
             {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "256Mi"}),
-        description="Resources of the init container (its gpus must be 0).",
+        description="Resources of the init container (its gpus must be 0). Default: 100m CPU and 128Mi memory "
+        "requested, 256Mi memory limit.",
     )
 
     @field_validator("resources")
@@ -282,7 +283,8 @@ class BuildContainerSpec(_Strict):
     resources: ResourcesSpec = Field(
         default_factory=lambda: ResourcesSpec.model_validate(
             {"cpu_request": "1", "memory_request": "2Gi", "memory_limit": "4Gi"}),
-        description="Resources of the build container, GPUs included.",
+        description="Resources of the build container, GPUs included. Default: 1 CPU and 2Gi memory requested, "
+        "4Gi memory limit.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the build pod must run on.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the build pod tolerates.")

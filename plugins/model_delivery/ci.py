@@ -1,0 +1,157 @@
+"""Trigger a release through the Airflow REST API and wait for it: the command CI calls.
+
+    model-delivery release <model> [--reason R] [--force] [--conf JSON] [--wait] [--timeout S]
+
+Settings come from the environment (or flags): ``AIRFLOW_API_URL`` (default
+http://localhost:8080), and either ``AIRFLOW_API_TOKEN`` or ``AIRFLOW_API_USERNAME`` +
+``AIRFLOW_API_PASSWORD`` (exchanged for a token at ``/auth/token``). The token is never
+printed.
+
+Exit codes: 0 released (or no change), 1 the release failed or was rolled back,
+2 the gate (or the approver) rejected it, 3 a usage or connection error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+EXIT_RELEASED, EXIT_FAILED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
+TERMINAL = ("success", "failed")
+SUCCESS_OUTCOMES = ("released", "no-change", "reverted")
+
+
+class UsageError(Exception):
+    """Bad arguments, unknown model, unreachable or refusing API: exit code 3."""
+
+
+def _client(url: str, token: str | None, username: str | None, password: str | None) -> Any:
+    import httpx
+
+    if not token:
+        if not (username and password):
+            raise UsageError("no credentials: set AIRFLOW_API_TOKEN, or AIRFLOW_API_USERNAME and AIRFLOW_API_PASSWORD")
+        try:
+            response = httpx.post(f"{url}/auth/token", json={"username": username, "password": password}, timeout=30)
+        except httpx.HTTPError as exc:
+            raise UsageError(f"cannot reach the Airflow API at {url}: {exc}") from None
+        if response.status_code not in (200, 201):
+            raise UsageError(f"login to {url} refused (HTTP {response.status_code}): check the username and password")
+        token = response.json()["access_token"]
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the Airflow API at {client.base_url}: {exc}") from None
+    if response.status_code in (401, 403):
+        raise UsageError(f"the Airflow API refused the credentials (HTTP {response.status_code}) for {path}")
+    return response
+
+
+def trigger(client: Any, dag_id: str, conf: dict[str, Any], *, unpause: bool) -> str:
+    """Create the run; return its id. A conf the DAG's params refuse is a usage error."""
+    dag = _call(client, "GET", f"/api/v2/dags/{dag_id}")
+    if dag.status_code == 404:
+        raise UsageError(f"no DAG {dag_id!r} on this Airflow: is the model name right, and its spec valid?")
+    if dag.json().get("is_paused"):
+        if not unpause:
+            raise UsageError(f"{dag_id} is paused: unpause it in the UI, or pass --unpause")
+        _call(client, "PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    response = _call(client, "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    if response.status_code >= 400:
+        raise UsageError(f"Airflow refused the run (HTTP {response.status_code}): {response.text[:500]}")
+    return str(response.json()["dag_run_id"])
+
+
+def wait(client: Any, dag_id: str, run_id: str, *, timeout: float, poll: float = 2.0, out: Any = sys.stdout) -> str:
+    """Print each task as it finishes; return the run's final state."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    base = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+    while True:
+        tasks = _call(client, "GET", f"{base}/taskInstances").json().get("task_instances", [])
+        for ti in sorted(tasks, key=lambda t: t.get("end_date") or ""):
+            if ti["state"] in ("success", "failed", "skipped", "upstream_failed") and ti["task_id"] not in seen:
+                seen.add(ti["task_id"])
+                seconds = f" ({ti['duration']:.1f} s)" if ti.get("duration") else ""
+                print(f"  {ti['state']:<15} {ti['task_id']}{seconds}", file=out, flush=True)
+        state = _call(client, "GET", base).json()["state"]
+        if state in TERMINAL:
+            return str(state)
+        if time.monotonic() > deadline:
+            raise UsageError(f"gave up waiting after {timeout:.0f} s; the run {run_id} goes on in Airflow")
+        time.sleep(poll)
+
+
+def outcome(client: Any, dag_id: str, run_id: str) -> dict[str, Any]:
+    """The release record's summary, pushed to XCom by the ``record`` task."""
+    response = _call(client, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/record/xcomEntries/return_value")
+    if response.status_code != 200:
+        return {"outcome": "failed", "reasons": ["the release ended without a record"]}
+    value = response.json().get("value")
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    if summary.get("outcome") in SUCCESS_OUTCOMES:
+        return EXIT_RELEASED
+    if summary.get("outcome") == "rejected":
+        return EXIT_REJECTED
+    return EXIT_FAILED
+
+
+def release(args: Any, out: Any = sys.stdout) -> int:
+    """Run ``model-delivery release``; return the exit code."""
+    try:
+        conf = json.loads(args.conf) if args.conf else {}
+        if not isinstance(conf, dict):
+            raise UsageError("--conf must be a JSON object")
+    except ValueError as exc:
+        print(f"error: --conf is not JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reason:
+        conf["reason"] = args.reason
+    if args.force:
+        conf["force"] = True
+    dag_id = f"release__{args.model}"
+    try:
+        client = _client(args.api_url, args.token or os.environ.get("AIRFLOW_API_TOKEN"),
+                         os.environ.get("AIRFLOW_API_USERNAME"), os.environ.get("AIRFLOW_API_PASSWORD"))
+        with client:
+            run_id = trigger(client, dag_id, conf, unpause=args.unpause)
+            print(f"triggered {dag_id} run {run_id}", file=out, flush=True)
+            if not args.wait:
+                return EXIT_RELEASED
+            state = wait(client, dag_id, run_id, timeout=args.timeout, out=out)
+            summary = outcome(client, dag_id, run_id)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"run {run_id}: {state}; release {summary.get('outcome')}", file=out)
+    for reason in summary.get("reasons") or []:
+        print(f"  - {reason}", file=out)
+    if summary.get("report"):
+        print(f"report: {summary['report']}", file=out)
+    return exit_code(summary)
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``release`` subcommand."""
+    cmd = sub.add_parser("release", help="trigger a release through the Airflow REST API (and wait for it)")
+    cmd.add_argument("model")
+    cmd.add_argument("--reason", default="", help="recorded with the release")
+    cmd.add_argument("--force", action="store_true", help="override a gate rejection (needs --reason)")
+    cmd.add_argument("--conf", default="", help="the run's conf as a JSON object")
+    cmd.add_argument("--wait", action="store_true", help="wait for the end; the exit code tells the outcome")
+    cmd.add_argument("--timeout", type=float, default=3600, help="seconds to wait at most (default 3600)")
+    cmd.add_argument("--unpause", action="store_true", help="unpause the release DAG if it is paused")
+    cmd.add_argument("--api-url", default=os.environ.get("AIRFLOW_API_URL", "http://localhost:8080"))
+    cmd.add_argument("--token", default=None, help="API token (better: AIRFLOW_API_TOKEN in the environment)")

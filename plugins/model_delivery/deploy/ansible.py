@@ -1,0 +1,542 @@
+"""The ``ansible`` deploy target: a rolling update of a fleet of hosts behind HAProxy.
+
+The playbooks and the ``model_server`` role live in ``include/ansible`` (see
+docs/deploy-ansible.md). This module only decides what to run and remembers what it did:
+
+* ``stage``: fetch the artifact from the store (verified), then ``stage.yml``: every host
+  gets the runtime and the artifact (copied, re-hashed on the host) without switching;
+  the staging host starts the candidate on its staging port, with no traffic.
+* ``shift``: ``rollout.yml``: batch by batch (``serial``), each host is drained in HAProxy,
+  switched, health-checked and put back. On any failed host the hosts this run touched
+  are put back at once (``rollback.yml``), then the stage fails: a failed release is never
+  left half-deployed, not even while Airflow waits to retry.
+* ``retire``: ``retire.yml``: stop the staging instance, prune old artifacts.
+* ``rollback``: ``rollback.yml`` on every host this run touched, with the artifact each one
+  served before.
+
+State (``<MODEL_DELIVERY_HOME>/deploy/<model>/state.json``) records, per host, what it
+serves and, per run, what each host served before it. It is changed only under the deploy
+lock (an exclusive ``flock``), so a restarted Airflow knows the previous version per host.
+
+Commands, inventories and variable files are built from data (lists, ``json.dumps``,
+``yaml.safe_dump``). Secrets from Airflow connections go to 0600 files in a private
+temporary directory, are passed by path, are masked in the streamed output, and are
+never logged or returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model_delivery.exceptions import DeployFailed, InvalidModelSpec, ReleaseFailed, TamperedArtifact
+from model_delivery.records import now
+from model_delivery.settings import PROJECT_ROOT
+from model_server.manifest import parse_digest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import Candidate
+    from model_delivery.settings import Settings
+    from model_delivery.spec import ModelSpec
+
+ANSIBLE_DIR = PROJECT_ROOT / "include" / "ansible"
+KEEP_RUNS = 20
+KEEP_ARTIFACTS = 3  # the most recently delivered digests stay on the hosts, for rollbacks
+_logger = logging.getLogger(__name__)
+
+
+class RolloutFailed(ReleaseFailed):
+    """The rolling update failed on a host; every host it touched was put back (no retry)."""
+
+
+class DryRunFinished(ReleaseFailed):
+    """``dry_run``: check mode ran and reported what would change; nothing was changed."""
+
+
+@dataclass
+class PlaybookResult:
+    """What one ansible-playbook run did, from the md_summary callback."""
+
+    playbook: str
+    returncode: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    check: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def stats(self) -> dict[str, dict[str, int]]:
+        return dict(self.summary.get("stats") or {})
+
+    @property
+    def custom(self) -> dict[str, dict[str, Any]]:
+        return {h: v for h, v in (self.summary.get("custom") or {}).items() if h != "_run"}
+
+    @property
+    def changed(self) -> int:
+        return sum(int(s.get("changed", 0)) for s in self.stats.values())
+
+    def changed_by_host(self) -> dict[str, int]:
+        return {host: int(s.get("changed", 0)) for host, s in self.stats.items()}
+
+    def problems(self) -> list[str]:
+        """One line per failed or unreachable host: the task and its message."""
+        lines = []
+        for kind in ("failures", "unreachable"):
+            for host, items in sorted((self.summary.get(kind) or {}).items()):
+                for item in items:
+                    lines.append(f"{host}: {item['task']}: {item['msg']}".strip())
+        if not lines and not self.ok:
+            lines.append(f"ansible-playbook {self.playbook} exited with code {self.returncode}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"playbook": self.playbook, "returncode": self.returncode, "changed": self.changed,
+                "changed_by_host": self.changed_by_host(), "seconds": round(self.seconds, 2), "check": self.check}
+
+
+@dataclass
+class _Secrets:
+    """Command-line arguments that name secret files, and the values to mask in output."""
+
+    args: list[str] = field(default_factory=list)
+    masked: list[str] = field(default_factory=list)
+
+
+def _write_private(path: Path, content: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)
+    return path
+
+
+def _connection(conn_id: str) -> Any:
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id)
+
+
+def ansible_playbook_binary() -> str:
+    """The ansible-playbook of this interpreter's environment (the pinned ansible-core)."""
+    local = Path(sys.executable).parent / "ansible-playbook"
+    if local.exists():
+        return str(local)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        raise DeployFailed("ansible-playbook not found. Fix: pip install -r requirements.txt -c constraints.txt")
+    return found
+
+
+class AnsibleTarget:
+    """Rolling delivery of one model to the hosts of an inventory group, behind HAProxy.
+
+    :param spec: the model's spec (``deploy.ansible`` is used).
+    :param settings: where deploy state lives (``settings.deploy_dir / model``).
+    :param store: the artifact store to fetch from.
+    :param log: where Ansible's output streams, line by line (``log(fmt, *args)``).
+    :param dry_run: check mode; default: the spec's ``deploy.ansible.dry_run``.
+    """
+
+    name = "ansible"
+
+    def __init__(self, spec: ModelSpec, settings: Settings, store: ArtifactStore,
+                 log: Callable[..., None] | None = None, dry_run: bool | None = None) -> None:
+        if spec.deploy.ansible is None:
+            raise InvalidModelSpec(f"model {spec.name!r} has no deploy.ansible section (see docs/deploy-ansible.md)")
+        self.spec = spec
+        self.model = spec.name
+        self.config = spec.deploy.ansible
+        self.model_dir = settings.models_dir / spec.name
+        self.state_dir = settings.deploy_dir / spec.name
+        self.state_path = self.state_dir / "state.json"
+        self.store = store
+        self.log: Callable[..., None] = log or _logger.info
+        self.dry_run = self.config.dry_run if dry_run is None else dry_run
+        if self.config.inventory is not None and not (self.model_dir / self.config.inventory).is_file():
+            raise InvalidModelSpec(
+                f"{self.model_dir / 'model.yaml'}: field 'deploy.ansible.inventory' names "
+                f"{self.config.inventory!r}, which does not exist in {self.model_dir}. Fix: add the inventory file "
+                "or correct the name."
+            )
+
+    @property
+    def front_url(self) -> str:
+        return self.config.load_balancer.front_url.rstrip("/")
+
+    # -- state -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the deploy lock and yield the state; it is saved atomically on exit (also on failure)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "deploy.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._read()
+            try:
+                yield state
+            finally:
+                self._save(state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        runs = state["runs"]
+        for old in sorted(runs, key=lambda r: runs[r].get("at", ""))[:-KEEP_RUNS]:
+            del runs[old]
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    def _read(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        state.setdefault("hosts", {})
+        state.setdefault("runs", {})
+        state.setdefault("active", None)
+        state.setdefault("delivered", [])  # digests in the order they were delivered, newest last
+        return state
+
+    @staticmethod
+    def _serving(state: dict[str, Any]) -> str | None:
+        versions = sorted({str(h["version"]) for h in state["hosts"].values() if h.get("digest")})
+        if not versions:
+            return None
+        return versions[0] if len(versions) == 1 else "mixed: " + ", ".join(versions)
+
+    # -- running ansible ---------------------------------------------------------------------
+
+    def _base_vars(self) -> dict[str, Any]:
+        cfg, lb = self.config, self.config.load_balancer
+        extra: dict[str, Any] = {
+            "model_delivery_group": cfg.group,
+            "model_delivery_serial": cfg.serial,
+            "model_delivery_max_fail_percentage": cfg.max_fail_percentage,
+            "model_delivery_become": cfg.become_conn_id is not None,
+            "model_delivery_staging_host": cfg.staging_host or "",
+            "model_server_model": self.model,
+            "model_server_lb_socket": lb.runtime_api,
+            "model_server_lb_backend": lb.backend or self.model,
+            "model_server_lb_host": lb.lb_host,
+            "model_server_ready_timeout": cfg.ready_timeout_seconds,
+            "model_server_drain_timeout": cfg.drain_timeout_seconds,
+        }
+        if cfg.remote_root:
+            extra["model_server_root"] = cfg.remote_root
+        return extra
+
+    def _inventory(self, tmp: Path) -> Path:
+        if self.config.inventory is not None:
+            return self.model_dir / self.config.inventory
+        import yaml
+
+        assert self.config.inventory_conn_id is not None
+        extra = _connection(self.config.inventory_conn_id).extra_dejson
+        inventory = extra.get("inventory", extra)
+        if isinstance(inventory, str):
+            inventory = yaml.safe_load(inventory)
+        if not isinstance(inventory, dict) or not inventory:
+            raise InvalidModelSpec(
+                f"Airflow connection {self.config.inventory_conn_id!r} (deploy.ansible.inventory_conn_id) holds no "
+                "inventory. Fix: put the inventory mapping in its extra, or under the extra's key 'inventory'."
+            )
+        return _write_private(tmp / "inventory.yml", yaml.safe_dump(inventory, sort_keys=False))
+
+    def _secrets(self, tmp: Path) -> _Secrets:
+        secrets = _Secrets()
+        if self.config.ssh_conn_id:
+            conn = _connection(self.config.ssh_conn_id)
+            extra = conn.extra_dejson
+            if conn.login:
+                secrets.args += ["--user", str(conn.login)]
+            key = extra.get("private_key")
+            if key:
+                key_text = str(key).replace("\\n", "\n")
+                key_text += "" if key_text.endswith("\n") else "\n"
+                secrets.args += ["--private-key", str(_write_private(tmp / "ssh_key", key_text))]
+                secrets.masked += [line for line in key_text.splitlines() if len(line) > 8 and "-----" not in line]
+            elif extra.get("key_file"):
+                secrets.args += ["--private-key", str(extra["key_file"])]
+        if self.config.become_conn_id:
+            password = _connection(self.config.become_conn_id).password or ""
+            secrets.args += ["--become", "--become-password-file",
+                             str(_write_private(tmp / "become_password", password + "\n"))]
+            if password:
+                secrets.masked.append(password)
+        return secrets
+
+    def build_command(self, playbook: str, inventory: Path, vars_file: Path, *, check: bool,
+                      secret_args: list[str] | None = None) -> list[str]:
+        """The ansible-playbook command line, as a list (never a shell string)."""
+        cmd = [ansible_playbook_binary(), str(ANSIBLE_DIR / playbook), "--inventory", str(inventory),
+               "--extra-vars", f"@{vars_file}"]
+        if check:
+            cmd += ["--check", "--diff"]
+        return cmd + list(secret_args or [])
+
+    def _env(self, tmp: Path) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
+        env.update(
+            ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_FORCE_COLOR="0",
+            ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            MODEL_DELIVERY_ANSIBLE_SUMMARY=str(tmp / "summary.json"),
+            PYTHONUNBUFFERED="1",
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        )
+        return env
+
+    def run_playbook(self, playbook: str, extra_vars: dict[str, Any], *, check: bool = False) -> PlaybookResult:
+        """Run one playbook, streaming its output into the log; return what the summary callback saw."""
+        scratch = self.state_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="run-") as tmp_name:
+            tmp = Path(tmp_name)
+            os.chmod(tmp, 0o700)
+            vars_file = _write_private(tmp / "vars.json", json.dumps({**self._base_vars(), **extra_vars}))
+            secrets = self._secrets(tmp)
+            cmd = self.build_command(playbook, self._inventory(tmp), vars_file, check=check, secret_args=secrets.args)
+            self.log("ansible: running %s%s on group %s (serial %s)", playbook, " in check mode" if check else "",
+                     self.config.group, self.config.serial)
+            started = time.monotonic()
+            returncode = self._stream(cmd, self._env(tmp), secrets.masked)
+            summary_path = tmp / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        result = PlaybookResult(playbook, returncode, summary, time.monotonic() - started, check)
+        self.log("ansible: %s exited %s after %.1f s; changed=%s %s", playbook, returncode, result.seconds,
+                 result.changed, json.dumps(result.changed_by_host(), sort_keys=True))
+        return result
+
+    def _stream(self, cmd: list[str], env: dict[str, str], masked: list[str]) -> int:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(ANSIBLE_DIR), text=True, errors="replace", start_new_session=True)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+
+        timer = threading.Timer(self.config.timeout_seconds, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                for secret in masked:
+                    line = line.replace(secret, "***")
+                if line.strip():
+                    self.log("ansible | %s", line)
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            raise DeployFailed(f"ansible-playbook {cmd[1]} ran longer than deploy.ansible.timeout_seconds="
+                               f"{self.config.timeout_seconds:g} and was killed")
+        return returncode
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _artifact(self, digest: str) -> str:
+        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from."""
+        dest = self.state_dir / "artifacts" / parse_digest(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return str(self.store.fetch(self.model, digest, dest))
+
+    def _release_vars(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        return {"model_delivery_release": {"version": str(candidate["version"]), "digest": candidate["digest"],
+                                           "artifact_src": self._artifact(candidate["digest"])}}
+
+    @staticmethod
+    def _record_serving(state: dict[str, Any], result: PlaybookResult) -> None:
+        for host, custom in result.custom.items():
+            if "md_serving" in custom:
+                serving = custom["md_serving"] or {}
+                state["hosts"][host] = {**serving, "at": now()} if serving.get("digest") else {"digest": None}
+
+    def _failure(self, what: str, result: PlaybookResult) -> str:
+        problems = result.problems()
+        for line in problems:
+            self.log("ansible: FAILED %s", line)
+        return f"{what} failed: " + " | ".join(problems)
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
+        """Deliver the candidate to every host without switching; start it on the staging host."""
+        wanted = {"version": candidate.version, "digest": candidate.digest}
+        release = self._release_vars(wanted)
+        if self.dry_run:
+            self._dry_run(wanted, release)
+        with self._locked() as state:
+            run = state["runs"].setdefault(run_id, {"candidate": wanted, "before": {}, "touched": [], "at": now()})
+            run.update(status="staging", candidate=wanted)
+            delivered = [d for d in state["delivered"] if d != candidate.digest]
+            state["delivered"] = [*delivered, candidate.digest]
+            self._save(state)
+            result = self.run_playbook("stage.yml", release)
+            for host, custom in result.custom.items():
+                before = custom.get("md_before") or {}
+                if host not in run["before"]:  # the first thing seen is what served before this run
+                    run["before"][host] = before if before.get("digest") else {}
+                if before.get("digest"):
+                    state["hosts"].setdefault(host, {"digest": before["digest"], "version": before.get("version")})
+            staged = next(((h, c["md_staging"]) for h, c in result.custom.items() if "md_staging" in c), None)
+            if staged:
+                run["staging"] = {"host": staged[0], **staged[1]}
+            if not result.ok:
+                message = self._failure(f"staging {self.model} version {candidate.version}", result)
+                if "exit 3)" in message:
+                    raise TamperedArtifact(message)
+                raise DeployFailed(message)
+            run["status"] = "staged"
+            common = {"version": candidate.version, "digest": candidate.digest, "hosts": sorted(result.stats),
+                      "changed": result.changed, "ansible": result.to_dict()}
+            if staged:
+                return {"url": staged[1]["url"], "staging_host": staged[0], **common,
+                        "note": f"delivered to {len(result.stats)} host(s); started on {staged[0]} without traffic"}
+            return {"url": self.front_url, "staging_host": None, **common,
+                    "note": "every host already serves this digest; nothing was started"}
+
+    def _dry_run(self, wanted: dict[str, Any], release: dict[str, Any]) -> None:
+        result = self.run_playbook("rollout.yml", release, check=True)
+        would = result.changed_by_host()
+        outcome = {"dry_run": True, "version": wanted["version"], "digest": wanted["digest"],
+                   "would_change": would, "problems": result.problems() if not result.ok else [],
+                   "ansible": result.to_dict()}
+        hosts = ", ".join(f"{h}: {n}" for h, n in sorted(would.items())) or "no hosts"
+        raise DryRunFinished(
+            f"dry run (check mode) of {self.model} version {wanted['version']}: changes that would be made per host: "
+            f"{hosts}; nothing was changed. Fix: set deploy.ansible.dry_run to false to deliver.", result=outcome
+        )
+
+    def shift(self, run_id: str) -> dict[str, Any]:
+        """The rolling update behind the load balancer; on any failure, put every touched host back."""
+        with self._locked() as state:
+            run = state["runs"].get(run_id)
+            if run is None or run.get("status") not in ("staged", "shifting", "shifted", "failed", "retired"):
+                raise DeployFailed(f"run {run_id} has no staged candidate for {self.model}: deploy_staging first")
+            wanted = run["candidate"]
+            run["status"] = "shifting"
+            self._save(state)
+            result = self.run_playbook("rollout.yml", self._release_vars(wanted))
+            for host, custom in result.custom.items():
+                before = custom.get("md_before") or {}
+                if host not in run["before"]:
+                    run["before"][host] = before if before.get("digest") else {}
+                if custom.get("md_state") in ("switching", "updated") and host not in run["touched"]:
+                    run["touched"].append(host)
+            self._record_serving(state, result)
+            if not result.ok:
+                run["status"] = "failed"
+                self._save(state)
+                message = self._failure(f"rolling update of {self.model} version {wanted['version']}", result)
+                restored = self._restore(state, run_id)
+                raise RolloutFailed(
+                    f"{message}. Rolled back: {', '.join(restored) or 'no host had switched'}; serving "
+                    f"{self._serving(state)} on every host.",
+                    result={"failed": result.problems(), "rolled_back": restored, "ansible": result.to_dict()},
+                )
+            self._verify_front(wanted)
+            run["status"] = "shifted"
+            previous = state["active"]
+            state["active"] = {**wanted, "run_id": run_id, "at": now()}
+            return {"url": self.front_url, "version": wanted["version"], "digest": wanted["digest"],
+                    "hosts": sorted(result.stats), "updated": list(run["touched"]), "changed": result.changed,
+                    "previous": (previous or {}).get("version"), "serial": self.config.serial,
+                    "ansible": result.to_dict(),
+                    "note": f"{len(run['touched'])} host(s) switched, batch size {self.config.serial}"}
+
+    def _verify_front(self, wanted: dict[str, Any]) -> None:
+        """The load balancer's front answers with the candidate's digest, several times in a row."""
+        import httpx
+
+        deadline = time.monotonic() + 30
+        in_a_row, last = 0, "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.front_url}/v2/health/ready", timeout=5)
+                last = f"HTTP {response.status_code}, digest {response.headers.get('x-model-digest')}"
+                good = response.status_code == 200 and response.headers.get("x-model-digest") == wanted["digest"]
+            except httpx.HTTPError as exc:
+                good, last = False, f"{type(exc).__name__}: {exc}"
+            in_a_row = in_a_row + 1 if good else 0
+            if in_a_row >= 5:
+                return
+            time.sleep(0.05 if good else 0.5)
+        raise DeployFailed(f"the load balancer {self.front_url} does not answer with {wanted['digest']} after the "
+                           f"rollout (last: {last}). Check deploy.ansible.load_balancer.front_url and the backend.")
+
+    def _restore(self, state: dict[str, Any], run_id: str) -> list[str]:
+        """rollback.yml on every host the run touched; returns them. Also stops the staging instance."""
+        run = state["runs"][run_id]
+        restore: dict[str, Any] = {}
+        for host in run["touched"]:
+            before = run["before"].get(host) or {}
+            restore[host] = self._release_vars(before)["model_delivery_release"] if before.get("digest") else {}
+        result = self.run_playbook("rollback.yml", {"model_delivery_restore": restore})
+        self._record_serving(state, result)
+        if not result.ok:
+            run["status"] = "rollback-failed"
+            raise DeployFailed(self._failure(f"rollback of {self.model} on {sorted(restore)}", result)
+                               + ". Fix the host(s), then clear the failed rollback task to retry it.")
+        run["status"] = "rolled-back"
+        run["restored"] = sorted(restore)
+        if state["active"] and state["active"].get("run_id") == run_id:
+            state["active"] = None
+        return sorted(restore)
+
+    def retire(self, run_id: str) -> dict[str, Any]:
+        """After promotion: stop the staging instance; prune artifacts but the serving and recent ones."""
+        with self._locked() as state:
+            run = state["runs"].get(run_id) or {}
+            keep = sorted({d for d in [(run.get("candidate") or {}).get("digest"),
+                                       *[(b or {}).get("digest") for b in (run.get("before") or {}).values()],
+                                       *[h.get("digest") for h in state["hosts"].values()],
+                                       *state["delivered"][-KEEP_ARTIFACTS:]] if d})
+            result = self.run_playbook("retire.yml", {"model_delivery_keep": keep})
+            if not result.ok:
+                raise DeployFailed(self._failure(f"retiring the staging instance of {self.model}", result))
+            if run:
+                run["status"] = "retired"
+            staging = (run.get("staging") or {}).get("host")
+            return {"stopped": staging, "kept": keep, "changed": result.changed}
+
+    def rollback(self, run_id: str) -> dict[str, Any]:
+        """Put back what every host this run touched served before; stop its staging instance."""
+        with self._locked() as state:
+            run = state["runs"].get(run_id)
+            if run is None:
+                return {"action": "none", "serving": self._serving(state)}
+            if run.get("status") == "rolled-back":
+                return {"action": "rolled-back", "serving": self._serving(state), "hosts": run.get("restored", []),
+                        "note": "already rolled back when the rolling update failed"}
+            if not run["touched"]:
+                had_staging = bool(run.get("staging"))
+                self._restore(state, run_id)
+                return {"action": "stopped-candidate" if had_staging else "none", "serving": self._serving(state),
+                        "hosts": []}
+            restored = self._restore(state, run_id)
+            return {"action": "rolled-back", "serving": self._serving(state), "hosts": restored}
+
+    def status(self) -> dict[str, Any]:
+        """What each host serves (as last reported), the active version and recent runs."""
+        state = self._read()
+        return {"front_url": self.front_url, "hosts": state["hosts"], "active": state["active"],
+                "serving": self._serving(state), "runs": state["runs"]}

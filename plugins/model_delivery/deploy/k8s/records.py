@@ -1,0 +1,76 @@
+"""What the kubernetes target applied, kept in the artifact store so rollback never depends on the cluster.
+
+Under ``<store>/<model>/kubernetes/``:
+
+``state.json``
+    ``serving``: the version the production Deployment was last applied with, and where its
+    manifests are recorded; ``previous``: the one it replaced at the last promotion; ``runs``:
+    per release run, what it staged and shifted (with the version it replaced) and how it was
+    rolled back.
+``versions/v<version>-<hex12>.json``
+    The exact objects applied for that version's production Deployment (and the shared
+    objects), re-applied as they are by a rollback.
+
+Each run's applied objects are also copied beside its release record
+(``releases/<run>/kubernetes/<step>.json``) for review. The store is shared by every worker,
+so a task resumed on another machine, or a rollback, reads the same records.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from model_delivery.records import now
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy.k8s.manifests import Release
+
+
+class DeployRecords:
+    """Read and write one model's kubernetes deploy records in the store."""
+
+    def __init__(self, store: ArtifactStore, model: str) -> None:
+        self.store = store
+        self.model = model
+        self.root = store.root / model / "kubernetes"
+        self.state_path = self.root / "state.json"
+
+    def load(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        state.setdefault("serving", None)
+        state.setdefault("previous", None)
+        state.setdefault("runs", {})
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.store.write_json(self.state_path, state)
+
+    @staticmethod
+    def version_ref(release: Release) -> str:
+        """Where a version's objects are recorded, relative to the records root."""
+        return f"versions/v{release.version}-{release.hex[:12]}.json"
+
+    def path(self, ref: str) -> ObjectStoragePath:
+        return self.root / ref
+
+    def save_version(self, release: Release, objects: list[dict[str, Any]]) -> str:
+        """Record the objects of a version's production rollout; return their ref."""
+        ref = self.version_ref(release)
+        self.store.write_json(self.root / ref, {
+            "model": self.model, "version": release.version, "digest": release.digest,
+            "artifact_uri": release.artifact_uri, "recorded_at": now(), "objects": objects,
+        })
+        return ref
+
+    def load_version(self, ref: str) -> list[dict[str, Any]]:
+        objects: list[dict[str, Any]] = json.loads((self.root / ref).read_text())["objects"]
+        return objects
+
+    def save_run_copy(self, run_id: str, step: str, objects: list[dict[str, Any]]) -> str:
+        path = self.store.release_dir(self.model, run_id) / "kubernetes" / f"{step}.json"
+        self.store.write_json(path, objects)
+        return str(path)

@@ -1,0 +1,328 @@
+"""The ``kubernetes`` deploy target: a rolling Deployment, staged or canaried first, rolled back from records.
+
+=================  ==========================================================================
+``stage``          server-side apply of the shared objects and the candidate Deployment
+                   (``<name>-candidate``: a staging Deployment with no live traffic, or a canary
+                   behind the production Service); waits for its rollout. Returns the candidate
+                   Service's URL for the smoke test.
+``shift``          (canary: bake time, then the canary's health and error ratio) server-side
+                   apply of the production Deployment with the candidate; waits for the rolling
+                   update; removes the candidate Deployment. Returns the production URL.
+``retire``         the old ReplicaSet is already scaled to 0 by the controller; the replaced
+                   version stays recorded for a later manual rollback.
+``rollback``       re-applies the previous version's recorded objects (never ``rollout undo``),
+                   removes the candidate; nothing when the run changed nothing.
+=================  ==========================================================================
+
+Waiting: a step polls for ``rollout.wait_in_task_seconds`` and then raises
+:class:`~model_delivery.deploy.k8s.rollout.RolloutPending`; ``DeployModelOperator`` defers to
+:class:`~model_delivery.deploy.k8s.trigger.RolloutTrigger` and, when it fires, runs the step
+again: every step is idempotent, so the second run re-applies nothing new and finds the rollout
+over. State and manifests are kept in the artifact store (:mod:`model_delivery.deploy.k8s.records`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from model_delivery.deploy.k8s import manifests as m
+from model_delivery.deploy.k8s.records import DeployRecords
+from model_delivery.deploy.k8s.rollout import (
+    COMPLETE,
+    INVALID,
+    RolloutPending,
+    RolloutStatus,
+    label_selector,
+    rollout_state,
+)
+from model_delivery.exceptions import DeployFailed, ReleaseFailed, TamperedArtifact
+from model_delivery.records import now
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import Candidate
+    from model_delivery.deploy.k8s.client import Cluster
+    from model_delivery.settings import Settings
+    from model_delivery.spec import ModelSpec
+
+
+class RolloutFailed(ReleaseFailed):
+    """A rollout failed for a reason a retry will not change (deadline exceeded, crash loop, canary errors)."""
+
+
+class KubernetesTarget:
+    """Deliver one model to a Kubernetes namespace.
+
+    :param spec: the model spec (its ``deploy.kubernetes`` section).
+    :param settings: paths and the artifact store root.
+    :param store: the artifact store: the pods fetch from it, and the records live in it.
+    :param cluster: the API calls; by default through ``KubernetesHook(deploy.kubernetes.conn_id)``.
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, spec: ModelSpec, settings: Settings, store: ArtifactStore, cluster: Cluster | None = None
+                 ) -> None:
+        assert spec.deploy.kubernetes is not None  # guaranteed by DeploySpec validation
+        self.spec = spec
+        self.k8s = spec.deploy.kubernetes
+        self.settings = settings
+        self.store = store
+        self.model = spec.name
+        self.records = DeployRecords(store, spec.name)
+        self._cluster = cluster
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            from model_delivery.deploy.k8s.client import Cluster
+
+            self._cluster = Cluster.connect(self.k8s.conn_id, model=self.model, field_manager=self.k8s.field_manager,
+                                            force=self.k8s.force_conflicts)
+        return self._cluster
+
+    def url(self, template: str) -> str:
+        return template.format(name=m.base_name(self.model), namespace=self.k8s.namespace, port=self.k8s.service.port)
+
+    @property
+    def staging_url(self) -> str:
+        return self.url(self.k8s.staging_url)
+
+    @property
+    def production_url(self) -> str:
+        return self.url(self.k8s.production_url)
+
+    def release(self, version: str, digest: str) -> m.Release:
+        """A version as the pods get it: the artifact URI is under the store root the pods see."""
+        root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
+        return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}")
+
+    def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
+        """What a step applies, in order: the shared objects, then the track's Deployment."""
+        return [*m.shared_objects(self.k8s, self.model), m.deployment(self.k8s, release, track)]
+
+    def _apply(self, objects: list[dict[str, Any]]) -> None:
+        for obj in objects:
+            self.cluster.apply(obj)
+
+    def read_rollout(self, release: m.Release, track: str) -> RolloutStatus:
+        name = m.deployment_name(self.model, track)
+        found = self.cluster.get_deployment(self.k8s.namespace, name)
+        if found is None:
+            return RolloutStatus(INVALID, f"deployment {name!r} does not exist in namespace {self.k8s.namespace}")
+        pods = self.cluster.list_pods(self.k8s.namespace, label_selector(m.rollout_pod_selector(release, track)))
+        return rollout_state(found, pods, max_restarts=self.k8s.rollout.max_restarts)
+
+    def _failure(self, status: RolloutStatus, what: str, track: str) -> Exception:
+        message = f"{what} failed: {status.message}"
+        if status.tampered:
+            return TamperedArtifact(f"{message}. The pod refused the artifact: its files do not match the digest. "
+                                    "Do not deploy it; rebuild the model.", result=status.to_dict())
+        return RolloutFailed(f"{message}. See `kubectl -n {self.k8s.namespace} describe deployment "
+                             f"{m.deployment_name(self.model, track)}` and the events of its pods.", result=status.to_dict())
+
+    def _await(self, release: m.Release, track: str, *, what: str, deadline: float, not_before: float | None = None,
+               defer: bool = True) -> RolloutStatus:
+        """Poll the rollout within the in-task budget; then defer (raise RolloutPending) or return."""
+        rollout = self.k8s.rollout
+        budget_end = time.monotonic() + rollout.wait_in_task_seconds
+        while True:
+            status = self.read_rollout(release, track)
+            if status.failed:
+                raise self._failure(status, what, track)
+            if status.state == COMPLETE and (not_before is None or time.time() >= not_before):
+                return status
+            if time.time() >= deadline:
+                raise RolloutFailed(f"{what} did not finish within rollout.timeout_seconds="
+                                    f"{rollout.timeout_seconds:g}: {status.message}", result=status.to_dict())
+            if time.monotonic() >= budget_end:
+                if not defer:
+                    return status
+                raise RolloutPending(
+                    f"{what}: {status.message}; waiting in the triggerer", conn_id=self.k8s.conn_id,
+                    namespace=self.k8s.namespace, deployment=m.deployment_name(self.model, track),
+                    pod_selector=m.rollout_pod_selector(release, track), deadline=deadline,
+                    poll_interval=rollout.poll_interval_seconds, max_restarts=rollout.max_restarts,
+                    not_before=not_before,
+                )
+            time.sleep(max(0.0, min(rollout.poll_interval_seconds, budget_end - time.monotonic())))
+
+    def _remove_candidate(self) -> bool:
+        return self.cluster.delete_deployment(self.k8s.namespace, m.deployment_name(self.model, m.CANDIDATE))
+
+    def _summary(self, release: m.Release, url: str, status: RolloutStatus | None, note: str) -> dict[str, Any]:
+        return {"url": url, "version": release.version, "digest": release.digest, "namespace": self.k8s.namespace,
+                "rollout": status.message if status else None, "note": note}
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
+        """Apply the candidate Deployment (staging, or canary) beside production and wait for it."""
+        release = self.release(candidate.version, candidate.digest)
+        state = self.records.load()
+        run = state["runs"].setdefault(run_id, {})
+        serving = state["serving"]
+        if serving and serving["digest"] == release.digest and self.k8s.canary is None:
+            run["staged"] = {"version": release.version, "digest": release.digest, "reused_production": True}
+            self.records.save(state)
+            return self._summary(release, self.production_url, None,
+                                 f"version {release.version} with this digest is already serving")
+        staged = run.get("staged")
+        if not staged or staged.get("digest") != release.digest:
+            staged = run["staged"] = {"version": release.version, "digest": release.digest, "applied_at": time.time(),
+                                      "canary": self.k8s.canary is not None}
+        self.records.save(state)  # before the apply: a rollback must know this run touched the cluster
+        objects = self.objects(release, m.CANDIDATE)
+        self._apply(objects)
+        self.records.save_run_copy(run_id, "staging", objects)
+        what = f"{'canary' if self.k8s.canary else 'staging'} rollout of {self.model} version {release.version}"
+        status = self._await(release, m.CANDIDATE, what=what,
+                             deadline=staged["applied_at"] + self.k8s.rollout.timeout_seconds)
+        state = self.records.load()
+        state["runs"][run_id]["staged"].setdefault("ready_at", time.time())
+        self.records.save(state)
+        result = self._summary(release, self.staging_url, status,
+                               "canary takes live traffic" if self.k8s.canary else "staged, no live traffic")
+        if self.k8s.canary is not None:
+            result["traffic_share"] = round(self.k8s.canary.replicas / (self.k8s.canary.replicas + self.k8s.replicas), 4)
+        return result
+
+    def _check_canary(self, release: m.Release, staged: dict[str, Any]) -> dict[str, Any]:
+        """Bake, then judge the canary: still healthy, and its error ratio within budget."""
+        from model_delivery.deploy.k8s.canary import error_ratio
+
+        canary = self.k8s.canary
+        assert canary is not None
+        not_before = float(staged.get("ready_at") or time.time()) + canary.bake_seconds
+        self._await(release, m.CANDIDATE, what=f"canary of {self.model} version {release.version}",
+                    deadline=not_before + self.k8s.rollout.timeout_seconds, not_before=not_before)
+        verdict = error_ratio(self.staging_url, release.digest, min_requests=canary.min_requests)
+        if verdict["ratio"] is not None and verdict["ratio"] > canary.max_error_ratio:
+            raise RolloutFailed(
+                f"canary of {self.model} version {release.version} aborted: {verdict['errors']} of "
+                f"{verdict['requests']} requests failed (ratio {verdict['ratio']:.4f} > canary.max_error_ratio "
+                f"{canary.max_error_ratio})", result=verdict)
+        return verdict
+
+    def shift(self, run_id: str) -> dict[str, Any]:
+        """Roll the production Deployment to the staged candidate; remove the candidate Deployment."""
+        state = self.records.load()
+        run = state["runs"].get(run_id) or {}
+        staged = run.get("staged")
+        if not staged:
+            raise DeployFailed(f"run {run_id} has no staged candidate of {self.model}: deploy_staging first")
+        release = self.release(staged["version"], staged["digest"])
+        canary = self._check_canary(release, staged) if staged.get("canary") else None
+        if not run.get("shifted"):
+            serving = state["serving"]
+            changed = not (serving and serving["digest"] == release.digest)
+            run["shifted"] = {"applied_at": time.time(), "changed": changed, "replaced": serving if changed else None}
+        objects = self.objects(release, m.STABLE)
+        ref = self.records.save_version(release, objects)
+        state["serving"] = {"version": release.version, "digest": release.digest, "record": ref, "run_id": run_id,
+                            "since": now()}
+        state["runs"][run_id] = run
+        self.records.save(state)
+        self._apply(objects)
+        self.records.save_run_copy(run_id, "production", objects)
+        status = self._await(release, m.STABLE, what=f"production rollout of {self.model} version {release.version}",
+                             deadline=run["shifted"]["applied_at"] + self.k8s.rollout.timeout_seconds)
+        removed = self._remove_candidate()
+        replaced = run["shifted"]["replaced"]
+        result = self._summary(release, self.production_url, status, "rolled out; candidate Deployment removed"
+                               if removed else "rolled out")
+        result["replaced"] = replaced["version"] if replaced else None
+        if canary is not None:
+            result["canary"] = canary
+        return result
+
+    def retire(self, run_id: str) -> dict[str, Any]:
+        """After promotion: the controller already scaled the old ReplicaSet to 0; keep its record as previous."""
+        state = self.records.load()
+        replaced = ((state["runs"].get(run_id) or {}).get("shifted") or {}).get("replaced")
+        self._remove_candidate()
+        if replaced:
+            state["previous"] = replaced
+            self.records.save(state)
+        return {"retired": replaced["version"] if replaced else None,
+                "note": "old ReplicaSet scaled to 0 by the Deployment controller; its manifests stay recorded"}
+
+    def rollback(self, run_id: str) -> dict[str, Any]:
+        """Put back what served before this run, from the recorded manifests; remove the candidate."""
+        state = self.records.load()
+        run = state["runs"].get(run_id)
+        serving = state["serving"]
+        shifted, staged = (run or {}).get("shifted"), (run or {}).get("staged")
+        rollout = None
+        if shifted and shifted.get("changed"):
+            replaced = shifted.get("replaced")
+            if replaced:
+                objects = self.records.load_version(replaced["record"])
+                self._apply(objects)
+                self.records.save_run_copy(run_id, "rollback", objects)
+                state["serving"] = serving = replaced
+                self.records.save(state)
+                release = self.release(replaced["version"], replaced["digest"])
+                rollout = self._await(release, m.STABLE, what=f"rollback of {self.model} to version "
+                                      f"{replaced['version']}", deadline=time.time() + self.k8s.rollout.timeout_seconds,
+                                      defer=False).message
+                action = "reapplied-previous"
+            else:
+                self.cluster.delete_deployment(self.k8s.namespace, m.deployment_name(self.model, m.STABLE))
+                state["serving"] = serving = None
+                action = "removed-no-previous"
+            self._remove_candidate()
+        elif staged and not staged.get("reused_production"):
+            self._remove_candidate()
+            action = "aborted-canary" if staged.get("canary") else "removed-candidate"
+        else:
+            return {"action": "none", "serving": serving["version"] if serving else None}
+        assert run is not None
+        run["rolled_back"] = {"action": action, "at": now()}
+        self.records.save(state)
+        return {"action": action, "serving": serving["version"] if serving else None, "rollout": rollout}
+
+    def status(self) -> dict[str, Any]:
+        """What the records say serves, and what the cluster says about its rollout."""
+        state = self.records.load()
+        serving = state["serving"]
+        out: dict[str, Any] = {
+            "target": self.name, "namespace": self.k8s.namespace, "deployment": m.base_name(self.model),
+            "front_url": self.production_url, "active": serving, "standby": state["previous"],
+            "candidates": {run: entry["staged"] for run, entry in state["runs"].items()
+                           if entry.get("staged") and not entry.get("shifted") and not entry.get("rolled_back")},
+            "active_alive": False,
+        }
+        if serving:
+            try:
+                rollout = self.read_rollout(self.release(serving["version"], serving["digest"]), m.STABLE)
+                out["rollout"] = rollout.to_dict()
+                out["active_alive"] = rollout.state == COMPLETE
+            except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
+                out["cluster_error"] = str(exc)
+        return out
+
+
+def render(spec: ModelSpec, settings: Settings, version: str, digest: str, *, parts: str = "all",
+           track: str = m.STABLE) -> list[dict[str, Any]]:
+    """The objects of ``version`` for review or GitOps (``model-delivery render-k8s``).
+
+    :param parts: ``workload`` (what the deployer applies), ``rbac`` (what an admin grants it once) or ``all``.
+    :param track: ``stable`` (the production Deployment) or ``candidate`` (the staging or canary Deployment).
+    """
+    from model_delivery.artifacts import ArtifactStore
+    from model_server.manifest import parse_digest
+
+    if spec.deploy.kubernetes is None:
+        raise ValueError(f"model {spec.name!r} has no deploy.kubernetes section; add one (docs/deploy-kubernetes.md)")
+    parse_digest(digest)
+    target = KubernetesTarget(spec, settings, ArtifactStore(settings.artifact_root, settings.artifact_conn_id))
+    out: list[dict[str, Any]] = []
+    if parts in ("rbac", "all"):
+        out += m.rbac_objects(target.k8s.namespace)
+    if parts in ("workload", "all"):
+        out += target.objects(target.release(version, digest), track)
+    return out

@@ -1,0 +1,288 @@
+"""A fleet of model-server hosts for the ansible target, all on this machine.
+
+Each inventory host is ``ansible_connection: local`` with its own root directory and
+ports on 127.0.0.1 (no SSH, no namespaces; see docs/deploy-ansible.md). A real HAProxy
+from Debian sits in front: its config is generated here, it listens on a free
+127.0.0.1 port, and its runtime API is a unix socket in the test's directory. A load
+generator thread sends requests through HAProxy, each on a new connection, for as
+long as a rollout runs.
+
+Everything started here is stopped by :meth:`HAProxy.stop` / :func:`stop_fleet`, and
+every command line names the test's directory, so the session's clean-up finds
+anything left over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.helpers.models import PROJECT, free_port
+from tests.helpers.processes import kill_matching
+
+VENV_BIN = Path(sys.executable).parent
+_WHEELHOUSE_LOCK = threading.Lock()
+
+
+def ensure_debian_packages(binaries: dict[str, str]) -> None:
+    """Install the Debian package of every missing binary (``{binary: package}``), or fail saying why.
+
+    CI runs on a fresh machine as root; ``apt-get`` is the only way in. A machine where that
+    is impossible gets one clear message naming the packages.
+    """
+    missing = {binary: package for binary, package in binaries.items() if shutil.which(binary) is None}
+    if not missing:
+        return
+    packages = sorted(set(missing.values()))
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError(f"{sorted(missing)} not found and cannot be installed here (needs root and apt-get). "
+                           f"Fix: apt-get install -y {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=600)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+    still = [binary for binary in missing if shutil.which(binary) is None]
+    if result.returncode != 0 or still:
+        raise RuntimeError(f"could not install {packages} with apt-get (exit {result.returncode}):\n"
+                           f"{result.stdout[-1500:]}\n{result.stderr[-1500:]}")
+
+
+def wheelhouse(dest: Path) -> Path:
+    """The model server's pinned wheels, downloaded once, so every host installs its virtualenv offline."""
+    with _WHEELHOUSE_LOCK:
+        marker = dest / ".complete"
+        if marker.exists():
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "-r", str(PROJECT / "include" / "serving" / "requirements.txt"),
+               "-c", str(PROJECT / "constraints.txt"), "-d", str(dest)]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"pip download of the serving wheels failed:\n{result.stderr[-3000:]}")
+        marker.write_text("ok\n")
+        return dest
+
+
+@dataclass
+class Host:
+    name: str
+    root: Path
+    port: int
+    staging_port: int
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def make_hosts(base: Path, count: int) -> list[Host]:
+    return [Host(f"host{i}", base / "hosts" / f"host{i}", free_port(), free_port()) for i in range(1, count + 1)]
+
+
+def inventory(hosts: list[Host], wheels: Path, group: str = "model_servers") -> dict[str, Any]:
+    """The inventory as data: one local-connection host per directory and port."""
+    return {"all": {"children": {group: {
+        "hosts": {h.name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                           "model_server_root": str(h.root), "model_server_port": h.port,
+                           "model_server_staging_port": h.staging_port, **h.vars} for h in hosts},
+        "vars": {"model_server_bind_host": "127.0.0.1", "model_server_public_host": "127.0.0.1",
+                 "model_server_python": sys.executable,
+                 "model_server_pip_extra_args": f"--no-index --find-links={wheels} --no-compile",
+                 "model_server_graceful_timeout": 5},
+    }}}}
+
+
+def write_inventory(path: Path, hosts: list[Host], wheels: Path) -> Path:
+    path.write_text(yaml.safe_dump(inventory(hosts, wheels), sort_keys=False))
+    return path
+
+
+class HAProxy:
+    """A real HAProxy in front of the fleet: HTTP health checks on /v2/health/ready, runtime API on a socket."""
+
+    def __init__(self, base: Path, hosts: list[Host], backend: str) -> None:
+        self.dir = base / "haproxy"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "admin.sock"
+        self.port = free_port()
+        self.backend = backend
+        self.hosts = hosts
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def front_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        lines = [
+            "global",
+            f"    stats socket {self.socket} mode 600 level admin",
+            "    maxconn 2000",
+            "defaults",
+            "    mode http",
+            "    timeout connect 2s",
+            "    timeout client 10s",
+            "    timeout server 10s",
+            "    retries 3",
+            "    option redispatch 1",
+            "    retry-on conn-failure empty-response response-timeout",
+            "frontend models",
+            f"    bind 127.0.0.1:{self.port}",
+            f"    default_backend {self.backend}",
+            f"backend {self.backend}",
+            "    balance roundrobin",
+            "    option httpchk GET /v2/health/ready",
+            "    http-check expect status 200",
+            "    default-server inter 300ms fall 2 rise 2",
+        ]
+        lines += [f"    server {h.name} 127.0.0.1:{h.port} check" for h in self.hosts]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> HAProxy:
+        cfg = self.dir / "haproxy.cfg"
+        cfg.write_text(self.config())
+        check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        log = open(self.dir / "haproxy.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self._log = log
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            assert self.proc.poll() is None, (self.dir / "haproxy.log").read_text()
+            assert time.monotonic() < deadline, "haproxy did not open its runtime socket in 20 s"
+            time.sleep(0.05)
+        return self
+
+    def command(self, line: str) -> str:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(self.socket))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+        return b"".join(chunks).decode()
+
+    def statuses(self) -> dict[str, str]:
+        lines = self.command("show stat").splitlines()
+        header = lines[0][2:].split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {r["svname"]: r["status"] for r in rows if r["pxname"] == self.backend and r["svname"] != "BACKEND"}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self._log.close()
+
+
+def stop_fleet(base: Path) -> None:
+    """Kill every supervisor and server whose command line names ``base`` (the hosts' roots)."""
+    kill_matching(str(base / "hosts"))
+
+
+@dataclass
+class LoadReport:
+    total: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    digests: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        return f"failed requests: {self.failed} of {self.total}"
+
+
+class LoadGenerator:
+    """Requests through the load balancer until stopped: new connection each, 5 s timeout, bounded."""
+
+    def __init__(self, url: str, model: str, request: dict[str, Any], *, interval: float = 0.02,
+                 max_requests: int = 50_000, max_seconds: float = 900) -> None:
+        self.url = f"{url}/v2/models/{model}/infer"
+        self.request = request
+        self.interval = interval
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.report = LoadReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-generator", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and self.report.total < self.max_requests and time.monotonic() < deadline:
+            self.report.total += 1
+            try:
+                response = httpx.post(self.url, json=self.request, timeout=5.0)
+                if response.status_code == 200:
+                    self.report.digests[response.headers.get("x-model-digest", "?")] += 1
+                else:
+                    self.report.failed += 1
+                    self.report.errors[f"HTTP {response.status_code}: {response.text[:120]}"] += 1
+            except httpx.HTTPError as exc:
+                self.report.failed += 1
+                self.report.errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> LoadGenerator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        print(self.report.line() + (f" ({dict(self.report.errors)})" if self.report.failed else ""))
+
+
+def served_digests(hosts: list[Host]) -> dict[str, str | None]:
+    """What each host answers on its live port right now (None: no answer)."""
+    found: dict[str, str | None] = {}
+    for host in hosts:
+        with contextlib.suppress(httpx.HTTPError):
+            response = httpx.get(f"{host.url}/v2/health/ready", timeout=3)
+            found[host.name] = response.headers.get("x-model-digest") if response.status_code == 200 else None
+            continue
+        found[host.name] = None
+    return found
+
+
+def host_files(hosts: list[Host]) -> dict[str, dict[str, float]]:
+    """Every file under each host's root (but logs and run state) with its mtime: 'check mode changes nothing'."""
+    snapshot: dict[str, dict[str, float]] = {}
+    for host in hosts:
+        files = {}
+        if host.root.exists():
+            for path in sorted(host.root.rglob("*")):
+                rel = path.relative_to(host.root).as_posix()
+                if rel.startswith(("logs", "run", "venv")) or "__pycache__" in rel:
+                    continue
+                files[rel] = path.stat().st_mtime
+        snapshot[host.name] = files
+    return snapshot
+
+
+def golden_request(model_dir: Path) -> dict[str, Any]:
+    case = json.loads((model_dir / "golden.json").read_text())[0]
+    return {"inputs": case["inputs"]}

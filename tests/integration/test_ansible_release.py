@@ -1,0 +1,294 @@
+"""The ansible target for real: dag.test() releases rolled out by ansible-playbook to three
+model-server hosts behind a real HAProxy, with a load generator running through HAProxy.
+
+Hosts are ``ansible_connection: local``, each with its own directory and ports on
+127.0.0.1 (tests/helpers/ansible_fleet.py). The tests share one fleet and run in order:
+the first release puts version 1 on every host, later ones roll over it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.ansible_fleet import (
+    HAProxy,
+    Host,
+    LoadGenerator,
+    ensure_debian_packages,
+    golden_request,
+    host_files,
+    make_hosts,
+    served_digests,
+    stop_fleet,
+    wheelhouse,
+    write_inventory,
+)
+from tests.helpers.models import edit_spec
+from tests.helpers.release import load_record, release_env, run_release, task_states
+
+pytestmark = pytest.mark.integration
+
+MODEL = "breast_cancer"
+FAULT_HELPER = Path(__file__).resolve().parents[1] / "helpers" / "ansible_fault.py"
+
+
+@dataclass
+class Fleet:
+    base: Path
+    models: Path
+    hosts: list[Host]
+    lb: HAProxy
+    wheels: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.models / MODEL
+
+    def write_inventory(self) -> None:
+        write_inventory(self.model_dir / "inventory.yml", self.hosts, self.wheels)
+
+    def set_ansible(self, **changes: Any) -> None:
+        edit_spec(self.model_dir, lambda spec: spec["deploy"]["ansible"].update(changes))
+
+    def load(self) -> LoadGenerator:
+        return LoadGenerator(self.lb.front_url, MODEL, golden_request(self.model_dir))
+
+    def front_digest(self) -> str | None:
+        response = httpx.post(f"{self.lb.front_url}/v2/models/{MODEL}/infer", json=golden_request(self.model_dir),
+                              timeout=10)
+        assert response.status_code == 200, response.text
+        return response.headers["x-model-digest"]
+
+
+@pytest.fixture(scope="session")
+def haproxy_installed() -> None:
+    try:
+        ensure_debian_packages({"haproxy": "haproxy"})
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return wheelhouse(tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, haproxy_installed: None, wheels: Path):
+    base = tmp_path_factory.mktemp("ansible")
+    with release_env(base, (MODEL,)) as models:
+        hosts = make_hosts(base, 3)
+        lb = HAProxy(base, hosts, MODEL).start()
+        fleet = Fleet(base, models, hosts, lb, wheels)
+        fleet.write_inventory()
+        edit_spec(fleet.model_dir, lambda spec: spec["deploy"].update(target="ansible", ansible={
+            "inventory": "inventory.yml",
+            "serial": 1,
+            "max_fail_percentage": 0,
+            "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
+            "ready_timeout_seconds": 90,
+            "drain_timeout_seconds": 10,
+        }))
+        try:
+            yield fleet
+        finally:
+            lb.stop()
+            stop_fleet(base)
+
+
+def production():
+    from model_delivery.registry import PRODUCTION, Registry
+    from model_delivery.settings import get_settings
+
+    return Registry(get_settings().tracking_uri).alias(MODEL, PRODUCTION)
+
+
+def new_version(fleet: Fleet, c: float) -> None:
+    """A different model, so a new version."""
+    edit_spec(fleet.model_dir, lambda spec: spec["build"]["params"].update(C=c))
+
+
+def test_first_release_delivers_to_every_host_behind_haproxy(fleet: Fleet) -> None:
+    dag_run = run_release(MODEL, {"reason": "first ansible release"})
+
+    states = task_states(dag_run)
+    assert dag_run.state == "success", states
+    assert states.pop("rollback") == "skipped"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "released", record["reasons"]
+    digest = record["artifact"]["digest"]
+    staging = record["stages"]["deploy_staging"]["result"]
+    assert staging["target"] == "ansible" and staging["staging_host"] == "host1"
+    assert staging["url"] == f"http://127.0.0.1:{fleet.hosts[0].staging_port}"
+    shift = record["stages"]["deploy_production"]["result"]
+    assert shift["url"] == fleet.lb.front_url
+    assert shift["updated"] == ["host1", "host2", "host3"]
+    assert record["stages"]["promote"]["result"]["stopped"] == "host1"
+    assert served_digests(fleet.hosts) == {h.name: digest for h in fleet.hosts}
+    assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
+    assert fleet.front_digest() == digest
+    # The staging instance is gone, and each host holds the artifact it serves, verified.
+    for host in fleet.hosts:
+        assert not (host.root / "staging.json").exists()
+        live = json.loads((host.root / "live.json").read_text())
+        assert live["digest"] == digest and live["port"] == host.port
+        assert (host.root / "artifacts" / (digest.removeprefix("sha256:") + ".verified")).read_text().strip() == digest
+
+
+def test_new_version_rolls_out_host_by_host_with_no_failed_request(fleet: Fleet) -> None:
+    before = production()
+    new_version(fleet, 0.5)
+
+    with fleet.load() as load:
+        dag_run = run_release(MODEL, {"reason": "rolling update under load", "force": True})
+
+    assert dag_run.state == "success", task_states(dag_run)
+    record = load_record(MODEL, dag_run.run_id)
+    digest = record["artifact"]["digest"]
+    assert digest != before.digest
+    assert load.report.total > 0
+    assert load.report.failed == 0, f"{load.report.line()}: {dict(load.report.errors)}"
+    assert load.report.digests[before.digest] > 0  # the old version served while the rollout ran
+    shift = record["stages"]["deploy_production"]["result"]
+    assert shift["updated"] == ["host1", "host2", "host3"] and shift["previous"] == before.version
+    assert served_digests(fleet.hosts) == {h.name: digest for h in fleet.hosts}
+    assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
+    assert fleet.front_digest() == digest
+
+
+def test_rerunning_the_same_release_reports_changed_0(fleet: Fleet) -> None:
+    before = production()
+    files = host_files(fleet.hosts)
+
+    dag_run = run_release(MODEL, {"reason": "same release again", "force": True})
+
+    assert dag_run.state == "success", task_states(dag_run)
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["artifact"]["digest"] == before.digest
+    staging = record["stages"]["deploy_staging"]["result"]
+    assert staging["changed"] == 0 and staging["staging_host"] is None
+    assert "already serves" in staging["note"]
+    shift = record["stages"]["deploy_production"]["result"]
+    assert shift["changed"] == 0 and shift["updated"] == []
+    assert record["stages"]["promote"]["result"]["changed"] == 0
+    assert host_files(fleet.hosts) == files
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+
+
+def test_a_host_that_never_gets_ready_rolls_every_host_back(fleet: Fleet) -> None:
+    before = production()
+    # host2's servers go through the fault wrapper: only the digest serving now can start.
+    fault = fleet.base / "host2-fault.json"
+    fault.write_text(json.dumps({"healthy_digests": [before.digest]}))
+    fleet.hosts[1].vars["model_server_wrapper"] = [sys.executable, str(FAULT_HELPER), "--fault-file", str(fault), "--"]
+    fleet.write_inventory()
+    fleet.set_ansible(ready_timeout_seconds=20)
+    new_version(fleet, 0.25)
+    try:
+        with fleet.load() as load:
+            dag_run = run_release(MODEL, {"reason": "host2 is broken", "force": True})
+    finally:
+        fleet.set_ansible(ready_timeout_seconds=90)
+
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states["deploy_production"] == "failed" and states["rollback"] == "success", states
+    assert states["verify"] == "upstream_failed"
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "rolled-back"
+    reason = next(r for r in record["reasons"] if r.startswith("deploy_production:"))
+    assert "host2" in reason and "was not ready" in reason and "Rolled back: host1, host2" in reason, reason
+    failed = record["stages"]["deploy_production"]
+    assert failed["error_type"] == "RolloutFailed" and failed["try"] == 1
+    assert failed["result"]["rolled_back"] == ["host1", "host2"]
+    assert record["stages"]["rollback"]["result"]["action"] == "rolled-back"
+    assert record["stages"]["rollback"]["result"]["serving"] == before.version
+    # Never half-deployed: every host serves the previous version, host3 was never touched.
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+    assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
+    assert load.report.total > 0
+    assert load.report.failed == 0, f"{load.report.line()}: {dict(load.report.errors)}"
+    assert fleet.front_digest() == before.digest
+    assert production().version == before.version
+
+
+def test_check_mode_changes_nothing(fleet: Fleet) -> None:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import Candidate
+    from model_delivery.deploy.ansible import AnsibleTarget, DryRunFinished
+    from model_delivery.settings import get_settings
+    from model_delivery.spec import load_spec
+
+    before = production()
+    # A candidate the hosts have never seen: a fresh build, stored by digest.
+    out = fleet.base / "dry-run-build"
+    subprocess.run([sys.executable, str(fleet.model_dir / "train.py"), "--output-dir", str(out),
+                    "--params", json.dumps({"C": 0.1, "max_iter": 1000, "seed": 7})], check=True, capture_output=True)
+    settings = get_settings()
+    store = ArtifactStore(settings.artifact_root)
+    stored = store.put_directory(MODEL, out / "model")
+    files, statuses = host_files(fleet.hosts), fleet.lb.statuses()
+    state_path = settings.deploy_dir / MODEL / "state.json"
+    state = state_path.read_text()
+    lines: list[str] = []
+    target = AnsibleTarget(load_spec(fleet.model_dir), settings, store, log=lambda fmt, *a: lines.append(fmt % a),
+                           dry_run=True)
+
+    with pytest.raises(DryRunFinished, match="nothing was changed") as raised:
+        target.stage(Candidate(MODEL, "99", stored.digest), "dry-run")
+
+    result = raised.value.result
+    assert result is not None and result["dry_run"] is True
+    assert set(result["would_change"]) == {"host1", "host2", "host3"}
+    assert all(count > 0 for count in result["would_change"].values()), result
+    assert any("--check" in line or "check mode" in line for line in lines)
+    assert host_files(fleet.hosts) == files
+    assert fleet.lb.statuses() == statuses
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+    assert state_path.read_text() == state
+    assert target.rollback("dry-run") == {"action": "none", "serving": before.version}
+
+
+def test_secrets_from_connections_stay_out_of_logs_and_state(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy.ansible import AnsibleTarget
+    from model_delivery.settings import get_settings
+    from model_delivery.spec import load_spec
+
+    key_body = "b3BlbnNzaC1rZXktdjEAAAAAtestsecretkeymaterialZZZ"
+    key = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key_body}\n-----END OPENSSH PRIVATE KEY-----\n"
+    monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_SSH", json.dumps(
+        {"conn_type": "ssh", "login": "deploy", "extra": {"private_key": key}}))
+    # The inventory itself from a connection, too.
+    inventory = yaml.safe_load((fleet.model_dir / "inventory.yml").read_text())
+    monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_INVENTORY", json.dumps(
+        {"conn_type": "generic", "extra": {"inventory": inventory}}))
+    edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(
+        inventory=None, inventory_conn_id="md_fleet_inventory", ssh_conn_id="md_fleet_ssh"))
+    try:
+        settings = get_settings()
+        lines: list[str] = []
+        target = AnsibleTarget(load_spec(fleet.model_dir), settings, ArtifactStore(settings.artifact_root),
+                               log=lambda fmt, *a: lines.append(fmt % a))
+        result = target.run_playbook("retire.yml", {})
+    finally:
+        edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(
+            inventory="inventory.yml", inventory_conn_id=None, ssh_conn_id=None))
+
+    assert result.ok, lines[-30:]
+    assert sorted(result.stats) == ["host1", "host2", "host3"]
+    log = "\n".join(lines)
+    assert key_body not in log and "PRIVATE KEY" not in log
+    deploy_dir = settings.deploy_dir / MODEL
+    assert not list((deploy_dir / "tmp").iterdir()), "the private temporary files were not removed"
+    for path in deploy_dir.glob("*.json"):
+        assert key_body not in path.read_text()
