@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, P
 
 from model_delivery.deploy.k8s.build import build_operator
 from model_delivery.exceptions import InvalidModelSpec
+from model_delivery.notify import ReleaseNotifier
 from model_delivery.operators import (
     ApproveReleaseOperator,
     DeployModelOperator,
@@ -113,7 +114,8 @@ def release_dag(spec: ModelSpec) -> DAG:
         verify = SmokeTestModelOperator(task_id="verify", model=name, candidate=candidate, deployment=production.output)
         promote = PromoteModelOperator(task_id="promote", model=name, candidate=candidate)
         rollback = RollbackModelOperator(task_id="rollback", model=name, trigger_rule="one_failed", retries=2)
-        record = RecordReleaseOperator(task_id="record", model=name, trigger_rule="all_done", retries=2)
+        record = RecordReleaseOperator(task_id="record", model=name, trigger_rule="all_done", retries=2,
+                                       on_failure_callback=ReleaseNotifier(model=name))
         gate >> staging
         deploy_side: list[Any] = [staging, smoke, production, verify, promote]
         if spec.approval == "required":

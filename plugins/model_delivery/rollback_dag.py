@@ -17,6 +17,7 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param
 
 from model_delivery.dag_factory import START_DATE
+from model_delivery.notify import ReleaseNotifier
 from model_delivery.operators import (
     DeployModelOperator,
     PromoteModelOperator,
@@ -64,7 +65,8 @@ def rollback_dag(models: list[str]) -> DAG:
         verify = SmokeTestModelOperator(task_id="verify", model=MODEL, candidate=target, deployment=production.output)
         promote = PromoteModelOperator(task_id="promote", model=MODEL, candidate=target)
         undo = RollbackModelOperator(task_id="rollback", model=MODEL, trigger_rule="one_failed", retries=2)
-        record = RecordReleaseOperator(task_id="record", model=MODEL, trigger_rule="all_done", retries=2)
+        record = RecordReleaseOperator(task_id="record", model=MODEL, trigger_rule="all_done", retries=2,
+                                       on_failure_callback=ReleaseNotifier(model=MODEL))
         go_on >> staging
         smoke >> production
         verify >> promote

@@ -257,6 +257,11 @@ class ModelSpec(_Strict):
         description="Asset URI; each new event of it (e.g. from `data_refresh__<name>`) triggers a release, "
         "e.g. `model-delivery://data/breast_cancer`.",
     )
+    notify_conn_id: str | None = Field(
+        None,
+        description="Airflow http connection of a webhook told of every failed, rejected or rolled-back "
+        "release (default: MODEL_DELIVERY_NOTIFY_CONN_ID; none: no notification).",
+    )
     approval: Literal["none", "required"] = Field(
         "none",
         description="`required`: a person must approve in Airflow (Required Actions) after the smoke test and "
