@@ -10,8 +10,7 @@ RUN apt-get update \
 USER airflow
 
 COPY --chown=airflow:root requirements.txt constraints.txt pyproject.toml /opt/model-delivery/
-RUN pip install --no-cache-dir -r /opt/model-delivery/requirements.txt -c /opt/model-delivery/constraints.txt \
-      apache-airflow-providers-celery==3.26.0 apache-airflow-providers-postgres==7.1.1 psycopg2-binary==2.9.13
+RUN pip install --no-cache-dir -r /opt/model-delivery/requirements.txt -c /opt/model-delivery/constraints.txt
 
 # dags/, plugins/ and include/ are mounted by docker-compose.yaml; the library is importable from plugins/
 # (Airflow puts it on sys.path) and the model server from include/serving.
