@@ -171,17 +171,22 @@ class ArtifactStore:
             )
         return manifest
 
-    def verify(self, model: str, digest: str) -> dict[str, Any]:
-        """Re-hash every stored file against the manifest; raise ``TamperedArtifact`` on any difference."""
-        manifest = self.read_manifest(model, digest)
+    def _rehash(self, model: str, digest: str, manifest: dict[str, Any], into: Path | None = None) -> None:
+        """Stream every stored file, hashing it (and copying it under ``into``); raise on any difference."""
         base = self.artifact_path(model, digest)
         actual = []
         for entry in manifest["files"]:
-            path = base / entry["path"]
-            if not path.exists():
-                continue
-            with path.open("rb") as handle:
-                sha, size = hash_stream(handle.read)
+            source = base / entry["path"]
+            if not source.exists():
+                continue  # reported as missing below
+            with source.open("rb") as handle:
+                if into is None:
+                    sha, size = hash_stream(handle.read)
+                else:
+                    target = into / entry["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "wb") as out:
+                        sha, size = hash_stream(handle.read, out.write)
             actual.append({"path": entry["path"], "sha256": sha, "size": size})
         problems = compare_manifests(manifest, canonical_manifest(actual))
         if problems:
@@ -190,6 +195,11 @@ class ArtifactStore:
                 + "; ".join(problems)
                 + ". Refusing to deploy it; rebuild the model to store a good copy."
             )
+
+    def verify(self, model: str, digest: str) -> dict[str, Any]:
+        """Re-hash every stored file against the manifest; raise ``TamperedArtifact`` on any difference."""
+        manifest = self.read_manifest(model, digest)
+        self._rehash(model, digest, manifest)
         return manifest
 
     def fetch(self, model: str, digest: str, dest: Path) -> Path:
@@ -205,23 +215,10 @@ class ArtifactStore:
             except _IntegrityError:
                 shutil.rmtree(dest)
         manifest = self.read_manifest(model, digest)
-        base = self.artifact_path(model, digest)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
         try:
-            fetched = []
-            for entry in manifest["files"]:
-                target = tmp / entry["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with (base / entry["path"]).open("rb") as src, open(target, "wb") as out:
-                    sha, size = hash_stream(src.read, out.write)
-                fetched.append({"path": entry["path"], "sha256": sha, "size": size})
-            problems = compare_manifests(manifest, canonical_manifest(fetched))
-            if problems:
-                raise TamperedArtifact(
-                    f"artifact {digest} of model {model!r} fetched from {base} does not match its manifest: "
-                    + "; ".join(problems)
-                    + ". Refusing to deploy it; rebuild the model to store a good copy."
-                )
+            tmp.mkdir(parents=True)
+            self._rehash(model, digest, manifest, into=tmp)
             (tmp / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
             tmp.rename(dest)
         except BaseException:

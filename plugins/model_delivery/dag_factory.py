@@ -78,6 +78,43 @@ def release_schedule(spec: ModelSpec) -> Any:
     return cron or ([asset] if asset else None)
 
 
+def approval_minutes(spec: ModelSpec) -> float | None:
+    """The approval timeout when the spec requires approval, else None."""
+    return spec.approval_timeout_minutes if spec.approval == "required" else None
+
+
+def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None = None) -> Any:
+    """The deploy side of a release or a rollback, created inside the current DAG.
+
+    deploy_staging → smoke → [approve] → deploy_production → verify → promote, with
+    ``rollback`` when any of them fails and ``record`` (notifying on failure) at the end.
+
+    :param model: the model name, or a template such as ``{{ params.model }}``.
+    :param candidate: what to deploy (an XComArg of a build-like result).
+    :param approval_minutes: ask a person before production, with this timeout.
+    :return: the ``deploy_staging`` task, to put after what must come first.
+    """
+    staging = DeployModelOperator(task_id="deploy_staging", model=model, candidate=candidate, step="staging")
+    smoke = SmokeTestModelOperator(task_id="smoke", model=model, candidate=candidate, deployment=staging.output)
+    production = DeployModelOperator(task_id="deploy_production", model=model, candidate=candidate, step="production")
+    verify = SmokeTestModelOperator(task_id="verify", model=model, candidate=candidate, deployment=production.output)
+    promote = PromoteModelOperator(task_id="promote", model=model, candidate=candidate)
+    rollback = RollbackModelOperator(task_id="rollback", model=model, trigger_rule="one_failed", retries=2)
+    record = RecordReleaseOperator(task_id="record", model=model, trigger_rule="all_done", retries=2,
+                                   on_failure_callback=ReleaseNotifier(model=model))
+    deploy_side: list[Any] = [staging, smoke, production, verify, promote]
+    if approval_minutes is not None:
+        approve = ApproveReleaseOperator(task_id="approve", model=model, timeout_minutes=approval_minutes, retries=0)
+        smoke >> approve >> production
+        deploy_side.append(approve)
+    else:
+        smoke >> production
+    verify >> promote
+    deploy_side >> rollback
+    [promote, rollback] >> record
+    return staging
+
+
 def release_dag(spec: ModelSpec) -> DAG:
     """The release DAG of one model."""
     name = spec.name
@@ -108,27 +145,8 @@ def release_dag(spec: ModelSpec) -> DAG:
         evaluate = EvaluateModelOperator(task_id="evaluate", model=name, candidate=candidate)
         validate >> evaluate
         gate = GateModelOperator(task_id="gate", model=name, candidate=candidate, evaluation=evaluate.output)
-        staging = DeployModelOperator(task_id="deploy_staging", model=name, candidate=candidate, step="staging")
-        smoke = SmokeTestModelOperator(task_id="smoke", model=name, candidate=candidate, deployment=staging.output)
-        production = DeployModelOperator(task_id="deploy_production", model=name, candidate=candidate, step="production")
-        verify = SmokeTestModelOperator(task_id="verify", model=name, candidate=candidate, deployment=production.output)
-        promote = PromoteModelOperator(task_id="promote", model=name, candidate=candidate)
-        rollback = RollbackModelOperator(task_id="rollback", model=name, trigger_rule="one_failed", retries=2)
-        record = RecordReleaseOperator(task_id="record", model=name, trigger_rule="all_done", retries=2,
-                                       on_failure_callback=ReleaseNotifier(model=name))
+        staging = deploy_chain(name, candidate, approval_minutes=approval_minutes(spec))
         gate >> staging
-        deploy_side: list[Any] = [staging, smoke, production, verify, promote]
-        if spec.approval == "required":
-            approve = ApproveReleaseOperator(
-                task_id="approve", model=name, timeout_minutes=spec.approval_timeout_minutes, retries=0
-            )
-            smoke >> approve >> production
-            deploy_side.append(approve)
-        else:
-            smoke >> production
-        verify >> promote
-        deploy_side >> rollback
-        [promote, rollback] >> record
     return dag
 
 

@@ -16,16 +16,8 @@ from typing import Any
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Param
 
-from model_delivery.dag_factory import START_DATE
-from model_delivery.notify import ReleaseNotifier
-from model_delivery.operators import (
-    DeployModelOperator,
-    PromoteModelOperator,
-    RecordReleaseOperator,
-    ResolveRollbackOperator,
-    RollbackModelOperator,
-    SmokeTestModelOperator,
-)
+from model_delivery.dag_factory import START_DATE, deploy_chain
+from model_delivery.operators import ResolveRollbackOperator
 
 MODEL = "{{ params.model }}"
 
@@ -59,17 +51,5 @@ def rollback_dag(models: list[str]) -> DAG:
         go_on = ShortCircuitOperator(task_id="detect_change", python_callable=is_a_change,
                                      op_kwargs={"target": target}, ignore_downstream_trigger_rules=False,
                                      doc_md="Ends the run when the version already serves.")
-        staging = DeployModelOperator(task_id="deploy_staging", model=MODEL, candidate=target, step="staging")
-        smoke = SmokeTestModelOperator(task_id="smoke", model=MODEL, candidate=target, deployment=staging.output)
-        production = DeployModelOperator(task_id="deploy_production", model=MODEL, candidate=target, step="production")
-        verify = SmokeTestModelOperator(task_id="verify", model=MODEL, candidate=target, deployment=production.output)
-        promote = PromoteModelOperator(task_id="promote", model=MODEL, candidate=target)
-        undo = RollbackModelOperator(task_id="rollback", model=MODEL, trigger_rule="one_failed", retries=2)
-        record = RecordReleaseOperator(task_id="record", model=MODEL, trigger_rule="all_done", retries=2,
-                                       on_failure_callback=ReleaseNotifier(model=MODEL))
-        go_on >> staging
-        smoke >> production
-        verify >> promote
-        [staging, smoke, production, verify, promote] >> undo
-        [resolve, promote, undo] >> record
+        go_on >> deploy_chain(MODEL, target)
     return dag
