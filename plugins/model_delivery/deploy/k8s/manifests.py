@@ -227,7 +227,7 @@ def _volumes(spec: KubernetesTargetSpec, release: Release) -> list[dict[str, Any
         return volumes
     volumes += [
         {"name": "models", "emptyDir": {"sizeLimit": spec.artifact_fetch.volume_size_limit}},
-        {"name": "scripts", "configMap": {"name": config_map_name(release.model), "defaultMode": 0o444}},  # type: ignore[dict-item]
+        {"name": "scripts", "configMap": {"name": config_map_name(release.model), "defaultMode": 0o444}},
     ]
     if spec.artifact_fetch.store_pvc:
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": spec.artifact_fetch.store_pvc,
