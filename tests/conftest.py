@@ -58,12 +58,20 @@ def airflow_db() -> Path:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop every process the tests started (their command lines name the session dir)."""
+    """Stop every process the tests started (their command lines name the session dir or pytest's tmp dir)."""
     import psutil
 
+    markers = [str(SESSION_DIR)]
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        try:
+            markers.append(str(factory.getbasetemp()))
+        except (OSError, ValueError):
+            pass
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if str(SESSION_DIR) in " ".join(proc.info["cmdline"] or []):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and any(marker in cmdline for marker in markers):
                 proc.kill()
         except psutil.Error:
             pass
