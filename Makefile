@@ -40,8 +40,16 @@ lint: setup
 	$(VENV)/bin/ruff check dags plugins include tests bench
 	$(VENV)/bin/mypy plugins include/serving/model_server
 
+# The test run records the project's line coverage (read by the delivery_metrics DAG, docs/metrics.md);
+# make test still fails when a test fails.
+COVERAGE := $(PY) -m coverage
+COVERAGE_DATA := .local/.coverage
 test: lint
-	$(PY) -m pytest
+	@mkdir -p .local
+	$(COVERAGE) run --data-file=$(COVERAGE_DATA) --source=plugins,include/serving/model_server,dags -m pytest; \
+	  status=$$?; \
+	  $(COVERAGE) json --data-file=$(COVERAGE_DATA) -o .local/coverage.json -q || true; \
+	  exit $$status
 
 bench: setup
 	$(PY) bench/run_all.py

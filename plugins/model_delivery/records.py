@@ -75,11 +75,19 @@ class ReleaseRecord:
             report=str(self.dir / REPORT),
         )
         record["report_html"] = str(self.dir / REPORT_HTML)
+        record["page_url"] = page_url or _page_url(self.model, self.run_id)
         self.store.write_json(self.path, record)
         markdown = render_report(record)
         self.store.write_text(self.dir / REPORT, markdown)
         self.store.write_text(self.dir / REPORT_HTML, render_html(markdown, f"{self.model} {self.run_id}"))
         return record
+
+
+def _page_url(model: str, run_id: str) -> str:
+    """This release's row on the "Model releases" page of the Airflow UI."""
+    from model_delivery.page import page_url
+
+    return page_url(model, run_id)
 
 
 def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:

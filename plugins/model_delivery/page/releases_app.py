@@ -1,0 +1,255 @@
+"""The FastAPI app behind the "Model releases" page and its JSON API, mounted by the Airflow api-server.
+
+Plugin routes are not protected by Airflow by default, so every route here depends on the
+core API's own ``get_user``: a request needs a valid Airflow JWT, as a bearer token (from
+``POST /auth/token``) or as the ``_token`` cookie the Airflow UI sets at login. Without one
+the answer is 401; with an invalid one, 403. A user then sees only the models whose
+``release__<model>`` DAG the auth manager lets them read.
+
+FastAPI and Airflow's API modules are imported inside :func:`create_app`, which the plugin
+calls on the first request: Airflow imports every plugin file in every process.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations,
+and ``Request`` is imported inside :func:`create_app`, not at module level.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from model_delivery.metrics import WINDOWS, human_duration, parse_time
+from model_delivery.page import URL_PREFIX
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from model_delivery.page.releases_data import Links, PageData
+
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_WINDOW = 30
+SEGMENT_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def fmt_rate(value: float | None, unit: str = "/day") -> str:
+    """``0.286/day``, ``2.5/day``, ``4,511/day`` (a young history has a short total time: high rates)."""
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}{unit}"
+    return f"{value:.1f}{unit}" if value >= 1 else f"{value:.3g}{unit}"
+
+
+def fmt_when(value: str | None) -> str:
+    """An ISO time as ``2026-11-26 15:25:10 UTC``."""
+    when = parse_time(value)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if when else "—"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def figure_cells(f: dict[str, Any], coverage: dict[str, Any] | None) -> dict[str, str]:
+    """One row of the metrics table, in words: a None figure shows why (e.g. "no failure in window")."""
+    notes = f.get("notes") or {}
+    lead = f.get("lead_time_seconds") or {}
+    cov = (coverage or {}).get("coverage")
+    return {
+        "coverage": fmt_ratio(cov) if cov is not None else (coverage or {}).get("note", "—"),
+        "runs": str(f.get("runs", 0)),
+        "failures": str(f.get("failures", 0)),
+        "failure_rate": notes.get("failure_rate") or fmt_rate(f.get("failure_rate_per_day")),
+        "mttf": notes.get("mttf") or human_duration(f.get("mttf_seconds")),
+        "mttr": notes.get("mttr") or human_duration(f.get("mttr_seconds"))
+        + (f" ({f['open_failures']} open)" if f.get("open_failures") else ""),
+        "deployment_frequency": notes.get("deployment_frequency") or fmt_rate(f.get("deployment_frequency_per_day")),
+        "lead_time": notes.get("lead_time") or human_duration(lead.get("median")),
+        "change_failure_rate": notes.get("change_failure_rate")
+        or f"{fmt_ratio(f.get('change_failure_rate'))} ({f.get('changes_needing_rollback')}/{f.get('changes_deployed')})",
+    }
+
+
+def metrics_view(document: dict[str, Any] | None, window: int, models: list[str]) -> dict[str, Any] | None:
+    """The latest metrics for one window, as table rows (overall first, then the visible models)."""
+    if not document or str(window) not in document.get("windows", {}):
+        return None
+    figures = document["windows"][str(window)]
+    coverage = document.get("coverage") or {}
+    rows = [{"scope": "all models", **figure_cells(figures["overall"], coverage.get("project"))}]
+    for model in models:
+        if model in figures.get("models", {}):
+            rows.append({"scope": model,
+                         **figure_cells(figures["models"][model], (coverage.get("models") or {}).get(model))})
+    return {"generated_at": document.get("generated_at"), "rows": rows, "airflow": document.get("airflow") or {}}
+
+
+def plots(model: dict[str, Any], window: int, today: datetime) -> dict[str, str]:
+    """The model's three plots: metric trend, releases per day by outcome, failures and rollbacks per day."""
+    from model_delivery.page.releases_svg import per_day, stacked_bars, trend
+
+    points = [(when, float(p["value"]), str(p["version"])) for p in model["trend"]
+              if (when := parse_time(p["at"])) is not None]
+    releases = [r for r in model["releases"] if r["kind"] == "release"]
+    failures = {"failed": "failed", "rolled-back": "rolled back", "reverted": "reverted"}
+    return {
+        "trend": trend(points, title=f"{model['primary_metric'] or 'metric'} of {model['model']} by version",
+                       production=model["production"]),
+        "releases": stacked_bars(per_day(releases, lambda r: r["outcome"]), end=today.date(), days=window,
+                                 title=f"releases of {model['model']} per day by outcome"),
+        "failures": stacked_bars(per_day(model["releases"], lambda r: failures.get(r["outcome"])), end=today.date(),
+                                 days=window, title=f"failures and rollbacks of {model['model']} per day",
+                                 colours={"failed": "#6d1b1b", "rolled back": "#c62828", "reverted": "#6a1b9a"}),
+    }
+
+
+def render_page(data: "PageData", models: list[str], *, window: int, title: str) -> str:
+    """The whole page as HTML (Jinja2, autoescaped; the SVG plots are generated here and marked safe)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
+
+    today = datetime.now(UTC)
+    views = []
+    for name in models:
+        view = data.model(name)
+        view["plots"] = {k: Markup(v) for k, v in plots(view, window, today).items()}  # noqa: S704 - escaped in releases_svg
+        views.append(view)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["short"] = lambda digest: (digest or "")[:19] + ("…" if digest and len(digest) > 19 else "")
+    env.filters["num"] = lambda v: "—" if v is None else f"{v:.4f}"
+    env.filters["delta"] = lambda v: "—" if v is None else f"{v:+.4f}"
+    env.filters["when"] = fmt_when
+    return env.get_template("releases.html").render(
+        title=title, models=views, metrics=metrics_view(data.metrics(), window, models), window=window,
+        windows=WINDOWS, links=data.links, prefix=data.links.prefix, generated=today.isoformat(timespec="seconds"),
+    )
+
+
+def _links(request: Any) -> "Links":
+    from model_delivery.page.releases_data import Links
+
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    airflow = root.removesuffix(URL_PREFIX) if root.endswith(URL_PREFIX) else ""
+    return Links(prefix=root or URL_PREFIX, airflow=airflow)
+
+
+def _page_data(request: Any) -> "PageData":
+    from model_delivery.page.releases_data import PageData
+    from model_delivery.settings import get_settings
+
+    return PageData(get_settings(), _links(request))
+
+
+def _http_error(status: int, detail: str) -> Exception:
+    from fastapi import HTTPException
+
+    return HTTPException(status, detail)
+
+
+def visible_models(data: "PageData", user: Any) -> list[str]:
+    """The models whose ``release__<model>`` DAG the auth manager lets this user read."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    models = data.models()
+    allowed = get_auth_manager().filter_authorized_dag_ids(
+        dag_ids={f"release__{m}" for m in models}, user=user, method="GET")
+    return [m for m in models if f"release__{m}" in allowed]
+
+
+def _one_model(data: "PageData", user: Any, model: str) -> str:
+    if model not in data.models():
+        raise _http_error(404, f"unknown model {model!r}")
+    if model not in visible_models(data, user):
+        raise _http_error(403, f"you may not read release__{model}")
+    return model
+
+
+def _window(window: int) -> int:
+    if window not in WINDOWS:
+        raise _http_error(422, f"window must be one of {list(WINDOWS)}")
+    return window
+
+
+def _release_file(request: Any, user: Any, model: str, segment: str, name: str) -> str:
+    data = _page_data(request)
+    _one_model(data, user, model)
+    if not segment or set(segment) - SEGMENT_CHARS or segment in (".", ".."):
+        raise _http_error(404, "no such release")
+    path = data.report_path(model, segment, name)
+    if not path.exists():
+        raise _http_error(404, f"release {segment} of {model} has no {name}")
+    return str(path.read_text())
+
+
+def _models_summary(request: Any, user: Any) -> dict[str, Any]:
+    data = _page_data(request)
+    out = []
+    for name in visible_models(data, user):
+        view = data.model(name)
+        out.append({k: view[k] for k in ("model", "url", "dag_id", "target", "production", "previous")}
+                   | {"versions": len(view["versions"]), "releases": len(view["releases"]),
+                      "latest_release": view["releases"][0] if view["releases"] else None})
+    return {"models": out}
+
+
+def _metrics_for(request: Any, user: Any) -> dict[str, Any]:
+    """The latest metrics document, without the models this user may not read."""
+    data = _page_data(request)
+    document = data.metrics()
+    if document is None:
+        raise _http_error(404, "no delivery metrics yet: trigger the delivery_metrics DAG")
+    allowed = set(visible_models(data, user))
+    document["models"] = [m for m in document.get("models", []) if m in allowed]
+    document["runs"] = [r for r in document.get("runs", []) if r.get("model") in allowed]
+    for window in document.get("windows", {}).values():
+        window["models"] = {m: f for m, f in window.get("models", {}).items() if m in allowed}
+    coverage = document.get("coverage") or {}
+    coverage["models"] = {m: c for m, c in (coverage.get("models") or {}).items() if m in allowed}
+    return document
+
+
+def create_app() -> "FastAPI":
+    """The app; every route requires an authenticated Airflow user (``get_user`` of the core API)."""
+    import json
+
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    UserDep = Annotated[Any, Depends(get_user)]
+    WindowQuery = Annotated[int, Query(description=f"days: one of {list(WINDOWS)}")]
+    app = FastAPI(title="Model releases", dependencies=[Depends(get_user)],
+                  docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, user: UserDep, window: WindowQuery = DEFAULT_WINDOW) -> str:
+        data = _page_data(request)
+        return render_page(data, visible_models(data, user), window=_window(window), title="Model releases")
+
+    @app.get("/models/{model}", response_class=HTMLResponse)
+    def model_page(request: Request, model: str, user: UserDep, window: WindowQuery = DEFAULT_WINDOW) -> str:
+        data = _page_data(request)
+        return render_page(data, [_one_model(data, user, model)], window=_window(window),
+                           title=f"Model releases: {model}")
+
+    @app.get("/models/{model}/releases/{segment}/report", response_class=HTMLResponse)
+    def report(request: Request, model: str, segment: str, user: UserDep) -> str:
+        return _release_file(request, user, model, segment, "report.html")
+
+    @app.get("/models/{model}/releases/{segment}/release.json")
+    def record(request: Request, model: str, segment: str, user: UserDep) -> Any:
+        return JSONResponse(json.loads(_release_file(request, user, model, segment, "release.json")))
+
+    @app.get("/api/models")
+    def api_models(request: Request, user: UserDep) -> dict[str, Any]:
+        return _models_summary(request, user)
+
+    @app.get("/api/models/{model}")
+    def api_model(request: Request, model: str, user: UserDep) -> dict[str, Any]:
+        data = _page_data(request)
+        return data.model(_one_model(data, user, model))
+
+    @app.get("/api/metrics")
+    def api_metrics(request: Request, user: UserDep) -> dict[str, Any]:
+        return _metrics_for(request, user)
+
+    return app
