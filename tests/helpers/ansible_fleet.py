@@ -96,8 +96,14 @@ def make_hosts(base: Path, count: int) -> list[Host]:
     return [Host(f"host{i}", base / "hosts" / f"host{i}", free_port(), free_port()) for i in range(1, count + 1)]
 
 
-def inventory(hosts: list[Host], wheels: Path, group: str = "model_servers") -> dict[str, Any]:
-    """The inventory as data: one local-connection host per directory and port."""
+def inventory(hosts: list[Host], wheels: Path, venv: Path | None = None, group: str = "model_servers") -> dict[str, Any]:
+    """The inventory as data: one local-connection host per directory and port.
+
+    With ``venv``, the simulated hosts share one virtualenv that the role installs for the first
+    host (``model_server_install_throttle: 1``; the others then find it complete): on one machine
+    a copy per host would only cost time. Without it, each host gets its own, as on a real fleet.
+    """
+    shared = {"model_server_venv": str(venv), "model_server_install_throttle": 1} if venv else {}
     return {"all": {"children": {group: {
         "hosts": {h.name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                            "model_server_root": str(h.root), "model_server_port": h.port,
@@ -105,12 +111,12 @@ def inventory(hosts: list[Host], wheels: Path, group: str = "model_servers") -> 
         "vars": {"model_server_bind_host": "127.0.0.1", "model_server_public_host": "127.0.0.1",
                  "model_server_python": sys.executable,
                  "model_server_pip_extra_args": f"--no-index --find-links={wheels} --no-compile",
-                 "model_server_graceful_timeout": 5},
+                 "model_server_graceful_timeout": 5, **shared},
     }}}}
 
 
-def write_inventory(path: Path, hosts: list[Host], wheels: Path) -> Path:
-    path.write_text(yaml.safe_dump(inventory(hosts, wheels), sort_keys=False))
+def write_inventory(path: Path, hosts: list[Host], wheels: Path, venv: Path | None = None) -> Path:
+    path.write_text(yaml.safe_dump(inventory(hosts, wheels, venv), sort_keys=False))
     return path
 
 

@@ -2,7 +2,8 @@
 model-server hosts behind a real HAProxy, with a load generator running through HAProxy.
 
 Hosts are ``ansible_connection: local``, each with its own directory and ports on
-127.0.0.1 (tests/helpers/ansible_fleet.py). The tests share one fleet and run in order:
+127.0.0.1 (tests/helpers/ansible_fleet.py); they share one virtualenv, installed by the role
+for the first host. The tests share one fleet and run in order:
 the first release puts version 1 on every host, later ones roll over it.
 """
 
@@ -54,7 +55,7 @@ class Fleet:
         return self.models / MODEL
 
     def write_inventory(self) -> None:
-        write_inventory(self.model_dir / "inventory.yml", self.hosts, self.wheels)
+        write_inventory(self.model_dir / "inventory.yml", self.hosts, self.wheels, self.base / "hosts" / "venv")
 
     def set_ansible(self, **changes: Any) -> None:
         edit_spec(self.model_dir, lambda spec: spec["deploy"]["ansible"].update(changes))

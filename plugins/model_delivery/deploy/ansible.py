@@ -441,7 +441,7 @@ class AnsibleTarget:
                 if host not in run["before"]:
                     run["before"][host] = before if before.get("digest") else {}
                 if custom.get("md_state") in ("switching", "updated") and host not in run["touched"]:
-                    run["touched"].append(host)
+                    run["touched"] = sorted([*run["touched"], host])
             self._record_serving(state, result)
             if not result.ok:
                 run["status"] = "failed"
@@ -484,7 +484,10 @@ class AnsibleTarget:
                            f"rollout (last: {last}). Check deploy.ansible.load_balancer.front_url and the backend.")
 
     def _restore(self, state: dict[str, Any], run_id: str) -> list[str]:
-        """rollback.yml on every host the run touched; returns them. Also stops the staging instance."""
+        """rollback.yml on every host the run touched; returns them. Also stops the staging instance.
+
+        ``run["unstaged"]`` tells whether a staging instance was stopped on the way.
+        """
         run = state["runs"][run_id]
         restore: dict[str, Any] = {}
         for host in run["touched"]:
@@ -498,6 +501,7 @@ class AnsibleTarget:
                                + ". Fix the host(s), then clear the failed rollback task to retry it.")
         run["status"] = "rolled-back"
         run["restored"] = sorted(restore)
+        run["unstaged"] = any(c.get("md_unstaged") for c in result.custom.values())
         if state["active"] and state["active"].get("run_id") == run_id:
             state["active"] = None
         return sorted(restore)
@@ -528,9 +532,9 @@ class AnsibleTarget:
                 return {"action": "rolled-back", "serving": self._serving(state), "hosts": run.get("restored", []),
                         "note": "already rolled back when the rolling update failed"}
             if not run["touched"]:
-                had_staging = bool(run.get("staging"))
                 self._restore(state, run_id)
-                return {"action": "stopped-candidate" if had_staging else "none", "serving": self._serving(state),
+                stopped = bool(run.get("staging")) or run["unstaged"]
+                return {"action": "stopped-candidate" if stopped else "none", "serving": self._serving(state),
                         "hosts": []}
             restored = self._restore(state, run_id)
             return {"action": "rolled-back", "serving": self._serving(state), "hosts": restored}

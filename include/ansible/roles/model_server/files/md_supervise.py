@@ -8,11 +8,14 @@ digest) or 4 (unusable artifact): those would fail again. SIGTERM stops the serv
 gracefully, then the supervisor.
 
     md_supervise.py start|stop|restart|status|run|wait-ready --root DIR --instance NAME
+    md_supervise.py install-artifact --incoming DIR --dest DIR --digest sha256:...
 
 ``start`` runs ``run`` detached in its own session and returns; ``stop`` and ``restart``
 print ``stopped`` only when something was running (the role's ``changed_when`` reads it);
 ``wait-ready`` waits for ``/v2/health/ready`` to answer 200 with the expected
 ``X-Model-Digest`` and fails early, with the log's tail, when the server gave up.
+``install-artifact`` re-hashes a copied artifact against its manifest and the digest
+(``model_server.manifest``, installed beside this file) and only then moves it into place.
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ def _run(instance: Instance) -> int:
     env = {**os.environ, "PYTHONPATH": config["pythonpath"]}
     backoff, restarts = 1.0, 0
     instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+    instance.pidfile.parent.mkdir(parents=True, exist_ok=True)
+    instance.pidfile.write_text(f"{os.getpid()}\n")  # also when systemd started it: wait-ready and stop read it
     while not stopping:
         with open(instance.log_path, "ab") as log:
             child = subprocess.Popen(instance.command(config), stdin=subprocess.DEVNULL, stdout=log,
@@ -209,14 +214,47 @@ def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
     return 1
 
 
+def _install_artifact(incoming: Path, dest: Path, digest: str) -> int:
+    """Verify ``incoming`` (every file's sha256 and size, and the manifest's digest), then rename it to ``dest``."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from model_server.manifest import ArtifactIntegrityError, verify_directory
+
+    try:
+        manifest = verify_directory(incoming, digest)
+    except ArtifactIntegrityError as exc:
+        shutil.rmtree(incoming, ignore_errors=True)
+        print(f"refusing the copy of {digest}: {exc}", file=sys.stderr)
+        return 1
+    shutil.rmtree(dest, ignore_errors=True)  # a partial copy from an interrupted run
+    os.replace(incoming, dest)
+    marker = dest.parent / f"{dest.name}.verified"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, marker)
+    print(json.dumps({"verified": digest, "files": len(manifest["files"]), "path": str(dest)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("start", "stop", "restart", "status", "run", "wait-ready"))
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--instance", required=True)
+    parser.add_argument("command", choices=("start", "stop", "restart", "status", "run", "wait-ready",
+                                            "install-artifact"))
+    parser.add_argument("--root", type=Path)
+    parser.add_argument("--instance")
+    parser.add_argument("--incoming", type=Path, help="install-artifact: the copied directory")
+    parser.add_argument("--dest", type=Path, help="install-artifact: where it goes once verified")
+    parser.add_argument("--digest", help="install-artifact: sha256:<hex>")
     parser.add_argument("--timeout", type=float, default=120.0, help="wait-ready: seconds")
     parser.add_argument("--health-host", default="127.0.0.1", help="wait-ready: address to probe")
     args = parser.parse_args(argv)
+    if args.command == "install-artifact":
+        if not (args.incoming and args.dest and args.digest):
+            parser.error("install-artifact needs --incoming, --dest and --digest")
+        return _install_artifact(args.incoming, args.dest, args.digest)
+    if args.root is None or not args.instance:
+        parser.error(f"{args.command} needs --root and --instance")
     instance = Instance(args.root.resolve(), args.instance)
     if args.command == "run":
         return _run(instance)

@@ -1,0 +1,156 @@
+"""The ansible target's spec, command lines, secrets and playbook runs (real ansible-playbook, local hosts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from model_delivery.artifacts import ArtifactStore
+from model_delivery.deploy import get_target
+from model_delivery.deploy.ansible import AnsibleTarget, PlaybookResult
+from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
+from model_delivery.exceptions import InvalidModelSpec
+from model_delivery.settings import Settings
+from model_delivery.spec import load_spec
+from tests.helpers.models import copy_models, edit_spec
+
+MODEL = "breast_cancer"
+LB = {"runtime_api": "/run/haproxy/admin.sock", "front_url": "http://127.0.0.1:8600"}
+
+SPECS = [
+    pytest.param({"inventory": "inventory.yml", "load_balancer": LB}, None, id="minimal"),
+    pytest.param({"inventory_conn_id": "fleet", "load_balancer": LB, "serial": "25%"}, None, id="conn-percent"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "serial": 3, "max_fail_percentage": 34}, None,
+                 id="batches"),
+    pytest.param({"load_balancer": LB}, "exactly one of 'inventory'", id="no-inventory"),
+    pytest.param({"inventory": "i.yml", "inventory_conn_id": "x", "load_balancer": LB}, "exactly one", id="both"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "serial": 0}, "at least 1", id="serial-0"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "serial": "0%"}, "percentage", id="serial-0%"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "serial": "half"}, "percentage", id="serial-word"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "max_fail_percentage": 101}, "less than or equal",
+                 id="max-fail-101"),
+    pytest.param({"inventory": "i.yml"}, "load_balancer", id="no-lb"),
+    pytest.param({"inventory": "i.yml", "load_balancer": {**LB, "front_url": "127.0.0.1:80"}}, "front_url",
+                 id="lb-url-no-scheme"),
+    pytest.param({"inventory": "i.yml", "load_balancer": LB, "hosts": ["a"]}, "hosts", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("section", "error"), SPECS)
+def test_spec_section(section: dict[str, Any], error: str | None) -> None:
+    if error is None:
+        spec = AnsibleTargetSpec.model_validate(section)
+        assert spec.dry_run is False and spec.group == "model_servers"
+        return
+    with pytest.raises(ValidationError, match=error):
+        AnsibleTargetSpec.model_validate(section)
+
+
+@pytest.fixture
+def target_env(tmp_path: Path) -> tuple[Path, Settings]:
+    models = copy_models(tmp_path / "models", (MODEL,))
+    root = tmp_path / "host1"
+    inventory = {"all": {"children": {"model_servers": {"hosts": {"host1": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "model_server_root": str(root), "model_server_port": 1}}}}}}
+    (models / MODEL / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    edit_spec(models / MODEL, lambda spec: spec["deploy"].update(
+        target="ansible", ansible={"inventory": "inventory.yml", "load_balancer": LB}))
+    settings = Settings(home=tmp_path / "home", models_dir=models, artifact_root=f"file://{tmp_path / 'store'}",
+                        artifact_conn_id=None, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return models / MODEL, settings
+
+
+def make_target(target_env: tuple[Path, Settings], lines: list[str] | None = None) -> AnsibleTarget:
+    model_dir, settings = target_env
+    store = ArtifactStore(settings.artifact_root)
+    log = (lambda fmt, *args: lines.append(fmt % args)) if lines is not None else None
+    target = get_target(load_spec(model_dir), settings, store, log=log)
+    assert isinstance(target, AnsibleTarget)
+    return target
+
+
+def test_a_missing_inventory_file_names_the_field(target_env: tuple[Path, Settings]) -> None:
+    model_dir, _ = target_env
+    (model_dir / "inventory.yml").unlink()
+    with pytest.raises(InvalidModelSpec, match=r"deploy\.ansible\.inventory.*inventory\.yml"):
+        make_target(target_env)
+
+
+@pytest.mark.parametrize(("check", "flags"), [
+    pytest.param(False, [], id="apply"),
+    pytest.param(True, ["--check", "--diff"], id="check-mode"),
+])
+def test_command_is_a_list_built_from_data(target_env: tuple[Path, Settings], tmp_path: Path, check: bool,
+                                           flags: list[str]) -> None:
+    target = make_target(target_env)
+    cmd = target.build_command("rollout.yml", Path("/inv.yml"), tmp_path / "vars.json", check=check,
+                               secret_args=["--private-key", "/tmp/k"])
+    assert cmd[0].endswith("ansible-playbook")
+    assert cmd[1].endswith("include/ansible/rollout.yml")
+    assert cmd[2:6] == ["--inventory", "/inv.yml", "--extra-vars", f"@{tmp_path / 'vars.json'}"]
+    assert cmd[6:] == [*flags, "--private-key", "/tmp/k"]
+
+
+def test_secrets_go_to_private_files_and_are_masked(target_env: tuple[Path, Settings], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir, _ = target_env
+    key_body = "c2VjcmV0LWtleS1tYXRlcmlhbC1mb3ItdGhlLXRlc3Q"
+    monkeypatch.setenv("AIRFLOW_CONN_UNIT_SSH", json.dumps(
+        {"conn_type": "ssh", "login": "deploy",
+         "extra": {"private_key": f"-----BEGIN OPENSSH PRIVATE KEY-----\\n{key_body}\\n-----END OPENSSH PRIVATE KEY-----"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_UNIT_BECOME", json.dumps({"conn_type": "generic", "password": "sudo-pass-123"}))
+    edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(ssh_conn_id="unit_ssh",
+                                                                        become_conn_id="unit_become"))
+    target = make_target(target_env)
+    secrets = target._secrets(tmp_path)
+
+    key_file = Path(secrets.args[secrets.args.index("--private-key") + 1])
+    password_file = Path(secrets.args[secrets.args.index("--become-password-file") + 1])
+    assert secrets.args[:2] == ["--user", "deploy"] and "--become" in secrets.args
+    assert key_body in key_file.read_text() and key_file.read_text().endswith("-----\n")
+    assert password_file.read_text() == "sudo-pass-123\n"
+    for path in (key_file, password_file):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert key_body in secrets.masked and "sudo-pass-123" in secrets.masked
+    assert all(key_body not in arg and "sudo-pass-123" not in arg for arg in secrets.args)
+    assert target._base_vars()["model_delivery_become"] is True
+
+
+def test_playbook_result_summarises_the_callback() -> None:
+    result = PlaybookResult("rollout.yml", 2, {
+        "stats": {"host1": {"changed": 4}, "host2": {"changed": 1}, "host3": {"changed": 0}},
+        "custom": {"_run": {}, "host1": {"md_state": "updated"}},
+        "failures": {"host2": [{"task": "Wait until the server is ready", "msg": "not ready within 20 s"}]},
+        "unreachable": {"host3": [{"task": "Inspect the host", "msg": "ssh: connect refused"}]},
+    })
+    assert not result.ok and result.changed == 5
+    assert result.custom == {"host1": {"md_state": "updated"}}
+    assert result.problems() == ["host2: Wait until the server is ready: not ready within 20 s",
+                                 "host3: Inspect the host: ssh: connect refused"]
+    assert PlaybookResult("x.yml", 4).problems() == ["ansible-playbook x.yml exited with code 4"]
+
+
+def test_a_real_playbook_run_streams_into_the_log_and_reports(target_env: tuple[Path, Settings]) -> None:
+    lines: list[str] = []
+    target = make_target(target_env, lines)
+
+    result = target.run_playbook("retire.yml", {})
+
+    assert result.ok, "\n".join(lines[-40:])
+    assert result.stats["host1"]["failures"] == 0 and result.changed == 0
+    assert any(line.startswith("ansible | PLAY [Retire what the release no longer needs]") for line in lines)
+    assert any("PLAY RECAP" in line for line in lines)
+    assert not list((target.state_dir / "tmp").iterdir())  # the private run directory is gone
+
+
+def test_rollback_of_a_run_that_deployed_nothing_is_a_no_op(target_env: tuple[Path, Settings]) -> None:
+    assert make_target(target_env).rollback("never-ran") == {"action": "none", "serving": None}
