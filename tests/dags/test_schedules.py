@@ -70,8 +70,15 @@ def test_data_refresh_event_triggers_a_release_run(tmp_path: Path, airflow_db: P
         refresh = get_dag("data_refresh__wine").test()
         assert refresh.state == "success"
 
-        with create_session() as session, prohibit_commit(session) as guard:
-            SchedulerJobRunner(job=Job())._create_dagruns_for_dags(guard, session)
+        import time
+
+        for _ in range(10):  # a few scheduler loops, as a running scheduler would do
+            with create_session() as session, prohibit_commit(session) as guard:
+                SchedulerJobRunner(job=Job())._create_dagruns_for_dags(guard, session)
+            with create_session() as session:
+                if session.query(DagRun).filter_by(dag_id="release__wine", run_type="asset_triggered").count():
+                    break
+            time.sleep(1)
         with create_session() as session:
             runs = session.query(DagRun).filter_by(dag_id="release__wine", run_type="asset_triggered").all()
             assert len(runs) == 1
