@@ -51,7 +51,8 @@ def test_bad_schedule_fields_are_spec_errors(tmp_path: Path, change: dict, field
 def test_data_refresh_event_triggers_a_release_run(tmp_path: Path, airflow_db: Path) -> None:
     """The example refresh emits the asset event; the scheduler's own code turns it into a release run.
 
-    (wine, because other tests leave a queued breast_cancer run, and max_active_runs=1 holds new ones back.)
+    The model is a copy of wine under a name no other test uses (``asset_wine``), so no other test's
+    serialization of its DAG (or a queued run, held back by max_active_runs=1) can interfere.
     """
     from airflow.jobs.job import Job
     from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
@@ -62,12 +63,13 @@ def test_data_refresh_event_triggers_a_release_run(tmp_path: Path, airflow_db: P
     from tests.conftest import run_airflow
 
     with release_env(tmp_path, ("wine",)) as models:
-        uri = "model-delivery://data/wine-test"
-        edit_spec(models / "wine", lambda s: s.update(trigger_on=uri))
+        uri = "model-delivery://data/asset_wine-test"
+        (models / "wine").rename(models / "asset_wine")
+        edit_spec(models / "asset_wine", lambda s: s.update(name="asset_wine", trigger_on=uri, schedule=None))
         env = {"MODEL_DELIVERY_MODELS_DIR": str(models)}
         assert run_airflow("dags", "reserialize", env=env, check=False).returncode == 0
-        run_airflow("dags", "unpause", "release__wine", env=env)
-        refresh = get_dag("data_refresh__wine").test()
+        run_airflow("dags", "unpause", "release__asset_wine", env=env)
+        refresh = get_dag("data_refresh__asset_wine").test()
         assert refresh.state == "success"
 
         import time
@@ -76,13 +78,13 @@ def test_data_refresh_event_triggers_a_release_run(tmp_path: Path, airflow_db: P
             with create_session() as session, prohibit_commit(session) as guard:
                 SchedulerJobRunner(job=Job())._create_dagruns_for_dags(guard, session)
             with create_session() as session:
-                if session.query(DagRun).filter_by(dag_id="release__wine", run_type="asset_triggered").count():
+                if session.query(DagRun).filter_by(dag_id="release__asset_wine", run_type="asset_triggered").count():
                     break
             time.sleep(1)
         with create_session() as session:
-            runs = session.query(DagRun).filter_by(dag_id="release__wine", run_type="asset_triggered").all()
+            runs = session.query(DagRun).filter_by(dag_id="release__asset_wine", run_type="asset_triggered").all()
             assert len(runs) == 1
             events = runs[0].consumed_asset_events
             assert [e.asset.uri for e in events] == [uri]
-            assert events[0].extra["model"] == "wine"
-        run_airflow("dags", "pause", "release__wine", env=env)
+            assert events[0].extra["model"] == "asset_wine"
+        run_airflow("dags", "pause", "release__asset_wine", env=env)
