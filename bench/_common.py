@@ -164,6 +164,15 @@ def write_results(name: str, document: dict[str, Any]) -> Path:
     return path
 
 
+def finish(name: str, document: dict[str, Any], lines: list[str], elapsed: float) -> int:
+    """Write the results, print where they are and the RATIO lines; return the exit code 0."""
+    path = write_results(name, {**document, "ratio_lines": lines})
+    print(f"\nresults: {path.relative_to(PROJECT)}  ({elapsed:.0f} s)")
+    for line in lines:
+        print(line)
+    return 0
+
+
 def vm_hwm_kib(pid: int | str = "self") -> int | None:
     """Peak resident set size (VmHWM) of a live process's own address space, in KiB.
 

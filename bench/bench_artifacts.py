@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    PROJECT,
+    finish,
     fmt_s,
     isolated_env,
     median,
@@ -47,7 +47,6 @@ from _common import (  # noqa: E402
     table,
     vm_hwm_kib,
     workdir,
-    write_results,
 )
 
 NAME = "artifacts"
@@ -289,13 +288,9 @@ def main() -> int:
     lines.append(ratio_line("artifacts_rss_delta", deltas[worst] / size_mib,
                             f"largest peak-RSS delta over idle import ({worst}) / file size"))
     elapsed = time.perf_counter() - started
-    path = write_results(NAME, {"size_mib": size_mib, "requested_size_mib": requested, "repeats": repeats,
+    return finish(NAME, {"size_mib": size_mib, "requested_size_mib": requested, "repeats": repeats,
                                 "quick": args.quick, "seconds": elapsed, "summary": s, "rss_delta_mib": deltas,
-                                "streaming_ok": streaming, "sha256": sha, "rounds": rounds, "ratio_lines": lines})
-    print(f"\nresults: {path.relative_to(PROJECT)}  ({elapsed:.0f} s)")
-    for line in lines:
-        print(line)
-    return 0
+                                "streaming_ok": streaming, "sha256": sha, "rounds": rounds}, lines, elapsed)
 
 
 if __name__ == "__main__":

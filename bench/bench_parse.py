@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     PROJECT,
     copy_models,
+    finish,
     fmt_s,
     isolated_env,
     median,
     ratio_line,
     table,
     workdir,
-    write_results,
 )
 
 NAME = "parse"
@@ -212,12 +212,8 @@ def main() -> int:
         lines.append(ratio_line(f"parse_{Path(name).stem}", ratio,
                                 f"DagBag parse of dags/{name} / trivial one-task DAG, median of {repeats} "
                                 f"cold processes{extra}"))
-    path = write_results(NAME, {"repeats": repeats, "quick": args.quick, "seconds": elapsed, "modes": results,
-                                "ratios": ratios, "ratio_lines": lines})
-    print(f"\nresults: {path.relative_to(PROJECT)}  ({elapsed:.0f} s)")
-    for line in lines:
-        print(line)
-    return 0
+    return finish(NAME, {"repeats": repeats, "quick": args.quick, "seconds": elapsed, "modes": results,
+                                "ratios": ratios}, lines, elapsed)
 
 
 if __name__ == "__main__":

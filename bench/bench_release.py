@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     BENCH,
-    PROJECT,
     VENV_BIN,
     copy_models,
+    finish,
     fmt_s,
     isolated_env,
     kill_processes_under,
@@ -48,7 +48,6 @@ from _common import (  # noqa: E402
     ratio_line,
     table,
     workdir,
-    write_results,
 )
 
 NAME = "release"
@@ -277,13 +276,8 @@ def main() -> int:
     lines = [ratio_line(NAME, ratio, f"wall of airflow dags test release__{args.model} / the same stages as a plain "
                                      f"script, median of {repeats}, both from an empty state; best-run ratio {best:.2f}x")]
     elapsed = time.perf_counter() - started
-    path = write_results(NAME, {"model": args.model, "repeats": repeats, "quick": args.quick, "seconds": elapsed,
-                                "db_migrate_s": migrate_s, "summary": summary, "ratio": ratio, "best_run_ratio": best, "runs": runs,
-                                "ratio_lines": lines})
-    print(f"\nresults: {path.relative_to(PROJECT)}  ({elapsed:.0f} s)")
-    for line in lines:
-        print(line)
-    return 0
+    return finish(NAME, {"model": args.model, "repeats": repeats, "quick": args.quick, "seconds": elapsed,
+                                "db_migrate_s": migrate_s, "summary": summary, "ratio": ratio, "best_run_ratio": best, "runs": runs}, lines, elapsed)
 
 
 if __name__ == "__main__":
