@@ -1,6 +1,6 @@
 """Trigger a release through the Airflow REST API and wait for it: the command CI calls.
 
-    model-delivery release <model> [--reason R] [--force] [--conf JSON] [--wait] [--timeout S]
+    model-delivery release <model> [--reason R] [--force] [--dry-run] [--conf JSON] [--wait] [--timeout S]
 
 Settings come from the environment (or flags): ``AIRFLOW_API_URL`` (default
 http://localhost:8080), and either ``AIRFLOW_API_TOKEN`` or ``AIRFLOW_API_USERNAME`` +
@@ -21,7 +21,6 @@ from typing import Any
 
 EXIT_RELEASED, EXIT_FAILED, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2, 3
 TERMINAL = ("success", "failed")
-SUCCESS_OUTCOMES = ("released", "no-change", "reverted")
 
 
 class UsageError(Exception):
@@ -101,6 +100,8 @@ def outcome(client: Any, dag_id: str, run_id: str) -> dict[str, Any]:
 
 
 def exit_code(summary: dict[str, Any]) -> int:
+    from model_delivery.records import SUCCESS_OUTCOMES
+
     if summary.get("outcome") in SUCCESS_OUTCOMES:
         return EXIT_RELEASED
     if summary.get("outcome") == "rejected":
@@ -121,6 +122,8 @@ def release(args: Any, out: Any = sys.stdout) -> int:
         conf["reason"] = args.reason
     if args.force:
         conf["force"] = True
+    if args.dry_run:
+        conf["dry_run"] = True
     dag_id = f"release__{args.model}"
     try:
         client = _client(args.api_url, args.token or os.environ.get("AIRFLOW_API_TOKEN"),
@@ -149,6 +152,8 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("model")
     cmd.add_argument("--reason", default="", help="recorded with the release")
     cmd.add_argument("--force", action="store_true", help="override a gate rejection (needs --reason)")
+    cmd.add_argument("--dry-run", action="store_true",
+                     help="run every check, report what the deploy target would change, change nothing")
     cmd.add_argument("--conf", default="", help="the run's conf as a JSON object")
     cmd.add_argument("--wait", action="store_true", help="wait for the end; the exit code tells the outcome")
     cmd.add_argument("--timeout", type=float, default=3600, help="seconds to wait at most (default 3600)")

@@ -46,7 +46,8 @@ any failure after a deploy started → rollback. `record` always runs and writes
 ### Trigger
 UI: *Trigger DAG w/ config*. CLI:
 `airflow dags trigger {dag_id} --conf '{{"reason": "weekly retrain"}}'`.
-`force: true` needs a `reason`; both are recorded.
+`force: true` needs a `reason`; both are recorded. `dry_run: true` runs every check and
+reports what the deploy would change, without changing anything.
 """
 
 
@@ -65,6 +66,13 @@ def release_params() -> dict[str, Param]:
             type="boolean",
             title="Force",
             description="Release even if the gate rejects the candidate. Needs a reason.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Run every check, then report what the deploy would change (Ansible check mode, a "
+            "Kubernetes server-side dry run, the local ports) and change nothing. The release ends as `dry-run`.",
         ),
     }
 

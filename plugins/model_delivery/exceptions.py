@@ -59,3 +59,18 @@ class TamperedArtifact(ReleaseFailed, ArtifactIntegrityError):
 
 class DeployFailed(ModelDeliveryError):
     """A deploy target could not bring the candidate up (may be retried)."""
+
+
+class DryRunComplete(ModelDeliveryError):
+    """``dry_run``: the target reported what it would change and changed nothing; the release stops here.
+
+    Not a failure: the stage is recorded as ``dry-run``, the deploy stages after it are skipped,
+    and the release ends with the outcome ``dry-run``.
+
+    :param message: what the dry run found, per host or object.
+    :param result: the plan (small JSON), recorded and pushed to XCom.
+    """
+
+    def __init__(self, message: str, *, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result

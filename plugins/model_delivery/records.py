@@ -97,6 +97,10 @@ def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: build.get(key) for key in keys}
 
 
+SUCCESS_OUTCOMES = ("released", "no-change", "reverted", "dry-run")
+"""Outcomes of a run that did what was asked: the ``record`` task succeeds, the CLI exits 0."""
+
+
 def _rollback_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """A manual rollback: ``refused``, ``no-change``, ``reverted`` or ``failed``."""
     resolve = stages["resolve"]
@@ -112,13 +116,16 @@ def _rollback_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]
 
 
 def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
-    """``released``, ``rejected``, ``rolled-back`` or ``failed``, with the reasons."""
+    """``released``, ``rejected``, ``rolled-back``, ``failed``, ``no-change`` or ``dry-run``, with the reasons."""
     if "resolve" in stages:
         return _rollback_outcome(stages)
     build = stages.get("build", {})
     if (build.get("result") or {}).get("no_change") and "validate_data" not in stages:
         version = build["result"].get("version")
         return "no-change", [f"version {version} is production already, from the same spec and data: nothing to do"]
+    staging = stages.get("deploy_staging", {})
+    if staging.get("status") == "dry-run":
+        return "dry-run", [staging.get("note") or "dry run: nothing was changed"]
     failed = [(name, entry) for name, entry in stages.items() if entry.get("status") == "failed"]
     reasons = [f"{name}: {entry.get('error', 'failed')}" for name, entry in failed]
     if stages.get("gate", {}).get("status") == "failed" or stages.get("approve", {}).get("status") == "failed":

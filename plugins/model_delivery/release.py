@@ -13,7 +13,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_delivery.exceptions import GateRejected, InvalidConf, ReleaseFailed, SmokeTestFailed
+from model_delivery.exceptions import (
+    DryRunComplete,
+    GateRejected,
+    InvalidConf,
+    ReleaseFailed,
+    SmokeTestFailed,
+)
 from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from model_delivery.spec import ModelSpec
 
 
-CONF_KEYS = ("reason", "force")
+CONF_KEYS = ("reason", "force", "dry_run")
 
 
 def check_conf(conf: dict[str, Any]) -> None:
@@ -48,7 +54,7 @@ class ReleaseContext:
     :param model: model name (its folder under the models directory).
     :param run_id: the release run's id; names the record directory.
     :param dag_id: the release DAG.
-    :param conf: the run's validated params (``reason``, ``force``).
+    :param conf: the run's validated params (``reason``, ``force``, ``dry_run``).
     :param log: where stages report progress.
     """
 
@@ -346,8 +352,16 @@ def resolve_rollback(rc: ReleaseContext, version: str) -> dict[str, Any]:
 def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     """Take the model's deploy lease, then start the candidate beside production, without traffic.
 
+    With the conf's ``dry_run``, the target only reports what it would change (no lease is
+    taken: nothing changes) and :class:`DryRunComplete` ends the release there.
+
     :raises DeployBusy: another run (a release or a manual rollback) is deploying this model.
     """
+    if rc.conf.get("dry_run"):
+        plan = {"target": rc.target.name, "dry_run": True, **rc.target.plan(rc.candidate(candidate))}
+        rc.log("dry run on %s: %s", plan["target"], plan.get("note", ""))
+        raise DryRunComplete(f"dry run on the {plan['target']} target: {plan.get('note', '')}; nothing was changed. "
+                             "Trigger again without dry_run to deliver.", result=plan)
     rc.lease.acquire(rc.run_id, rc.dag_id)
     return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
 

@@ -44,7 +44,7 @@ def test_release_dag_is_owned_tagged_retried_documented(dagbag, dag_id: str) -> 
     assert dag.max_active_runs == 1
     assert "model-delivery" in dag.tags and "release" in dag.tags
     assert dag.doc_md and "airflow dags trigger" in dag.doc_md
-    assert set(dag.params.keys()) == {"reason", "force"}
+    assert set(dag.params.keys()) == {"reason", "force", "dry_run"}
     for task in dag.tasks:
         assert task.owner == "ml-platform", task.task_id
         assert task.retries >= 1, task.task_id

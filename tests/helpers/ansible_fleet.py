@@ -1,8 +1,19 @@
 """A fleet of model-server hosts for the ansible target, all on this machine.
 
-Each inventory host is ``ansible_connection: local`` with its own root directory and
-ports on 127.0.0.1 (no SSH, no namespaces; see docs/deploy-ansible.md). A real HAProxy
-from Debian sits in front: its config is generated here, it listens on a free
+Two kinds of host:
+
+* :class:`SshFleet` (the tests): each host is a network namespace that this helper creates,
+  joined to the test's own namespace by a veth pair (``10.231.<n>.2``, the root side
+  ``10.231.<n>.1``), running a real OpenSSH server (Debian's ``openssh-server``, installed
+  when missing, never started as a system service) that accepts one generated key. Ansible
+  reaches every host over SSH with the key, the user and the known host keys of an Airflow
+  connection; the model servers listen on the namespace's own address, on the same ports
+  on every host. The hosts share this machine's filesystem, so each gets its own root
+  directory.
+* :func:`make_hosts` (the benchmark): ``ansible_connection: local`` hosts, each with its own
+  root directory and ports on 127.0.0.1.
+
+A real HAProxy from Debian sits in front: its config is generated here, it listens on a free
 127.0.0.1 port, and its runtime API is a unix socket in the test's directory. A load
 generator thread sends requests through HAProxy, each on a new connection, for as
 long as a rollout runs.
@@ -25,13 +36,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
 from tests.helpers.models import PROJECT, free_port
 from tests.helpers.processes import kill_matching
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 VENV_BIN = Path(sys.executable).parent
 _WHEELHOUSE_LOCK = threading.Lock()
@@ -41,7 +55,9 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
     """Install the Debian package of every missing binary (``{binary: package}``), or fail saying why.
 
     CI runs on a fresh machine as root; ``apt-get`` is the only way in. A machine where that
-    is impossible gets one clear message naming the packages.
+    is impossible gets one clear message naming the packages. Packaged services are not started
+    (a ``policy-rc.d`` that refuses them is in place during the install): an ``openssh-server``
+    must not start listening on every interface.
     """
     missing = {binary: package for binary, package in binaries.items() if shutil.which(binary) is None}
     if not missing:
@@ -52,14 +68,30 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
                            f"Fix: apt-get install -y {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
-    if result.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=600)
+    with _services_not_started():
         result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+        if result.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=600)
+            result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
     still = [binary for binary in missing if shutil.which(binary) is None]
     if result.returncode != 0 or still:
         raise RuntimeError(f"could not install {packages} with apt-get (exit {result.returncode}):\n"
                            f"{result.stdout[-1500:]}\n{result.stderr[-1500:]}")
+
+
+@contextlib.contextmanager
+def _services_not_started() -> Iterator[None]:
+    """``/usr/sbin/policy-rc.d`` answering 101 (action forbidden), unless the machine has one already."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\n# model-delivery tests: install packages without starting their services\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
 
 
 def wheelhouse(dest: Path) -> Path:
@@ -86,10 +118,16 @@ class Host:
     port: int
     staging_port: int
     vars: dict[str, Any] = field(default_factory=dict)
+    address: str = "127.0.0.1"
+    namespace: str | None = None  # SshFleet: the host's network namespace
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
+
+    @property
+    def staging_url(self) -> str:
+        return f"http://{self.address}:{self.staging_port}"
 
 
 def make_hosts(base: Path, count: int) -> list[Host]:
@@ -118,6 +156,147 @@ def inventory(hosts: list[Host], wheels: Path, venv: Path | None = None, group: 
 def write_inventory(path: Path, hosts: list[Host], wheels: Path, venv: Path | None = None) -> Path:
     path.write_text(yaml.safe_dump(inventory(hosts, wheels, venv), sort_keys=False))
     return path
+
+
+NETNS_PREFIX = "mdt-h"
+SSH_PORT = 22
+
+
+def _run(*cmd: str) -> str:
+    result = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def remove_namespaces() -> None:
+    """Delete every namespace of an earlier run (their veth pairs go with them)."""
+    for line in _run("ip", "netns", "list").splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(NETNS_PREFIX):
+            kill_matching(f"netns exec {name} ")
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=60)
+
+
+class SshFleet:
+    """Hosts in network namespaces of their own, each with a real sshd that accepts one generated key.
+
+    :meth:`start` returns the hosts; :meth:`connection` is the Airflow SSH connection (login, the
+    private key, the hosts' keys as ``known_hosts``) the deploy target uses; :meth:`inventory` is
+    the inventory as data, with no credentials in it. :meth:`stop` stops the sshds and deletes the
+    namespaces.
+    """
+
+    def __init__(self, base: Path, count: int, port: int = 8080, staging_port: int = 8081) -> None:
+        self.base = base
+        self.dir = base / "ssh"
+        self.count = count
+        self.port = port
+        self.staging_port = staging_port
+        self.hosts: list[Host] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.key = self.dir / "client_key"
+
+    def start(self) -> list[Host]:
+        ensure_debian_packages({"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
+                                "ip": "iproute2"})
+        remove_namespaces()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "model-delivery-tests", "-f", str(self.key))
+        (self.dir / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
+        for index in range(1, self.count + 1):
+            self.hosts.append(self._add_host(index))
+        for host in self.hosts:
+            self._wait_for_ssh(host)
+        return self.hosts
+
+    def _add_host(self, index: int) -> Host:
+        name, ns, veth = f"host{index}", f"{NETNS_PREFIX}{index}", f"mdt{index}"
+        address, gateway = f"10.231.{index}.2", f"10.231.{index}.1"
+        _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _run("ip", "addr", "add", f"{gateway}/30", "dev", veth)
+        _run("ip", "link", "set", veth, "up")
+        _run("ip", "-n", ns, "addr", "add", f"{address}/30", "dev", "eth0")
+        _run("ip", "-n", ns, "link", "set", "eth0", "up")
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        host_dir = self.dir / name
+        host_dir.mkdir()
+        host_key = host_dir / "ssh_host_ed25519_key"
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(host_key))
+        config = host_dir / "sshd_config"
+        config.write_text("\n".join([
+            f"ListenAddress {address}",
+            f"Port {SSH_PORT}",
+            f"HostKey {host_key}",
+            f"PidFile {host_dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "MaxStartups 50",
+            "MaxSessions 50",
+            "Subsystem sftp internal-sftp",
+            "LogLevel VERBOSE",
+        ]) + "\n")
+        _run("/usr/sbin/sshd", "-t", "-f", str(config))
+        log = open(host_dir / "sshd.log", "wb")  # noqa: SIM115 - the process owns it until stop()
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True))
+        log.close()
+        return Host(name, self.base / "hosts" / name, self.port, self.staging_port, address=address, namespace=ns)
+
+    def _wait_for_ssh(self, host: Host) -> None:
+        import socket
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection((host.address, SSH_PORT), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = (self.dir / host.name / "sshd.log").read_text()
+                raise RuntimeError(f"sshd of {host.name} ({host.address}) did not answer in 30 s:\n{log[-2000:]}")
+            time.sleep(0.1)
+
+    def known_hosts(self) -> list[str]:
+        lines = []
+        for host in self.hosts:
+            kind, key = (self.dir / host.name / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            lines.append(f"{host.address} {kind} {key}")
+        return lines
+
+    def connection(self) -> dict[str, Any]:
+        """The SSH connection, as ``AIRFLOW_CONN_<ID>`` JSON takes it."""
+        return {"conn_type": "ssh", "login": "root",
+                "extra": {"private_key": self.key.read_text(), "known_hosts": self.known_hosts()}}
+
+    def inventory(self, wheels: Path, venv: Path | None = None, group: str = "model_servers") -> dict[str, Any]:
+        """Hosts by address over SSH; the user, key and host keys come from the connection, not from here."""
+        shared = {"model_server_venv": str(venv), "model_server_install_throttle": 1} if venv else {}
+        return {"all": {"children": {group: {
+            "hosts": {h.name: {"ansible_host": h.address, "ansible_port": SSH_PORT, "model_server_root": str(h.root),
+                               **h.vars} for h in self.hosts},
+            "vars": {"ansible_python_interpreter": sys.executable, "model_server_python": sys.executable,
+                     "model_server_port": self.port, "model_server_staging_port": self.staging_port,
+                     "model_server_pip_extra_args": f"--no-index --find-links={wheels} --no-compile",
+                     "model_server_graceful_timeout": 5, **shared},
+        }}}}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_matching(str(self.dir))
+        remove_namespaces()
 
 
 class HAProxy:
@@ -158,7 +337,7 @@ class HAProxy:
             "    http-check expect status 200",
             "    default-server inter 300ms fall 2 rise 2",
         ]
-        lines += [f"    server {h.name} 127.0.0.1:{h.port} check" for h in self.hosts]
+        lines += [f"    server {h.name} {h.address}:{h.port} check" for h in self.hosts]
         return "\n".join(lines) + "\n"
 
     def start(self) -> HAProxy:

@@ -194,6 +194,8 @@ class ApiServer:
         stored = Stored(body, generation)
         if before is not None and generation == before.generation:
             stored.reads = before.reads
+        if req.query.get("dryRun") == ["All"]:  # validated and merged, never persisted
+            return (201 if before is None else 200), json.loads(json.dumps(body))
         self.objects[key] = stored
         if self.on_apply is not None:
             self.on_apply(body, before is None or generation != before.generation)

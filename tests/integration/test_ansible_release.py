@@ -1,16 +1,17 @@
 """The ansible target for real: dag.test() releases rolled out by ansible-playbook to three
 model-server hosts behind a real HAProxy, with a load generator running through HAProxy.
 
-Hosts are ``ansible_connection: local``, each with its own directory and ports on
-127.0.0.1 (tests/helpers/ansible_fleet.py); they share one virtualenv, installed by the role
-for the first host. The tests share one fleet and run in order:
-the first release puts version 1 on every host, later ones roll over it.
+Each host is a network namespace of its own with a real OpenSSH server
+(tests/helpers/ansible_fleet.py): Ansible logs in over SSH with the user, private key and
+host keys of an Airflow connection. The hosts share this machine's filesystem, so they share
+one virtualenv, installed by the role for the first host. The tests share one fleet and run
+in order: the first release puts version 1 on every host, later ones roll over it.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,13 @@ from tests.helpers.ansible_fleet import (
     HAProxy,
     Host,
     LoadGenerator,
+    SshFleet,
     ensure_debian_packages,
     golden_request,
     host_files,
-    make_hosts,
     served_digests,
     stop_fleet,
     wheelhouse,
-    write_inventory,
 )
 from tests.helpers.models import edit_spec
 from tests.helpers.release import load_record, release_env, run_release, task_states
@@ -39,6 +39,7 @@ from tests.helpers.release import load_record, release_env, run_release, task_st
 pytestmark = pytest.mark.integration
 
 MODEL = "breast_cancer"
+SSH_CONN_ID = "md_fleet_ssh"
 FAULT_HELPER = Path(__file__).resolve().parents[1] / "helpers" / "ansible_fault.py"
 
 
@@ -46,16 +47,23 @@ FAULT_HELPER = Path(__file__).resolve().parents[1] / "helpers" / "ansible_fault.
 class Fleet:
     base: Path
     models: Path
-    hosts: list[Host]
+    ssh: SshFleet
     lb: HAProxy
     wheels: Path
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self.ssh.hosts
 
     @property
     def model_dir(self) -> Path:
         return self.models / MODEL
 
+    def inventory(self) -> dict[str, Any]:
+        return self.ssh.inventory(self.wheels, self.base / "hosts" / "venv")
+
     def write_inventory(self) -> None:
-        write_inventory(self.model_dir / "inventory.yml", self.hosts, self.wheels, self.base / "hosts" / "venv")
+        (self.model_dir / "inventory.yml").write_text(yaml.safe_dump(self.inventory(), sort_keys=False))
 
     def set_ansible(self, **changes: Any) -> None:
         edit_spec(self.model_dir, lambda spec: spec["deploy"]["ansible"].update(changes))
@@ -86,24 +94,31 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, haproxy_installed: None, wheels: Path):
     base = tmp_path_factory.mktemp("ansible")
+    ssh = SshFleet(base, 3)
+    conn_var = f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}"
     with release_env(base, (MODEL,)) as models:
-        hosts = make_hosts(base, 3)
-        lb = HAProxy(base, hosts, MODEL).start()
-        fleet = Fleet(base, models, hosts, lb, wheels)
-        fleet.write_inventory()
-        edit_spec(fleet.model_dir, lambda spec: spec["deploy"].update(target="ansible", ansible={
-            "inventory": "inventory.yml",
-            "serial": 1,
-            "max_fail_percentage": 0,
-            "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
-            "ready_timeout_seconds": 90,
-            "drain_timeout_seconds": 10,
-        }))
         try:
+            hosts = ssh.start()
+            os.environ[conn_var] = json.dumps(ssh.connection())  # the key, user and host keys: a connection
+            lb = HAProxy(base, hosts, MODEL).start()
+            fleet = Fleet(base, models, ssh, lb, wheels)
+            fleet.write_inventory()
+            edit_spec(fleet.model_dir, lambda spec: spec["deploy"].update(target="ansible", ansible={
+                "inventory": "inventory.yml",
+                "ssh_conn_id": SSH_CONN_ID,
+                "serial": 1,
+                "max_fail_percentage": 0,
+                "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
+                "ready_timeout_seconds": 90,
+                "drain_timeout_seconds": 10,
+            }))
             yield fleet
         finally:
-            lb.stop()
+            os.environ.pop(conn_var, None)
+            if "lb" in locals():
+                lb.stop()
             stop_fleet(base)
+            ssh.stop()
 
 
 def production():
@@ -129,7 +144,7 @@ def test_first_release_delivers_to_every_host_behind_haproxy(fleet: Fleet) -> No
     digest = record["artifact"]["digest"]
     staging = record["stages"]["deploy_staging"]["result"]
     assert staging["target"] == "ansible" and staging["staging_host"] == "host1"
-    assert staging["url"] == f"http://127.0.0.1:{fleet.hosts[0].staging_port}"
+    assert staging["url"] == fleet.hosts[0].staging_url  # the host's own address, in its namespace
     shift = record["stages"]["deploy_production"]["result"]
     assert shift["url"] == fleet.lb.front_url
     assert shift["updated"] == ["host1", "host2", "host3"]
@@ -222,74 +237,90 @@ def test_a_host_that_never_gets_ready_rolls_every_host_back(fleet: Fleet) -> Non
     assert production().version == before.version
 
 
-def test_check_mode_changes_nothing(fleet: Fleet) -> None:
-    from model_delivery.artifacts import ArtifactStore
-    from model_delivery.deploy import Candidate
-    from model_delivery.deploy.ansible import AnsibleTarget, DryRunFinished
+def test_a_dry_run_release_reports_per_host_changes_and_changes_nothing(fleet: Fleet) -> None:
     from model_delivery.settings import get_settings
-    from model_delivery.spec import load_spec
 
     before = production()
-    # A candidate the hosts have never seen: a fresh build, stored by digest.
-    out = fleet.base / "dry-run-build"
-    subprocess.run([sys.executable, str(fleet.model_dir / "train.py"), "--output-dir", str(out),
-                    "--params", json.dumps({"C": 0.1, "max_iter": 1000, "seed": 7})], check=True, capture_output=True)
-    settings = get_settings()
-    store = ArtifactStore(settings.artifact_root)
-    stored = store.put_directory(MODEL, out / "model")
+    new_version(fleet, 0.1)  # a candidate the hosts have never seen
     files, statuses = host_files(fleet.hosts), fleet.lb.statuses()
-    state_path = settings.deploy_dir / MODEL / "state.json"
+    state_path = get_settings().deploy_dir / MODEL / "state.json"
     state = state_path.read_text()
-    lines: list[str] = []
-    target = AnsibleTarget(load_spec(fleet.model_dir), settings, store, log=lambda fmt, *a: lines.append(fmt % a),
-                           dry_run=True)
 
-    with pytest.raises(DryRunFinished, match="nothing was changed") as raised:
-        target.stage(Candidate(MODEL, "99", stored.digest), "dry-run")
+    dag_run = run_release(MODEL, {"reason": "what would the fleet change?", "dry_run": True})
 
-    result = raised.value.result
-    assert result is not None and result["dry_run"] is True
-    assert set(result["would_change"]) == {"host1", "host2", "host3"}
-    assert all(count > 0 for count in result["would_change"].values()), result
-    assert any("--check" in line or "check mode" in line for line in lines)
+    states = task_states(dag_run)
+    assert dag_run.state == "success", states
+    assert states["gate"] == "success" and states["deploy_staging"] == "skipped", states
+    assert states["deploy_production"] == states["rollback"] == states["promote"] == "skipped", states
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "dry-run", record["reasons"]
+    plan = record["stages"]["deploy_staging"]["result"]
+    assert plan["dry_run"] is True and plan["target"] == "ansible" and plan["digest"] != before.digest
+    assert plan["ansible"]["check"] is True
+    assert set(plan["would_change"]) == {"host1", "host2", "host3"}
+    assert all(count > 0 for count in plan["would_change"].values()), plan
+    assert "check mode on 3 host(s)" in record["reasons"][0] and "nothing was changed" in record["reasons"][0]
+    # Nothing changed: files on every host, HAProxy, what serves, the deploy state, the registry.
     assert host_files(fleet.hosts) == files
     assert fleet.lb.statuses() == statuses
     assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
     assert state_path.read_text() == state
-    assert target.rollback("dry-run") == {"action": "none", "serving": before.version}
+    assert production().version == before.version
 
 
-def test_secrets_from_connections_stay_out_of_logs_and_state(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+def _target(fleet: Fleet, lines: list[str]):
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.ansible import AnsibleTarget
     from model_delivery.settings import get_settings
     from model_delivery.spec import load_spec
 
-    key_body = "b3BlbnNzaC1rZXktdjEAAAAAtestsecretkeymaterialZZZ"
-    key = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{key_body}\n-----END OPENSSH PRIVATE KEY-----\n"
-    monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_SSH", json.dumps(
-        {"conn_type": "ssh", "login": "deploy", "extra": {"private_key": key}}))
-    # The inventory itself from a connection, too.
-    inventory = yaml.safe_load((fleet.model_dir / "inventory.yml").read_text())
+    settings = get_settings()
+    return AnsibleTarget(load_spec(fleet.model_dir), settings, ArtifactStore(settings.artifact_root),
+                         log=lambda fmt, *a: lines.append(fmt % a))
+
+
+def test_secrets_from_connections_stay_out_of_logs_and_state(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_delivery.settings import get_settings
+
+    key_lines = [line for line in fleet.ssh.key.read_text().splitlines() if "-----" not in line]
+    # The inventory from a connection too; the SSH key, user and host keys already come from one.
     monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_INVENTORY", json.dumps(
-        {"conn_type": "generic", "extra": {"inventory": inventory}}))
+        {"conn_type": "generic", "extra": {"inventory": fleet.inventory()}}))
     edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(
-        inventory=None, inventory_conn_id="md_fleet_inventory", ssh_conn_id="md_fleet_ssh"))
+        inventory=None, inventory_conn_id="md_fleet_inventory"))
     try:
-        settings = get_settings()
         lines: list[str] = []
-        target = AnsibleTarget(load_spec(fleet.model_dir), settings, ArtifactStore(settings.artifact_root),
-                               log=lambda fmt, *a: lines.append(fmt % a))
-        result = target.run_playbook("retire.yml", {})
+        result = _target(fleet, lines).run_playbook("retire.yml", {})
     finally:
         edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(
-            inventory="inventory.yml", inventory_conn_id=None, ssh_conn_id=None))
+            inventory="inventory.yml", inventory_conn_id=None))
 
     assert result.ok, lines[-30:]
     assert sorted(result.stats) == ["host1", "host2", "host3"]
     log = "\n".join(lines)
-    assert key_body not in log and "PRIVATE KEY" not in log
-    deploy_dir = settings.deploy_dir / MODEL
+    assert not any(line in log for line in key_lines) and "PRIVATE KEY" not in log
+    deploy_dir = get_settings().deploy_dir / MODEL
     assert not list((deploy_dir / "tmp").iterdir()), "the private temporary files were not removed"
     for path in deploy_dir.glob("*.json"):
-        assert key_body not in path.read_text()
+        assert not any(line in path.read_text() for line in key_lines)
+
+
+def test_a_host_whose_key_is_not_known_is_refused_and_nothing_changes(fleet: Fleet,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    before = production()
+    files = host_files(fleet.hosts)
+    connection = fleet.ssh.connection()
+    known = connection["extra"]["known_hosts"]
+    impostor = known[0].split()[:1] + known[2].split()[1:]  # host1's address with host3's key
+    connection["extra"]["known_hosts"] = [" ".join(impostor), *known[1:]]
+    monkeypatch.setenv(f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}", json.dumps(connection))
+
+    lines: list[str] = []
+    result = _target(fleet, lines).run_playbook("retire.yml", {})
+
+    assert not result.ok
+    problems = result.problems()
+    assert any(p.startswith("host1:") and "Host key verification failed" in p for p in problems), problems
+    assert not any(p.startswith(("host2:", "host3:")) for p in problems), problems
+    assert host_files(fleet.hosts) == files
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}

@@ -124,5 +124,5 @@ def test_force_needs_a_reason_and_is_recorded(env) -> None:
     record = load_record(MODEL, forced.run_id)
     assert record["gate"]["verdict"] == "forced"
     assert record["gate"]["force_reason"] == "hotfix approved by the on-call lead"
-    assert record["conf"] == {"force": True, "reason": "hotfix approved by the on-call lead"}
+    assert record["conf"] == {"force": True, "reason": "hotfix approved by the on-call lead", "dry_run": False}
     assert serving_digest(models_dir) == record["artifact"]["digest"]

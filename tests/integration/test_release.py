@@ -57,7 +57,7 @@ def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
     assert set(states.values()) == {"success"}, states
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "released"
-    assert record["conf"] == {"reason": "first release", "force": False}
+    assert record["conf"] == {"reason": "first release", "force": False, "dry_run": False}
     assert record["gate"]["verdict"] == "first-release"
     assert record["gate"]["reasons"] == ["no production version exists: thresholds alone decided"]
     assert record["metrics"]["accuracy"] > 0.9
@@ -122,6 +122,43 @@ def test_force_redeploys_the_same_version_as_a_no_op(env: Path) -> None:
     assert "already running" in record["stages"]["deploy_staging"]["note"]
     assert production().version == before.version
     assert infer(env).headers["x-model-digest"] == before.digest
+
+
+def test_dry_run_checks_everything_and_changes_nothing(env: Path) -> None:
+    from model_delivery.settings import get_settings
+
+    before = production()
+    edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.7))  # a new version
+    state_path = get_settings().deploy_dir / MODEL / "state.json"
+    state = state_path.read_text()
+    try:
+        dag_run = run_release(MODEL, {"reason": "what would change?", "dry_run": True})
+    finally:
+        edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=1.0))
+
+    assert dag_run.state == "success"
+    states = task_states(dag_run)
+    for task in ("build", "validate_data", "evaluate", "gate", "record"):
+        assert states[task] == "success", (task, states)
+    for task in ("deploy_staging", "smoke", "deploy_production", "verify", "promote", "rollback"):
+        assert states[task] == "skipped", (task, states)
+    record = load_record(MODEL, dag_run.run_id)
+    assert record["outcome"] == "dry-run"
+    assert record["conf"]["dry_run"] is True
+    staging = record["stages"]["deploy_staging"]
+    assert staging["status"] == "dry-run"
+    plan = staging["result"]
+    assert plan["dry_run"] is True and plan["target"] == "local" and plan["artifact_verified"] is True
+    assert plan["serving"] == before.version and plan["digest"] == record["artifact"]["digest"] != before.digest
+    assert f"from version {before.version} to it" in plan["note"]
+    assert "nothing was changed" in record["reasons"][0]
+    assert xcom_values(dag_run)["deploy_staging.return_value"] == plan
+    # Nothing moved: the registry alias, the deploy state, the server answering, and no lease held.
+    assert production().version == before.version
+    assert state_path.read_text() == state
+    assert infer(env).headers["x-model-digest"] == before.digest
+    lease = get_settings().deploy_dir / MODEL / "lease.json"
+    assert not lease.exists() or json.loads(lease.read_text()).get("run_id") != dag_run.run_id
 
 
 def test_smoke_failure_rolls_back_and_production_keeps_serving(env: Path) -> None:

@@ -4,6 +4,10 @@ A release uses a target in four steps: ``stage`` starts the candidate beside wha
 serving, without traffic; ``shift`` moves production traffic to it; ``retire`` frees the
 previous version once the candidate is promoted; ``rollback`` puts back what served
 before this run, from whatever step the run reached. Each step is idempotent.
+
+``plan`` is the dry run (the release conf's ``dry_run``): it reports what ``stage`` and
+``shift`` would change (Ansible: check mode on every host; Kubernetes: a server-side dry run
+of every object; local: the ports and processes) and changes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class DeployTarget(Protocol):
     """What every deploy target provides. Results are small JSON-able dicts."""
 
     name: str
+
+    def plan(self, candidate: Candidate) -> dict[str, Any]: ...
 
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]: ...
 

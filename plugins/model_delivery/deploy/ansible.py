@@ -64,10 +64,6 @@ class RolloutFailed(ReleaseFailed):
     """The rolling update failed on a host; every host it touched was put back (no retry)."""
 
 
-class DryRunFinished(ReleaseFailed):
-    """``dry_run``: check mode ran and reported what would change; nothing was changed."""
-
-
 @dataclass
 class PlaybookResult:
     """What one ansible-playbook run did, from the md_summary callback."""
@@ -152,13 +148,12 @@ class AnsibleTarget:
     :param settings: where deploy state lives (``settings.deploy_dir / model``).
     :param store: the artifact store to fetch from.
     :param log: where Ansible's output streams, line by line (``log(fmt, *args)``).
-    :param dry_run: check mode; default: the spec's ``deploy.ansible.dry_run``.
     """
 
     name = "ansible"
 
     def __init__(self, spec: ModelSpec, settings: Settings, store: ArtifactStore,
-                 log: Callable[..., None] | None = None, dry_run: bool | None = None) -> None:
+                 log: Callable[..., None] | None = None) -> None:
         if spec.deploy.ansible is None:
             raise InvalidModelSpec(f"model {spec.name!r} has no deploy.ansible section (see docs/deploy-ansible.md)")
         self.spec = spec
@@ -169,7 +164,6 @@ class AnsibleTarget:
         self.state_path = self.state_dir / "state.json"
         self.store = store
         self.log: Callable[..., None] = log or _logger.info
-        self.dry_run = self.config.dry_run if dry_run is None else dry_run
         if self.config.inventory is not None and not (self.model_dir / self.config.inventory).is_file():
             raise InvalidModelSpec(
                 f"{self.model_dir / 'model.yaml'}: field 'deploy.ansible.inventory' names "
@@ -271,6 +265,7 @@ class AnsibleTarget:
                 secrets.masked += [line for line in key_text.splitlines() if len(line) > 8 and "-----" not in line]
             elif extra.get("key_file"):
                 secrets.args += ["--private-key", str(extra["key_file"])]
+            secrets.args += self._host_key_args(extra, tmp)
         if self.config.become_conn_id:
             password = _connection(self.config.become_conn_id).password or ""
             secrets.args += ["--become", "--become-password-file",
@@ -278,6 +273,22 @@ class AnsibleTarget:
             if password:
                 secrets.masked.append(password)
         return secrets
+
+    def _host_key_args(self, extra: dict[str, Any], tmp: Path) -> list[str]:
+        """Host key checking from the SSH connection's extra: ``known_hosts`` (the lines of a known_hosts
+        file: only those keys are accepted), or ``no_host_key_check: true``; neither: ssh's own known_hosts."""
+        import shlex
+
+        known = extra.get("known_hosts")
+        if known:
+            text = "\n".join(known) if isinstance(known, list) else str(known)
+            path = _write_private(tmp / "known_hosts", text.strip() + "\n")
+            options = ["-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes"]
+        elif str(extra.get("no_host_key_check", "")).lower() in ("true", "1", "yes"):
+            options = ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+        else:
+            return []
+        return [f"--ssh-common-args={shlex.join(options)}"]  # one token: argparse would take "-o" for an option
 
     def build_command(self, playbook: str, inventory: Path, vars_file: Path, *, check: bool,
                       secret_args: list[str] | None = None) -> list[str]:
@@ -378,12 +389,22 @@ class AnsibleTarget:
 
     # -- the protocol ------------------------------------------------------------------------
 
+    def plan(self, candidate: Candidate) -> dict[str, Any]:
+        """Dry run: the whole rollout in check mode (``--check --diff``); what would change per host."""
+        wanted = {"version": candidate.version, "digest": candidate.digest}
+        result = self.run_playbook("rollout.yml", self._release_vars(wanted), check=True)
+        if not result.ok:
+            raise DeployFailed(self._failure(f"dry run (check mode) of {self.model} version {candidate.version}",
+                                             result))
+        would = result.changed_by_host()
+        hosts = ", ".join(f"{h}: {n}" for h, n in sorted(would.items())) or "no hosts"
+        return {**wanted, "url": self.front_url, "would_change": would, "ansible": result.to_dict(),
+                "note": f"check mode on {len(would)} host(s); changes that would be made per host: {hosts}"}
+
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
         """Deliver the candidate to every host without switching; start it on the staging host."""
         wanted = {"version": candidate.version, "digest": candidate.digest}
         release = self._release_vars(wanted)
-        if self.dry_run:
-            self._dry_run(wanted, release)
         with self._locked() as state:
             run = state["runs"].setdefault(run_id, {"candidate": wanted, "before": {}, "touched": [], "at": now()})
             run.update(status="staging", candidate=wanted)
@@ -413,18 +434,6 @@ class AnsibleTarget:
                         "note": f"delivered to {len(result.stats)} host(s); started on {staged[0]} without traffic"}
             return {"url": self.front_url, "staging_host": None, **common,
                     "note": "every host already serves this digest; nothing was started"}
-
-    def _dry_run(self, wanted: dict[str, Any], release: dict[str, Any]) -> None:
-        result = self.run_playbook("rollout.yml", release, check=True)
-        would = result.changed_by_host()
-        outcome = {"dry_run": True, "version": wanted["version"], "digest": wanted["digest"],
-                   "would_change": would, "problems": result.problems() if not result.ok else [],
-                   "ansible": result.to_dict()}
-        hosts = ", ".join(f"{h}: {n}" for h, n in sorted(would.items())) or "no hosts"
-        raise DryRunFinished(
-            f"dry run (check mode) of {self.model} version {wanted['version']}: changes that would be made per host: "
-            f"{hosts}; nothing was changed. Fix: set deploy.ansible.dry_run to false to deliver.", result=outcome
-        )
 
     def shift(self, run_id: str) -> dict[str, Any]:
         """The rolling update behind the load balancer; on any failure, put every touched host back."""

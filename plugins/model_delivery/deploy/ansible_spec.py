@@ -71,15 +71,12 @@ class AnsibleTargetSpec(BaseModel):
     )
     ssh_conn_id: str | None = Field(
         None, description="Airflow connection for SSH: login is the remote user; the private key is the extra's "
-        "`private_key` (or `key_file`). Never logged."
+        "`private_key` (or `key_file`). The extra's `known_hosts` (lines of a known_hosts file) are the only host "
+        "keys accepted; `no_host_key_check: true` turns checking off. Never logged."
     )
     become_conn_id: str | None = Field(
         None, description="Airflow connection whose password is the become (sudo) password; setting it turns "
         "become on. Never logged."
-    )
-    dry_run: bool = Field(
-        False, description="Check mode: deploy_staging runs the whole rollout with --check --diff, reports what "
-        "would change on every host, changes nothing, and stops the release."
     )
     timeout_seconds: float = Field(3600.0, gt=0, le=86400, description="One ansible-playbook run is killed after this long.")
 

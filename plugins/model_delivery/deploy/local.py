@@ -249,6 +249,28 @@ class LocalTarget:
 
     # -- the protocol ------------------------------------------------------------------------
 
+    def plan(self, candidate: Candidate) -> dict[str, Any]:
+        """Dry run: verify the artifact in the store and say what stage and shift would do; start nothing."""
+        self.store.verify(self.model, candidate.digest)
+        state = self._read()
+        active = state["active"] if self._slot_alive(state["active"]) else None
+        front_up = bool(state["front"]) and _alive(state["front"].get("pid"), f"--port {self.config.port}")
+        problems = []
+        if not front_up:
+            with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 1):
+                problems.append(f"port {self.config.port} on {self.config.host} is taken by another process. "
+                                "Fix: free it, or set another deploy.local.port in model.yaml.")
+        if active and active["digest"] == candidate.digest:
+            note = f"version {active['version']} with this digest already serves on {self.front_url}: no change"
+        else:
+            serving = f"version {active['version']}" if active else "nothing"
+            note = (f"would start version {candidate.version} on a free port of {self.config.host}, then switch "
+                    f"{self.front_url} from {serving} to it" + ("" if front_up else " (starting the front)"))
+        if problems:
+            raise DeployFailed(f"dry run of {self.model} version {candidate.version}: " + " ".join(problems))
+        return {"version": candidate.version, "digest": candidate.digest, "url": self.front_url,
+                "serving": active["version"] if active else None, "artifact_verified": True, "note": note}
+
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
         """Fetch and verify the artifact, start it on a fresh port, wait until it is ready."""
         artifact_dir = self.state_dir / "artifacts" / parse_digest(candidate.digest)

@@ -17,7 +17,8 @@ class ReleaseStageOperator(BaseOperator):
     """Base of the stage operators: subclasses implement :meth:`run`.
 
     The stage's entry in the release record (status, start, seconds, result or error) is
-    written whatever happens. A typed failure's findings are pushed to XCom *before* the
+    written whatever happens. A dry run (:class:`DryRunComplete`) is recorded as ``dry-run`` and
+    skips what follows. A typed failure's findings are pushed to XCom *before* the
     task fails, so the UI and later tasks can read why.
 
     :param model: the model this release delivers (its folder name) (templated).
@@ -48,6 +49,7 @@ class ReleaseStageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
 
+        from model_delivery.exceptions import DryRunComplete
         from model_delivery.records import now
 
         rc = self.release_context(context)
@@ -62,6 +64,11 @@ class ReleaseStageOperator(BaseOperator):
             rc.record.add_stage(self.task_id, {**entry, "status": "skipped", "note": str(exc),
                                                "seconds": time.monotonic() - start})
             raise
+        except DryRunComplete as exc:  # not a failure: the deploy stages after this one are skipped
+            context["ti"].xcom_push(key="return_value", value=exc.result)
+            rc.record.add_stage(self.task_id, {**entry, "status": "dry-run", "result": exc.result, "note": str(exc),
+                                               "seconds": time.monotonic() - start})
+            raise AirflowSkipException(str(exc)) from None
         except AirflowRescheduleException as exc:
             entry.update(waits=entry.get("waits", 0) + 1, waiting_since=entry.get("waiting_since") or entry["started_at"])
             rc.record.add_stage(self.task_id, {**entry, "status": "waiting", "seconds": time.monotonic() - start,

@@ -28,6 +28,7 @@ class RecordReleaseOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from model_delivery.exceptions import ReleaseFailed
+        from model_delivery.records import SUCCESS_OUTCOMES
         from model_delivery.release import ReleaseContext
 
         params = context.get("params") or {}
@@ -37,7 +38,7 @@ class RecordReleaseOperator(BaseOperator):
             self.log.warning("gave back the deploy lease that this run still held")
         self.log.info("release %s of %s: %s; report %s", rc.run_id, self.model, record["outcome"], record["report"])
         summary = {key: record[key] for key in ("outcome", "reasons", "report")}
-        if record["outcome"] not in ("released", "no-change", "reverted"):
+        if record["outcome"] not in SUCCESS_OUTCOMES:
             context["ti"].xcom_push(key="return_value", value=summary)
             raise ReleaseFailed(f"release {record['outcome']}: " + "; ".join(record["reasons"]), result=summary)
         return summary

@@ -48,7 +48,7 @@ SPECS = [
 def test_spec_section(section: dict[str, Any], error: str | None) -> None:
     if error is None:
         spec = AnsibleTargetSpec.model_validate(section)
-        assert spec.dry_run is False and spec.group == "model_servers"
+        assert spec.group == "model_servers" and "dry_run" not in spec.model_dump()
         return
     with pytest.raises(ValidationError, match=error):
         AnsibleTargetSpec.model_validate(section)

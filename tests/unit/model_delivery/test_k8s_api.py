@@ -257,6 +257,35 @@ def test_a_403_names_the_missing_verb_and_how_to_grant_it(server: ApiServer, set
     assert "include/kubernetes/deployer-role.yaml" in str(forbidden.value)
 
 
+def test_dry_run_is_a_server_side_dry_run_of_every_object_and_persists_nothing(server: ApiServer,
+                                                                              settings: Settings) -> None:
+    target = make_target(settings)
+    target.stage(candidate("1", V1), "run-1")
+    target.shift("run-1")
+    stored = {key: stored.obj for key, stored in server.objects.items()}
+    server.requests.clear()
+
+    plan = target.plan(candidate("2", V2))
+
+    applies = server.applies()
+    assert applies and {r.raw_query for r in applies} == {"dryRun=All&" + APPLY_QUERY}
+    assert [r.method for r in server.requests] == ["PATCH"] * len(applies)  # nothing but the dry-run applies
+    names = [(o["kind"], o["name"]) for o in plan["objects"]]
+    assert ("Deployment", "breast-cancer-candidate") in names and ("Deployment", "breast-cancer") in names
+    assert len(names) == len(applies)
+    assert plan["version"] == "2" and plan["digest"] == V2
+    assert "would roll breast_cancer from version 1 to 2" in plan["note"]
+    assert {key: s.obj for key, s in server.objects.items()} == stored  # persisted nothing
+    assert target.records.load()["serving"]["version"] == "1"
+
+
+def test_a_dry_run_reports_a_missing_permission_like_a_real_apply(server: ApiServer, settings: Settings) -> None:
+    server.fail("PATCH", r"/deployments/breast-cancer-candidate$", 403, "forbidden-patch-deployments.json")
+    with pytest.raises(KubernetesForbidden, match="the deployer needs `patch` on `deployments.apps`"):
+        make_target(settings).plan(candidate("1", V1))
+    assert not server.objects
+
+
 def test_a_missing_namespace_says_to_create_it(server: ApiServer, settings: Settings) -> None:
     server.fail("PATCH", r"/configmaps/", 404, "namespace-not-found.json")
     with pytest.raises(Exception, match="namespace ml-serving does not exist: create it"):

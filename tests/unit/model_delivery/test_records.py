@@ -67,6 +67,11 @@ def _failed(error: str) -> dict[str, Any]:
         pytest.param(_stages(promote=None), "failed", ["did not reach promote"], id="promote-missing"),
         pytest.param(_stages(promote={"status": "skipped"}), "failed", ["did not reach promote"], id="promote-skipped"),
         pytest.param({}, "failed", ["did not reach promote"], id="nothing-ran"),
+        pytest.param(
+            _stages(deploy_staging={"status": "dry-run", "note": "dry run on the ansible target: host1: 5"},
+                    smoke={"status": "skipped"}, deploy_production=None, verify=None, promote=None),
+            "dry-run", ["dry run on the ansible target: host1: 5"], id="dry-run",
+        ),
     ],
 )
 def test_decide_outcome(stages: dict[str, dict[str, Any]], outcome: str, reason_parts: list[str]) -> None:
@@ -160,3 +165,11 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
             assert sum(line.startswith(f"| {stage} |") for line in report.splitlines()) == 1, stage
     assert "| promote | not run | — | — | — |" in report
     assert "- deploy_staging: http://127.0.0.1:1234 (version 4)" in report
+
+
+@pytest.mark.parametrize(("outcome", "code"), [("released", 0), ("dry-run", 0), ("no-change", 0), ("rejected", 2),
+                                               ("rolled-back", 1), ("failed", 1)])
+def test_ci_exit_code_of_each_outcome(outcome: str, code: int) -> None:
+    from model_delivery.ci import exit_code
+
+    assert exit_code({"outcome": outcome}) == code

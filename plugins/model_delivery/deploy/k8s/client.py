@@ -65,9 +65,15 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
     return f"{path}/{name}" if name else path
 
 
-def apply_query(field_manager: str, force: bool) -> list[tuple[str, str]]:
-    """The query of a server-side apply, in kubectl's order (its url.Values encoding sorts the keys)."""
-    return [("fieldManager", field_manager), ("fieldValidation", "Strict"), ("force", "true" if force else "false")]
+def apply_query(field_manager: str, force: bool, dry_run: bool = False) -> list[tuple[str, str]]:
+    """The query of a server-side apply, in kubectl's order (its url.Values encoding sorts the keys).
+
+    ``dry_run``: ``dryRun=All``, as ``kubectl apply --server-side --dry-run=server`` sends it: the API
+    server validates, admits and merges the object, and persists nothing.
+    """
+    query = [("dryRun", "All")] if dry_run else []
+    return [*query, ("fieldManager", field_manager), ("fieldValidation", "Strict"),
+            ("force", "true" if force else "false")]
 
 
 def _status_body(body: Any) -> dict[str, Any]:
@@ -185,13 +191,13 @@ class Cluster:
                 "API server is reachable from the Airflow worker."
             ) from None
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply one object, exactly as ``kubectl apply --server-side`` sends it."""
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply one object, exactly as ``kubectl apply --server-side`` sends it (``dry_run``: persist nothing)."""
         api_version, kind, meta = obj["apiVersion"], obj["kind"], obj["metadata"]
         path = object_path(api_version, kind, meta["namespace"], meta["name"])
         result: dict[str, Any] = self._call(
             "PATCH", path, verb="patch", resource=resource_of(api_version, kind), namespace=meta["namespace"],
-            name=meta["name"], query=apply_query(self.field_manager, self.force), body=obj,
+            name=meta["name"], query=apply_query(self.field_manager, self.force, dry_run), body=obj,
             content_type=APPLY_CONTENT_TYPE,
         )
         return result
