@@ -1,8 +1,9 @@
 """Ansible rollout time against the number of hosts (1, 3, 6), and failed requests during each rollout.
 
-For each fleet size a fresh fleet of ``ansible_connection: local`` hosts (own directory
-and ports on 127.0.0.1) sits behind a real HAProxy (Debian's; installed when missing),
-exactly as in tests/integration/test_ansible_release.py. Untimed: the runtime install,
+For each fleet size a fresh fleet of hosts, each a network namespace with a real OpenSSH
+server that Ansible logs in to with a key from an Airflow connection, sits behind a real
+HAProxy (Debian's packages, installed when missing), exactly as in
+tests/integration/test_ansible_release.py. Untimed: the runtime install,
 version 1 rolled out, version 2 staged. Timed: ``AnsibleTarget.shift`` of version 2
 (rolling, ``serial: 1``: drain, switch, health check, enable per host), while a load
 generator sends requests through HAProxy, each on a new connection. Hosts are prepared
@@ -12,7 +13,9 @@ expected; with more hosts any failed request makes the benchmark exit non-zero.
 
 Ratio = rollout time with n hosts / rollout time with 1 host.
 
-    .venv/bin/python bench/bench_ansible.py [--hosts 1,3,6] [--repeats 1]
+    .venv/bin/python bench/bench_ansible.py [--hosts 1,3,6] [--quick]
+
+``make bench`` runs it through run_all.py; ``--quick`` measures 1 and 3 hosts.
 """
 
 from __future__ import annotations
@@ -26,22 +29,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT), str(PROJECT / "plugins"), str(PROJECT / "include" / "serving")]
 
 from tests.helpers.ansible_fleet import (  # noqa: E402
     HAProxy,
     LoadGenerator,
+    SshFleet,
     ensure_debian_packages,
     golden_request,
-    make_hosts,
     stop_fleet,
     wheelhouse,
-    write_inventory,
 )
 from tests.helpers.models import copy_models, edit_spec  # noqa: E402
 
 MODEL = "breast_cancer"
+SSH_CONN_ID = "bench_fleet_ssh"
 
 
 def build(models: Path, work: Path, c: float) -> Path:
@@ -62,12 +67,15 @@ def rollout(n: int, work: Path, wheels: Path, builds: list[Path]) -> dict[str, f
     os.environ["MODEL_DELIVERY_HOME"] = str(base / "home")
     models = copy_models(base / "models", (MODEL,))
     os.environ["MODEL_DELIVERY_MODELS_DIR"] = str(models)
-    hosts = make_hosts(base, n)
-    write_inventory(models / MODEL / "inventory.yml", hosts, wheels, work / "hosts" / "venv")
-    lb = HAProxy(base, hosts, MODEL).start()
+    fleet = SshFleet(base, n)
+    lb: HAProxy | None = None
     try:
+        hosts = fleet.start()
+        os.environ[f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}"] = json.dumps(fleet.connection())
+        (models / MODEL / "inventory.yml").write_text(yaml.safe_dump(fleet.inventory(wheels, work / "venv")))
+        lb = HAProxy(base, hosts, MODEL).start()
         edit_spec(models / MODEL, lambda spec: spec["deploy"].update(target="ansible", ansible={
-            "inventory": "inventory.yml", "serial": 1,
+            "inventory": "inventory.yml", "ssh_conn_id": SSH_CONN_ID, "serial": 1,
             "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
             "ready_timeout_seconds": 120, "drain_timeout_seconds": 10}))
         settings = get_settings()
@@ -91,15 +99,19 @@ def rollout(n: int, work: Path, wheels: Path, builds: list[Path]) -> dict[str, f
             raise RuntimeError(f"rollout to {n} hosts updated {result['updated']}; see {log_path}")
         return {"hosts": n, "seconds": seconds, "requests": load.report.total, "failed": load.report.failed}
     finally:
-        lb.stop()
+        if lb is not None:
+            lb.stop()
         stop_fleet(base)
+        fleet.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", default="1,3,6", help="comma-separated fleet sizes; the first is the baseline")
+    parser.add_argument("--hosts", default=None, help="comma-separated fleet sizes; the first is the baseline "
+                        "(default 1,3,6; with --quick 1,3)")
+    parser.add_argument("--quick", action="store_true", help="1 and 3 hosts only")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.hosts.split(",") if s.strip()]
+    sizes = [int(s) for s in (args.hosts or ("1,3" if args.quick else "1,3,6")).split(",") if s.strip()]
     ensure_debian_packages({"haproxy": "haproxy"})
     with tempfile.TemporaryDirectory(prefix="bench-ansible-") as tmp:
         work = Path(tmp)

@@ -29,14 +29,13 @@ def _latest_record(artifact_root: str, model: str) -> dict | None:
 
 def summary(model: str) -> int:
     """Print where the model serves, a ready-to-run query and the newest release report."""
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import get_target
     from model_delivery.smoke import load_golden
     from model_delivery.spec import load_spec
 
     settings = get_settings()
     spec = load_spec(settings.models_dir / model)
-    status = get_target(spec, settings, ArtifactStore(settings.artifact_root)).status()
+    status = get_target(spec, settings, settings.open_store()).status()
     record = _latest_record(settings.artifact_root, model)
     print()
     if record:
@@ -70,9 +69,9 @@ def render_k8s(model: str, version: str | None, digest: str | None, parts: str, 
     settings = get_settings()
     spec = load_spec(settings.models_dir / model)
     if parts != "rbac" and not (version and digest):
-        from model_delivery.registry import PRODUCTION, Registry
+        from model_delivery.registry import PRODUCTION
 
-        production = Registry(settings.tracking_uri).alias(model, PRODUCTION)
+        production = settings.open_registry().alias(model, PRODUCTION)
         if production is None:
             print(f"{model} has no production version yet: give --version and --digest", file=sys.stderr)
             return 2

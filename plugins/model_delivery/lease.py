@@ -12,13 +12,12 @@ taken over, so a crashed run never blocks a model for good.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import ModelDeliveryError
 from model_delivery.records import now
+from model_delivery.statefile import exclusive, save_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -42,18 +41,14 @@ class DeployLease:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any] | None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.path.with_suffix(".lock")):
             yield json.loads(self.path.read_text()) if self.path.exists() else None
 
     def _write(self, lease: dict[str, Any] | None) -> None:
         if lease is None:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(lease, indent=2))
-        os.replace(tmp, self.path)
+        save_json(self.path, lease)
 
     def acquire(self, run_id: str, dag_id: str) -> dict[str, Any]:
         """Take the lease for ``run_id`` (idempotent); raise ``DeployBusy`` if a live run holds it."""

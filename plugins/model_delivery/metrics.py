@@ -677,12 +677,11 @@ def measure_coverage() -> dict[str, Any]:
 def compute_delivery_metrics(coverage: dict[str, Any] | None = None, *, end: datetime | None = None,
                              outlet_events: Any = None, **_: Any) -> dict[str, Any]:
     """Task: gather the runs, compute every figure, write JSON and CSV, and describe the asset event."""
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.settings import get_settings
     from model_delivery.spec import discover_specs
 
     settings = get_settings()
-    store = ArtifactStore(settings.artifact_root, settings.artifact_conn_id)
+    store = settings.open_store()
     end = end or datetime.now(UTC)
     models = set(discover_specs(settings.models_dir)[0]) | set(store_models(store))
     runs = [run for model in sorted(models) for record in read_records(store, model)

@@ -77,15 +77,11 @@ class ReleaseContext:
 
     @cached_property
     def store(self) -> ArtifactStore:
-        from model_delivery.artifacts import ArtifactStore
-
-        return ArtifactStore(self.settings.artifact_root, self.settings.artifact_conn_id)
+        return self.settings.open_store()
 
     @cached_property
     def registry(self) -> Registry:
-        from model_delivery.registry import Registry
-
-        return Registry(self.settings.tracking_uri)
+        return self.settings.open_registry()
 
     @cached_property
     def record(self) -> ReleaseRecord:

@@ -19,6 +19,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.registry import Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +54,18 @@ class Settings:
     def scratch_dir(self) -> Path:
         """Working directories for builds and fetched artifacts."""
         return self.home / "work"
+
+    def open_store(self) -> ArtifactStore:
+        """The artifact store at ``artifact_root`` (through ``artifact_conn_id`` when set)."""
+        from model_delivery.artifacts import ArtifactStore
+
+        return ArtifactStore(self.artifact_root, self.artifact_conn_id)
+
+    def open_registry(self) -> Registry:
+        """The MLflow model registry at ``tracking_uri``."""
+        from model_delivery.registry import Registry
+
+        return Registry(self.tracking_uri)
 
 
 def get_settings() -> Settings:

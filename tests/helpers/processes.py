@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+from typing import TYPE_CHECKING
 
 import psutil
 
 from tests.helpers.models import PROJECT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 SERVING_ROOT = PROJECT / "include" / "serving"
 
@@ -37,3 +42,15 @@ def kill_matching(marker: str) -> list[int]:
                 victims.append(proc)
     psutil.wait_procs(victims, timeout=10)
     return [p.pid for p in victims]
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 15) -> None:
+    """Terminate each process still running, then kill it if it has not exited within ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)

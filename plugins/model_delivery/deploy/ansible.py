@@ -27,7 +27,6 @@ never logged or returned.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.exceptions import DeployFailed, InvalidModelSpec, ReleaseFailed, TamperedArtifact
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
+from model_delivery.statefile import exclusive, save_json
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
@@ -180,9 +180,7 @@ class AnsibleTarget:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """Hold the deploy lock and yield the state; it is saved atomically on exit (also on failure)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "deploy.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.state_dir / "deploy.lock"):
             state = self._read()
             try:
                 yield state
@@ -193,9 +191,7 @@ class AnsibleTarget:
         runs = state["runs"]
         for old in sorted(runs, key=lambda r: runs[r].get("at", ""))[:-KEEP_RUNS]:
             del runs[old]
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        save_json(self.state_path, state)
 
     def _read(self) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
@@ -306,6 +302,7 @@ class AnsibleTarget:
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
+
             ANSIBLE_RETRY_FILES_ENABLED="0",
             MODEL_DELIVERY_ANSIBLE_SUMMARY=str(tmp / "summary.json"),
             PYTHONUNBUFFERED="1",
@@ -317,7 +314,11 @@ class AnsibleTarget:
         """Run one playbook, streaming its output into the log; return what the summary callback saw."""
         scratch = self.state_dir / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch, prefix="run-") as tmp_name:
+        # SSH connections are shared within this run only (a master from an earlier run must not carry its
+        # login, an older key or an unchecked host key, into this one), under a short path: a unix socket
+        # path may not exceed 108 bytes.
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="run-") as tmp_name, \
+                tempfile.TemporaryDirectory(prefix="md-ssh-") as control_dir:
             tmp = Path(tmp_name)
             os.chmod(tmp, 0o700)
             vars_file = _write_private(tmp / "vars.json", json.dumps({**self._base_vars(), **extra_vars}))
@@ -326,7 +327,8 @@ class AnsibleTarget:
             self.log("ansible: running %s%s on group %s (serial %s)", playbook, " in check mode" if check else "",
                      self.config.group, self.config.serial)
             started = time.monotonic()
-            returncode = self._stream(cmd, self._env(tmp), secrets.masked)
+            returncode = self._stream(cmd, {**self._env(tmp), "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir},
+                                      secrets.masked)
             summary_path = tmp / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         result = PlaybookResult(playbook, returncode, summary, time.monotonic() - started, check)

@@ -333,13 +333,12 @@ def render(spec: ModelSpec, settings: Settings, version: str, digest: str, *, pa
     :param parts: ``workload`` (what the deployer applies), ``rbac`` (what an admin grants it once) or ``all``.
     :param track: ``stable`` (the production Deployment) or ``candidate`` (the staging or canary Deployment).
     """
-    from model_delivery.artifacts import ArtifactStore
     from model_server.manifest import parse_digest
 
     if spec.deploy.kubernetes is None:
         raise ValueError(f"model {spec.name!r} has no deploy.kubernetes section; add one (docs/deploy-kubernetes.md)")
     parse_digest(digest)
-    target = KubernetesTarget(spec, settings, ArtifactStore(settings.artifact_root, settings.artifact_conn_id))
+    target = KubernetesTarget(spec, settings, settings.open_store())
     out: list[dict[str, Any]] = []
     if parts in ("rbac", "all"):
         out += m.rbac_objects(target.k8s.namespace)

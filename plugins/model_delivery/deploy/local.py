@@ -14,7 +14,6 @@ rollback running beside a release, sees and respects what is serving.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
+from model_delivery.statefile import exclusive, save_json
 from model_server.front import write_state
 from model_server.manifest import parse_digest
 
@@ -134,16 +134,12 @@ class LocalTarget:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """Hold the deploy lock and yield the state; it is saved atomically on exit."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "deploy.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.state_dir / "deploy.lock"):
             state = self._read()
             try:
                 yield state
             finally:  # saved even when a step fails half-way: the state must name every process started
-                tmp = self.state_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-                os.replace(tmp, self.state_path)
+                save_json(self.state_path, state)
 
     def _read(self) -> dict[str, Any]:
         if self.state_path.exists():

@@ -18,7 +18,7 @@ from model_delivery.artifacts import ArtifactStore
 from model_delivery.build import run_build
 from model_delivery.spec import load_spec
 from tests.helpers.models import copy_models, edit_spec, free_port
-from tests.helpers.processes import serving_env
+from tests.helpers.processes import serving_env, stop_processes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -100,14 +100,7 @@ class Servers:
         pytest.fail(f"model server not ready within {READY_DEADLINE}s:\n{log.read_text(errors='replace')}")
 
     def stop_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+        stop_processes(self.started)
 
 
 @pytest.fixture

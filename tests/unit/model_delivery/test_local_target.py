@@ -299,6 +299,25 @@ def test_a_front_port_taken_by_another_listener_fails_the_shift(
     assert wait_gone(staged["pid"])
 
 
+def test_plan_starts_nothing_and_names_a_taken_front_port(
+    make_target: Callable[[], LocalTarget], v1: Candidate, state_dir: Path, front_port: int
+) -> None:
+    target = make_target()
+    plan = target.plan(v1)
+    assert plan["serving"] is None and plan["artifact_verified"] is True
+    assert f"would start version 1 on a free port of 127.0.0.1, then switch http://127.0.0.1:{front_port} from " \
+           "nothing to it (starting the front)" == plan["note"]
+    assert not state_dir.exists() or not (state_dir / "state.json").exists()
+    assert not listening(front_port)
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", front_port))
+        other.listen()
+        with pytest.raises(DeployFailed, match=f"port {front_port} on 127.0.0.1 is taken.*deploy.local.port"):
+            target.plan(v1)
+
+
 def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

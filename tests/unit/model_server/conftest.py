@@ -24,6 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model_server.manifest import MANIFEST_NAME, build_manifest, manifest_digest
+from tests.helpers.processes import stop_processes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -188,14 +189,7 @@ class Processes:
         pytest.fail(f"port {port} not listening within {STARTUP_DEADLINE}s:\n{self.output(proc)}")
 
     def stop_all(self) -> None:
-        for proc, _ in self.started:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+        stop_processes(proc for proc, _ in self.started)
 
 
 @pytest.fixture
