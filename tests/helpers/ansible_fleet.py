@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import psutil
 import yaml
 
 from tests.helpers.models import PROJECT, free_port
@@ -169,12 +170,23 @@ def _run(*cmd: str) -> str:
     return result.stdout
 
 
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
 def remove_namespaces() -> None:
     """Delete every namespace of an earlier run (their veth pairs go with them)."""
     for line in _run("ip", "netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(NETNS_PREFIX):
-            kill_matching(f"netns exec {name} ")
+        if name.startswith(NETNS_PREFIX):  # first every process inside (sshd sessions, servers), then the namespace
+            pids = [int(pid) for pid in _run("ip", "netns", "pids", name).split()]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            psutil.wait_procs([proc for pid in pids if (proc := _process(pid)) is not None], timeout=10)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=60)
 
 
