@@ -110,3 +110,22 @@ def test_one_model_at_a_time_but_models_in_parallel(stack) -> None:
         time.sleep(1)
     assert not seen_wine_both_running, "two runs of one model ran at once"
     assert seen_models_together, "two models never ran at the same time"
+
+
+def test_make_up_connection_reads_the_rest_api_as_admin(stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/up.sh exports devstack.api_connection(): it must log in to the real api-server."""
+    from datetime import UTC, datetime, timedelta
+
+    from model_delivery.devstack import api_connection
+    from model_delivery.metrics import read_airflow_history
+
+    running, _ = stack
+    monkeypatch.setenv("AIRFLOW__API__PORT", running.url.rsplit(":", 1)[1])
+    connection = api_connection(running.home / "simple_auth_manager_passwords.json.generated")
+    assert connection["password"] == running.env["AIRFLOW_API_PASSWORD"]  # the one standalone generated
+    monkeypatch.setenv("AIRFLOW_CONN_MD_UP_API", json.dumps(connection))
+
+    history = read_airflow_history(datetime.now(UTC) - timedelta(days=1), conn_id="md_up_api")
+
+    assert history["available"] is True, history.get("note")
+    assert isinstance(history["dag_runs"], list)
