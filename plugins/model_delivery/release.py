@@ -20,17 +20,15 @@ from model_delivery.exceptions import (
     ReleaseFailed,
     SmokeTestFailed,
 )
-from model_delivery.settings import PROJECT_ROOT, Settings, get_settings
+from model_delivery.settings import PROJECT_ROOT, OpensStores, Settings, get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.build import BuildOutputs
     from model_delivery.deploy import DeployTarget
     from model_delivery.lease import DeployLease
     from model_delivery.records import ReleaseRecord
-    from model_delivery.registry import Registry
     from model_delivery.spec import ModelSpec
 
 
@@ -48,7 +46,7 @@ def check_conf(conf: dict[str, Any]) -> None:
 
 
 @dataclass
-class ReleaseContext:
+class ReleaseContext(OpensStores):
     """Everything a stage needs to know about the release it is part of.
 
     :param model: model name (its folder under the models directory).
@@ -74,14 +72,6 @@ class ReleaseContext:
         from model_delivery.spec import load_spec
 
         return load_spec(self.model_dir)
-
-    @cached_property
-    def store(self) -> ArtifactStore:
-        return self.settings.open_store()
-
-    @cached_property
-    def registry(self) -> Registry:
-        return self.settings.open_registry()
 
     @cached_property
     def record(self) -> ReleaseRecord:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,20 @@ class Settings:
         from model_delivery.registry import Registry
 
         return Registry(self.tracking_uri)
+
+
+class OpensStores:
+    """Mixin: the artifact store and the registry of ``self.settings``, opened once per instance."""
+
+    settings: Settings
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        return self.settings.open_store()
+
+    @cached_property
+    def registry(self) -> Registry:
+        return self.settings.open_registry()
 
 
 def get_settings() -> Settings:

@@ -9,7 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -27,3 +27,16 @@ def save_json(path: Path, document: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked_state(lock_path: Path, read: Callable[[], dict[str, Any]],
+                 save: Callable[[dict[str, Any]], None]) -> Iterator[dict[str, Any]]:
+    """Under the lock: ``read()`` the state, yield it, and ``save`` it on the way out, also when the block
+    fails half-way (the state must still name every process or host a step touched)."""
+    with exclusive(lock_path):
+        state = read()
+        try:
+            yield state
+        finally:
+            save(state)

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.exceptions import DeployFailed, InvalidModelSpec, ReleaseFailed, TamperedArtifact
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
-from model_delivery.statefile import exclusive, save_json
+from model_delivery.statefile import locked_state, save_json
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
@@ -177,15 +177,9 @@ class AnsibleTarget:
 
     # -- state -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
+    def _locked(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """Hold the deploy lock and yield the state; it is saved atomically on exit (also on failure)."""
-        with exclusive(self.state_dir / "deploy.lock"):
-            state = self._read()
-            try:
-                yield state
-            finally:
-                self._save(state)
+        return locked_state(self.state_dir / "deploy.lock", self._read, self._save)
 
     def _save(self, state: dict[str, Any]) -> None:
         runs = state["runs"]

@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
-from model_delivery.statefile import exclusive, save_json
+from model_delivery.statefile import locked_state, save_json
 from model_server.front import write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from model_delivery.artifacts import ArtifactStore
@@ -131,15 +130,9 @@ class LocalTarget:
 
     # -- state -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
-        """Hold the deploy lock and yield the state; it is saved atomically on exit."""
-        with exclusive(self.state_dir / "deploy.lock"):
-            state = self._read()
-            try:
-                yield state
-            finally:  # saved even when a step fails half-way: the state must name every process started
-                save_json(self.state_path, state)
+    def _locked(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Hold the deploy lock and yield the state; it is saved atomically on exit, also on failure."""
+        return locked_state(self.state_dir / "deploy.lock", self._read, lambda state: save_json(self.state_path, state))
 
     def _read(self) -> dict[str, Any]:
         if self.state_path.exists():

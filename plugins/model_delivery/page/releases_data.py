@@ -19,10 +19,9 @@ from urllib.parse import quote
 
 from model_delivery.artifacts import safe_segment
 from model_delivery.metrics import parse_time, stage_end
+from model_delivery.settings import OpensStores
 
 if TYPE_CHECKING:
-    from model_delivery.artifacts import ArtifactStore
-    from model_delivery.registry import Registry
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
 
@@ -157,20 +156,12 @@ def deploy_state(spec: ModelSpec | None, settings: Settings) -> dict[str, Any]:
     return {"target": "local", "front_url": front, "slots": slots}
 
 
-class PageData:
+class PageData(OpensStores):
     """Reads everything the page shows, for the models a user may see."""
 
     def __init__(self, settings: Settings, links: Links | None = None) -> None:
         self.settings = settings
         self.links = links or Links()
-
-    @cached_property
-    def store(self) -> ArtifactStore:
-        return self.settings.open_store()
-
-    @cached_property
-    def registry(self) -> Registry:
-        return self.settings.open_registry()
 
     @cached_property
     def specs(self) -> dict[str, ModelSpec]:
