@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,3 +325,54 @@ def test_a_host_whose_key_is_not_known_is_refused_and_nothing_changes(fleet: Fle
     assert not any(p.startswith(("host2:", "host3:")) for p in problems), problems
     assert host_files(fleet.hosts) == files
     assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+
+
+DEPLOY_USER = "md-deploy"
+
+
+@pytest.fixture
+def deploy_user(fleet: Fleet) -> Any:
+    """A login user with a password (for sudo) and the fleet's key; removed afterwards."""
+    import secrets
+
+    ensure_debian_packages({"sudo": "sudo", "useradd": "passwd"})
+    password = secrets.token_urlsafe(16)
+    subprocess.run(["userdel", "-r", DEPLOY_USER], capture_output=True)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER], check=True, capture_output=True)
+    subprocess.run(["chpasswd"], input=f"{DEPLOY_USER}:{password}\n", text=True, check=True, capture_output=True)
+    sudoers = Path(f"/etc/sudoers.d/{DEPLOY_USER}")
+    sudoers.write_text(f"{DEPLOY_USER} ALL=(ALL) ALL\n")  # sudo asks for the user's password
+    sudoers.chmod(0o440)
+    try:
+        yield DEPLOY_USER, password
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["userdel", "-r", DEPLOY_USER], capture_output=True)
+
+
+def test_become_uses_the_password_of_a_connection_and_never_logs_it(fleet: Fleet, deploy_user: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    user, password = deploy_user
+    connection = fleet.ssh.connection()
+    connection["login"] = user  # log in as an unprivileged user, become root with sudo
+    monkeypatch.setenv(f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}", json.dumps(connection))
+    edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(become_conn_id="md_fleet_become"))
+    try:
+        lines: list[str] = []
+        monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_BECOME", json.dumps({"conn_type": "generic", "password": password}))
+        accepted = _target(fleet, lines).run_playbook("retire.yml", {})
+        wrong: list[str] = []
+        monkeypatch.setenv("AIRFLOW_CONN_MD_FLEET_BECOME", json.dumps({"conn_type": "generic", "password": "nope"}))
+        refused = _target(fleet, wrong).run_playbook("retire.yml", {})
+    finally:
+        edit_spec(fleet.model_dir, lambda spec: spec["deploy"]["ansible"].update(become_conn_id=None))
+
+    assert accepted.ok, lines[-30:]
+    assert sorted(accepted.stats) == ["host1", "host2", "host3"]
+    assert password not in "\n".join(lines + wrong)
+    sshd_log = "".join((fleet.ssh.dir / h.name / "sshd.log").read_text() for h in fleet.hosts)
+    assert f"Accepted publickey for {user}" in sshd_log
+    assert not refused.ok
+    problems = " | ".join(refused.problems())
+    assert all(f"{h.name}:" in problems for h in fleet.hosts), problems
+    assert "sudo password" in problems.lower() or "incorrect" in problems.lower(), problems
