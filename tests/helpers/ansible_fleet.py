@@ -243,7 +243,7 @@ class SshFleet:
             f"Port {SSH_PORT}",
             f"HostKey {host_key}",
             f"PidFile {host_dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'} .ssh/authorized_keys",  # root's; any other user's own
             "PermitRootLogin prohibit-password",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",

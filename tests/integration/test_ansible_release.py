@@ -340,6 +340,10 @@ def deploy_user(fleet: Fleet) -> Any:
     subprocess.run(["userdel", "-r", DEPLOY_USER], capture_output=True)
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER], check=True, capture_output=True)
     subprocess.run(["chpasswd"], input=f"{DEPLOY_USER}:{password}\n", text=True, check=True, capture_output=True)
+    ssh_dir = Path(f"/home/{DEPLOY_USER}/.ssh")
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").write_text(fleet.ssh.key.with_suffix(".pub").read_text())
+    subprocess.run(["chown", "-R", f"{DEPLOY_USER}:{DEPLOY_USER}", str(ssh_dir)], check=True)
     sudoers = Path(f"/etc/sudoers.d/{DEPLOY_USER}")
     sudoers.write_text(f"{DEPLOY_USER} ALL=(ALL) ALL\n")  # sudo asks for the user's password
     sudoers.chmod(0o440)
