@@ -129,3 +129,10 @@ def test_make_up_connection_reads_the_rest_api_as_admin(stack, monkeypatch: pyte
 
     assert history["available"] is True, history.get("note")
     assert isinstance(history["dag_runs"], list)
+
+
+def test_dry_run_exits_0_and_reports_the_plan(stack) -> None:
+    result = cli(stack, "wine", "--reason", "what would change?", "--dry-run", "--wait", "--timeout", "600")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "; release dry-run" in result.stdout
+    assert "dry run on the local target" in result.stdout and "nothing was changed" in result.stdout
