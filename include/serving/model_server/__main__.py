@@ -3,6 +3,11 @@
 The artifact is verified against the expected digest before anything else happens: on a
 mismatch the error goes to stderr and the process exits with code 3 without binding the port.
 
+Signals: SIGTERM / SIGINT stop gracefully. SIGUSR1 marks the server *draining*: every
+response then carries ``Connection: close``, so a client's keep-alive connection ends after
+its current request and the next one is made afresh (through a front, to whatever serves
+now). SIGUSR2 clears it. The local deploy target sends them when it switches its front.
+
 Exit codes:
 
 * 0 -- stopped by SIGTERM after a graceful shutdown (130 for SIGINT);
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(config)
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(app.state, "draining", True))
+    signal.signal(signal.SIGUSR2, lambda *_: setattr(app.state, "draining", False))
     try:
         server.run()
     except SystemExit as exc:

@@ -235,6 +235,8 @@ def _install_handlers(app: FastAPI, metrics: _Metrics, version: str, digest: str
             response = _error(500, f"internal server error: {type(exc).__name__}: {exc}")
         response.headers["X-Model-Version"] = version
         response.headers["X-Model-Digest"] = digest
+        if app.state.draining:  # traffic moved elsewhere: make keep-alive clients reconnect (to the new server)
+            response.headers["Connection"] = "close"
         metrics.requests.labels(endpoint=endpoint, status_code=str(response.status_code)).inc()
         return response
 
@@ -330,6 +332,7 @@ def create_app(model: LoadedModel, *, version: str, digest: str) -> FastAPI:
     metrics = _Metrics(model, version, digest)
     app.state.model = model
     app.state.metrics_registry = metrics.registry
+    app.state.draining = False  # set by SIGUSR1, cleared by SIGUSR2 (python -m model_server)
     _install_handlers(app, metrics, version, digest)
     routes = _Routes(model, version, metrics)
     versioned = "/v2/models/{name}/versions/{model_version}"

@@ -8,7 +8,8 @@ pipes every new TCP connection to the upstream named in the JSON state file::
 The state is looked up once per new connection (re-read only when the file's inode, size or
 times change). Switching colours is one atomic rewrite of the file (:func:`write_state`): new
 connections go to the new upstream, connections already open stay on the old one until they close,
-so keep the old server up for a drain period before stopping it. A state that cannot be parsed
+so keep the old server up for a drain period before stopping it, and tell it to drain
+(``python -m model_server`` closes keep-alive connections after SIGUSR1). A state that cannot be parsed
 (for example a file written in place, half-way) is ignored and the previous upstream kept.
 
 When there is no upstream, or it refuses the connection, the client gets a raw

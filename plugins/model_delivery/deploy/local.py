@@ -219,8 +219,19 @@ class LocalTarget:
             time.sleep(0.1)
         raise DeployFailed(f"front proxy for {self.model} did not listen on port {self.config.port} in 30 s")
 
-    def _route(self, slot: dict[str, Any] | None) -> None:
-        """Point the front at ``slot`` (None: no upstream) and wait until it serves that digest."""
+    def _signal(self, slot: dict[str, Any] | None, signum: int) -> None:
+        if self._slot_alive(slot):
+            assert slot is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot["pid"], signum)
+
+    def _route(self, slot: dict[str, Any] | None, previous: dict[str, Any] | None = None) -> None:
+        """Point the front at ``slot`` (None: no upstream) and wait until it serves that digest.
+
+        The front moves new connections only; ``previous`` is then told to drain (SIGUSR1: its
+        responses close the connection), so keep-alive clients reconnect to ``slot`` after their
+        current request. ``slot`` is told to stop draining (SIGUSR2), in case it drained before.
+        """
         import httpx
 
         if slot is None:
@@ -232,6 +243,9 @@ class LocalTarget:
             with contextlib.suppress(httpx.HTTPError):
                 response = httpx.get(f"{self.front_url}/v2/health/ready", timeout=2)
                 if response.status_code == 200 and response.headers.get("x-model-digest") == slot["digest"]:
+                    self._signal(slot, signal.SIGUSR2)
+                    if previous is not None and previous.get("pid") != slot.get("pid"):
+                        self._signal(previous, signal.SIGUSR1)
                     return
             time.sleep(0.1)
         raise DeployFailed(f"front {self.front_url} did not switch to version {slot['version']} within 30 s")
@@ -288,7 +302,7 @@ class LocalTarget:
                         "note": "already serving"}
             if state["standby"] and state["standby"]["pid"] != (active or {}).get("pid"):
                 self._stop_slot(state["standby"])
-            self._route(candidate)
+            self._route(candidate, previous=active)
             state["standby"] = active if self._slot_alive(active) else None
             state["active"] = {**candidate, "shifted_at": now()}
             del state["candidates"][run_id]
@@ -312,7 +326,7 @@ class LocalTarget:
             active, standby = state["active"], state["standby"]
             if active and active.get("run_id") == run_id:
                 if standby and self._slot_alive(standby):
-                    self._route(standby)
+                    self._route(standby, previous=active)
                     action = "switched-back"
                 else:
                     self._route(None)

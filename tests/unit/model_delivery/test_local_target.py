@@ -214,6 +214,36 @@ def test_blue_green_shift_and_rollback_without_dropping_a_request(
     assert status["standby"] is None
 
 
+def test_keep_alive_clients_follow_the_switch_and_the_switch_back(
+    make_target: Callable[[], LocalTarget], v1: Candidate, v2: Candidate, front_port: int
+) -> None:
+    import httpx
+
+    target = make_target()
+    target.stage(v1, "run-1")
+    target.shift("run-1")
+    target.stage(v2, "run-2")
+    with httpx.Client(base_url=f"http://127.0.0.1:{front_port}", timeout=10) as client:
+
+        def ask() -> tuple[str, str]:
+            response = client.post(f"/v2/models/{MODEL}/infer", content=INFER_BODY,
+                                   headers={"Content-Type": "application/json"})
+            assert response.status_code == 200, response.text
+            return response.headers["x-model-digest"], response.headers.get("connection", "keep-alive")
+
+        assert ask() == (v1.digest, "keep-alive")  # one connection, kept open
+        target.shift("run-2")
+        after_shift = [ask() for _ in range(3)]
+        target.rollback("run-2")
+        after_rollback = [ask() for _ in range(3)]
+
+    # The open connection's next answer still comes from v1, which now closes it; the client
+    # reconnects through the front, to v2, and stays there.
+    assert after_shift == [(v1.digest, "close"), (v2.digest, "keep-alive"), (v2.digest, "keep-alive")]
+    # Back on v1, which no longer drains: its connections are kept open again.
+    assert after_rollback == [(v1.digest, "keep-alive")] * 3
+
+
 def test_retire_after_a_shift_stops_the_standby_even_after_a_restart(
     make_target: Callable[[], LocalTarget], v1: Candidate, v2: Candidate, front_port: int
 ) -> None:
