@@ -132,7 +132,8 @@ def test_make_up_connection_reads_the_rest_api_as_admin(stack, monkeypatch: pyte
 
 
 def test_dry_run_exits_0_and_reports_the_plan(stack) -> None:
-    result = cli(stack, "wine", "--reason", "what would change?", "--dry-run", "--wait", "--timeout", "600")
+    # --force: wine may be production already with these inputs, and a dry run of that ends as no-change.
+    result = cli(stack, "wine", "--reason", "what would change?", "--dry-run", "--force", "--wait", "--timeout", "600")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "; release dry-run" in result.stdout
     assert "dry run on the local target" in result.stdout and "nothing was changed" in result.stdout
