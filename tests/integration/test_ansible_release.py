@@ -337,7 +337,8 @@ def deploy_user(fleet: Fleet) -> Any:
 
     ensure_debian_packages({"sudo": "sudo", "useradd": "passwd"})
     password = secrets.token_urlsafe(16)
-    subprocess.run(["userdel", "-r", DEPLOY_USER], capture_output=True)
+    if subprocess.run(["id", DEPLOY_USER], capture_output=True).returncode == 0:  # left over from a killed run
+        _remove_user(DEPLOY_USER)
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", DEPLOY_USER], check=True, capture_output=True)
     subprocess.run(["chpasswd"], input=f"{DEPLOY_USER}:{password}\n", text=True, check=True, capture_output=True)
     ssh_dir = Path(f"/home/{DEPLOY_USER}/.ssh")
@@ -351,7 +352,19 @@ def deploy_user(fleet: Fleet) -> Any:
         yield DEPLOY_USER, password
     finally:
         sudoers.unlink(missing_ok=True)
-        subprocess.run(["userdel", "-r", DEPLOY_USER], capture_output=True)
+        _remove_user(DEPLOY_USER)
+
+
+def _remove_user(name: str) -> None:
+    """userdel refuses a user with running processes (its SSH sessions in the namespaces): end them first."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["username"]) if p.info["username"] == name]
+    for proc in procs:
+        proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+    removed = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+    assert removed.returncode in (0, 12), removed.stderr  # 12: only the home or mail spool was already gone
 
 
 def test_become_uses_the_password_of_a_connection_and_never_logs_it(fleet: Fleet, deploy_user: Any,
