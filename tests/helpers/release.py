@@ -15,19 +15,26 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def release_env(base: Path, names: tuple[str, ...] = ("breast_cancer", "wine")) -> Iterator[Path]:
-    """A fresh MODEL_DELIVERY_HOME and a copy of the model specs with free ports."""
-    saved = {key: os.environ.get(key) for key in ("MODEL_DELIVERY_HOME", "MODEL_DELIVERY_MODELS_DIR")}
-    os.environ["MODEL_DELIVERY_HOME"] = str(base / "home")
-    os.environ["MODEL_DELIVERY_MODELS_DIR"] = str(copy_models(base / "models", names))
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block; put back what was there before (or remove them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        yield base / "models"
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def release_env(base: Path, names: tuple[str, ...] = ("breast_cancer", "wine")) -> Iterator[Path]:
+    """A fresh MODEL_DELIVERY_HOME and a copy of the model specs with free ports."""
+    models = copy_models(base / "models", names)
+    with environ({"MODEL_DELIVERY_HOME": str(base / "home"), "MODEL_DELIVERY_MODELS_DIR": str(models)}):
+        yield base / "models"
 
 
 def get_dag(dag_id: str) -> Any:

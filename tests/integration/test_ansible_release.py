@@ -11,7 +11,6 @@ in order: the first release puts version 1 on every host, later ones roll over i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from tests.helpers.ansible_fleet import (
     wheelhouse,
 )
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import environ, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -96,28 +95,27 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fleet(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, haproxy_installed: None, wheels: Path):
     base = tmp_path_factory.mktemp("ansible")
     ssh = SshFleet(base, 3)
-    conn_var = f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}"
     with release_env(base, (MODEL,)) as models:
         try:
             hosts = ssh.start()
-            os.environ[conn_var] = json.dumps(ssh.connection())  # the key, user and host keys: a connection
             lb = HAProxy(base, hosts, MODEL).start()
-            fleet = Fleet(base, models, ssh, lb, wheels)
-            fleet.write_inventory()
-            edit_spec(fleet.model_dir, lambda spec: spec["deploy"].update(target="ansible", ansible={
-                "inventory": "inventory.yml",
-                "ssh_conn_id": SSH_CONN_ID,
-                "serial": 1,
-                "max_fail_percentage": 0,
-                "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
-                "ready_timeout_seconds": 90,
-                "drain_timeout_seconds": 10,
-            }))
-            yield fleet
-        finally:
-            os.environ.pop(conn_var, None)
-            if "lb" in locals():
+            try:  # the key, user and host keys come from a connection
+                with environ({f"AIRFLOW_CONN_{SSH_CONN_ID.upper()}": json.dumps(ssh.connection())}):
+                    fleet = Fleet(base, models, ssh, lb, wheels)
+                    fleet.write_inventory()
+                    edit_spec(fleet.model_dir, lambda spec: spec["deploy"].update(target="ansible", ansible={
+                        "inventory": "inventory.yml",
+                        "ssh_conn_id": SSH_CONN_ID,
+                        "serial": 1,
+                        "max_fail_percentage": 0,
+                        "load_balancer": {"runtime_api": str(lb.socket), "front_url": lb.front_url},
+                        "ready_timeout_seconds": 90,
+                        "drain_timeout_seconds": 10,
+                    }))
+                    yield fleet
+            finally:
                 lb.stop()
+        finally:
             stop_fleet(base)
             ssh.stop()
 

@@ -13,7 +13,6 @@ real requests to a server started exactly as the manifest says.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tests.helpers.k8s_apiserver import connection_env, running
 from tests.helpers.k8s_pods import PodRunner
 from tests.helpers.k8s_specs import use_kubernetes
 from tests.helpers.models import edit_spec, free_port
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import environ, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +47,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path) -> Any:
             "production_url": f"http://127.0.0.1:{ports['breast-cancer']}",
             "rollout": {"poll_interval_seconds": 0.05, "wait_in_task_seconds": 0},
         })
-        saved = {key: os.environ.get(key) for key in connection_env(base)}
-        os.environ.update(connection_env(api.kubeconfig(base / "kubeconfig", NAMESPACE)))
         try:
-            yield models_dir, api, runner
+            with environ(connection_env(api.kubeconfig(base / "kubeconfig", NAMESPACE))):
+                yield models_dir, api, runner
         finally:
             runner.close()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def production_digest(runner: PodRunner) -> str:

@@ -289,14 +289,14 @@ class AnsibleTarget:
             cmd += ["--check", "--diff"]
         return cmd + list(secret_args or [])
 
-    def _env(self, tmp: Path) -> dict[str, str]:
+    def _env(self, tmp: Path, control_dir: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
         env.update(
             ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
             ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),
-
+            ANSIBLE_SSH_CONTROL_PATH_DIR=control_dir,
             ANSIBLE_RETRY_FILES_ENABLED="0",
             MODEL_DELIVERY_ANSIBLE_SUMMARY=str(tmp / "summary.json"),
             PYTHONUNBUFFERED="1",
@@ -321,8 +321,7 @@ class AnsibleTarget:
             self.log("ansible: running %s%s on group %s (serial %s)", playbook, " in check mode" if check else "",
                      self.config.group, self.config.serial)
             started = time.monotonic()
-            returncode = self._stream(cmd, {**self._env(tmp), "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir},
-                                      secrets.masked)
+            returncode = self._stream(cmd, self._env(tmp, control_dir), secrets.masked)
             summary_path = tmp / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         result = PlaybookResult(playbook, returncode, summary, time.monotonic() - started, check)

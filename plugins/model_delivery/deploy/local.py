@@ -190,19 +190,22 @@ class LocalTarget:
         return {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
                 "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now()}
 
+    def _front_alive(self, state: dict[str, Any]) -> bool:
+        front = state.get("front") or {}
+        return bool(front) and _alive(front.get("pid"), f"--port {self.config.port}")
+
+    def _check_front_port_free(self) -> None:
+        """The front is not running: refuse when another process listens on its port."""
+        with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), timeout=1):
+            raise DeployFailed(
+                f"port {self.config.port} on {self.config.host} is taken by another process, so the front for "
+                f"{self.model} cannot start. Fix: free it, or set another deploy.local.port in model.yaml."
+            )
+
     def _ensure_front(self, state: dict[str, Any]) -> None:
-        front = state.get("front")
-        marker = f"--port {self.config.port}"
-        if front and _alive(front.get("pid"), marker):
+        if self._front_alive(state):
             return
-        try:
-            with socket.create_connection((self.config.host, self.config.port), timeout=1):
-                raise DeployFailed(
-                    f"port {self.config.port} on {self.config.host} is taken by another process, so the front for "
-                    f"{self.model} cannot start. Fix: free it, or set another deploy.local.port in model.yaml."
-                )
-        except OSError:
-            pass
+        self._check_front_port_free()
         if not self.front_state.exists():
             write_state(self.front_state, None, None)
         log_path = self.state_dir / "logs" / "front.log"
@@ -257,20 +260,15 @@ class LocalTarget:
         self.store.verify(self.model, candidate.digest)
         state = self._read()
         active = state["active"] if self._slot_alive(state["active"]) else None
-        front_up = bool(state["front"]) and _alive(state["front"].get("pid"), f"--port {self.config.port}")
-        problems = []
+        front_up = self._front_alive(state)
         if not front_up:
-            with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 1):
-                problems.append(f"port {self.config.port} on {self.config.host} is taken by another process. "
-                                "Fix: free it, or set another deploy.local.port in model.yaml.")
+            self._check_front_port_free()
         if active and active["digest"] == candidate.digest:
             note = f"version {active['version']} with this digest already serves on {self.front_url}: no change"
         else:
             serving = f"version {active['version']}" if active else "nothing"
             note = (f"would start version {candidate.version} on a free port of {self.config.host}, then switch "
                     f"{self.front_url} from {serving} to it" + ("" if front_up else " (starting the front)"))
-        if problems:
-            raise DeployFailed(f"dry run of {self.model} version {candidate.version}: " + " ".join(problems))
         return {"version": candidate.version, "digest": candidate.digest, "url": self.front_url,
                 "serving": active["version"] if active else None, "artifact_verified": True, "note": note}
 
