@@ -6,8 +6,9 @@ The contract with the entrypoint (``include/models/<name>/train.py`` by default)
 
 It must write ``OUT/model/`` (the artifact; ``serving.json`` plus the model files) and
 ``OUT/data/train.csv`` and ``OUT/data/eval.csv`` (the data it trained and should be
-evaluated on). It runs in a fresh directory holding a copy of the model folder, with a
-minimal environment: no Airflow variables, connections or secrets reach it.
+evaluated on). It runs in a fresh directory holding a copy of the model folder, through the
+same launcher as a container build (``include/build/launch.py``), in the environment that
+``model_delivery.build_env`` declares: no Airflow variables, connections or secrets reach it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import sys
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from model_delivery.build_env import ENV_FILE, LAUNCHER, PASSTHROUGH, declare
 from model_delivery.exceptions import BuildFailed
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from model_delivery.spec import ModelSpec
 
 DATA_FILES = ("train.csv", "eval.csv")
-_ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
 
 
 @dataclass(frozen=True)
@@ -43,27 +44,24 @@ class BuildOutputs:
     work_dir: Path
     model_dir: Path
     data: dict[str, Path]
+    environment: dict[str, Any] = field(default_factory=dict)
+    """What the build ran on (``build_env.json`` from the launcher's probe)."""
 
 
-def _build_env(work_dir: Path, spec: ModelSpec) -> dict[str, str]:
-    env = {key: os.environ[key] for key in _ENV_PASSTHROUGH if key in os.environ}
+def _launcher_env(work_dir: Path) -> dict[str, str]:
+    """The launcher's own environment: the passed-through variables, with this build's scratch as HOME and TMPDIR."""
+    env = {key: os.environ[key] for key in PASSTHROUGH if key in os.environ}
     tmp = work_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(work_dir),
-        TMPDIR=str(tmp),
-        PYTHONHASHSEED="0",
-        PYTHONNOUSERSITE="1",
-        PYTHONDONTWRITEBYTECODE="1",
-        MODEL_DELIVERY_MODEL=spec.name,
-    )
+    env.update(HOME=str(work_dir), TMPDIR=str(tmp))
     return env
 
 
 def _stream(pipe: object, log: Callable[[str], None], tail: deque[str]) -> None:
     for line in iter(pipe.readline, ""):  # type: ignore[attr-defined]
         line = line.rstrip("\n")
-        tail.append(line)
+        if not line.startswith("launch: "):  # the launcher's own lines are logged, not quoted in errors
+            tail.append(line)
         log(line)
 
 
@@ -83,19 +81,14 @@ def run_build(
     shutil.copytree(model_dir, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = work_dir / "out"
     out.mkdir()
-    cmd = [
-        sys.executable,
-        str(src / spec.build.entrypoint),
-        "--output-dir",
-        str(out),
-        "--params",
-        json.dumps(spec.build.params, sort_keys=True),
-    ]
+    cmd = [sys.executable, str(LAUNCHER), "--model-dir", str(src), "--entrypoint", spec.build.entrypoint,
+           "--params", json.dumps(spec.build.params, sort_keys=True), "--output-dir", str(out),
+           "--env", json.dumps(declare(spec.name, spec.build), sort_keys=True), "--cwd", str(work_dir)]
     tail: deque[str] = deque(maxlen=30)
     proc = subprocess.Popen(
         cmd,
         cwd=work_dir,
-        env=_build_env(work_dir, spec),
+        env=_launcher_env(work_dir),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -132,7 +125,10 @@ def _check_outputs(spec: ModelSpec, work_dir: Path, out: Path) -> BuildOutputs:
             f"build entrypoint {spec.build.entrypoint} of {spec.name!r} finished but did not write "
             f"{', '.join(missing)} under --output-dir. Fix the entrypoint: see the contract in docs/model-spec.md."
         )
-    return BuildOutputs(work_dir, model, {name.removesuffix(".csv"): out / "data" / name for name in DATA_FILES})
+    env_file = out / ENV_FILE
+    environment = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return BuildOutputs(work_dir, model, {name.removesuffix(".csv"): out / "data" / name for name in DATA_FILES},
+                        environment)
 
 
 def git_sha(repo: Path) -> str:

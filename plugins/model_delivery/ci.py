@@ -43,16 +43,45 @@ def _client(url: str, token: str | None, username: str | None, password: str | N
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
+RETRIES = 5
+"""Retries of a call the api-server answered with a 5xx (or dropped mid-answer)."""
+BACKOFF = 1.0
+"""Seconds before the first retry, doubled for each next one: 1, 2, 4, 8, 16."""
+
+
 def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
+    """One API call. A 5xx or a dropped answer is retried with exponential backoff, and each retry is said on stderr.
+
+    The api-server of Airflow on SQLite answers 500 ("Database error") while another writer holds the
+    database lock, for example when two runs are triggered in the same second. Creating a run is made
+    safe to retry by its client-chosen ``dag_run_id`` (see :func:`trigger`).
+    """
     import httpx
 
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the Airflow API at {client.base_url}: {exc}") from None
-    if response.status_code in (401, 403):
-        raise UsageError(f"the Airflow API refused the credentials (HTTP {response.status_code}) for {path}")
-    return response
+    attempts = RETRIES + 1
+    for attempt in range(1, attempts + 1):
+        problem = None
+        try:
+            response = client.request(method, path, **kwargs)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout, httpx.WriteError) as exc:
+            problem = f"dropped the connection ({type(exc).__name__}: {exc})"
+        except httpx.HTTPError as exc:
+            raise UsageError(f"cannot reach the Airflow API at {client.base_url}: {exc}") from None
+        else:
+            if response.status_code in (401, 403):
+                raise UsageError(f"the Airflow API refused the credentials (HTTP {response.status_code}) for {path}")
+            if response.status_code < 500:
+                return response
+            problem = f"answered HTTP {response.status_code} ({' '.join(response.text[:200].split())})"
+        if attempt == attempts:
+            raise UsageError(f"the Airflow API at {client.base_url} {problem} to {method} {path}, "
+                             f"{attempts} times. Fix: check the api-server's log; on SQLite, concurrent "
+                             "triggers need the PostgreSQL stack (docs/operations.md)")
+        delay = BACKOFF * 2 ** (attempt - 1)
+        print(f"warning: the Airflow API {problem} to {method} {path}; retry {attempt} of {attempts - 1} "
+              f"in {delay:g} s", file=sys.stderr, flush=True)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def trigger(client: Any, dag_id: str, conf: dict[str, Any], *, unpause: bool) -> str:
@@ -64,10 +93,23 @@ def trigger(client: Any, dag_id: str, conf: dict[str, Any], *, unpause: bool) ->
         if not unpause:
             raise UsageError(f"{dag_id} is paused: unpause it in the UI, or pass --unpause")
         _call(client, "PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-    response = _call(client, "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    run_id = new_run_id()
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+    response = _call(client, "POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+    if response.status_code == 409 and _call(client, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").status_code == 200:
+        return run_id  # an earlier attempt created it, and its answer was lost
     if response.status_code >= 400:
         raise UsageError(f"Airflow refused the run (HTTP {response.status_code}): {response.text[:500]}")
     return str(response.json()["dag_run_id"])
+
+
+def new_run_id() -> str:
+    """A run id chosen here, so a retried trigger cannot create a second run: ``manual__<UTC time>_<random>``."""
+    import datetime
+    import secrets
+
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+    return f"manual__{now}_{secrets.token_hex(3)}"
 
 
 def wait(client: Any, dag_id: str, run_id: str, *, timeout: float, poll: float = 2.0, out: Any = sys.stdout) -> str:

@@ -93,7 +93,7 @@ def _page_url(model: str, run_id: str) -> str:
 def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
     if not build:
         return None
-    keys = ("digest", "uri", "version", "size_bytes", "files", "git_sha", "spec_digest", "data")
+    keys = ("digest", "uri", "version", "size_bytes", "files", "git_sha", "spec_digest", "data", "build_env")
     return {key: build.get(key) for key in keys}
 
 

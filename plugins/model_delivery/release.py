@@ -104,6 +104,7 @@ class ReleaseContext(OpensStores):
 def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, Any]:
     """Run the build entrypoint (unless a container build passes its ``outputs``), store, register."""
     from model_delivery.build import git_sha, run_build
+    from model_delivery.build_env import build_tags
     from model_server.manifest import build_manifest, manifest_digest
 
     check_conf(rc.conf)
@@ -126,6 +127,7 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
         "run_id": rc.run_id,
         "artifact_uri": artifact.uri,
         **{f"data.{name}.sha256": str(d["sha256"]) for name, d in data.items()},
+        **build_tags(outputs.environment),
     }
     version, existed = rc.registry.register(
         spec.name, source=artifact.uri, digest=artifact.digest, tags=lineage,
@@ -137,7 +139,8 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
     if no_change:
         rc.log("version %s is production already, built from the same spec and data: nothing new", version.version)
     return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data,
-            "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")}}
+            "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")},
+            "build_env": outputs.environment}
 
 
 NO_CHANGE_KEYS = ("spec_digest", "data.train.sha256", "data.eval.sha256")

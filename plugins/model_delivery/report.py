@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from model_delivery.build_env import summary as build_env_summary
+
 STAGE_ORDER = (
     "resolve",
     "build",
@@ -65,6 +67,7 @@ def _summary(record: dict[str, Any]) -> list[str]:
          if artifact.get("uri") else "not built"],
         ["Code", f"git `{artifact.get('git_sha')}`, spec `{(artifact.get('spec_digest') or '')[:19]}…`"
          if artifact.get("git_sha") else None],
+        ["Built on", build_env_summary(artifact.get("build_env"))],
     ]
     rows += [[f"Data: {name}", f"sha256 `{d.get('sha256', '')[:16]}…`, {d.get('size_bytes')} bytes"] for name, d in data.items()]
     champion = _stage_result(record, "evaluate").get("champion") or {}

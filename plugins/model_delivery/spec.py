@@ -54,10 +54,39 @@ class BuildSpec(_Strict):
         description="Hyper-parameters passed to the entrypoint as JSON in `--params`; recorded in MLflow.",
     )
     timeout_seconds: int = Field(1800, ge=1, le=86400, description="The build is killed after this long.")
+    threads: int = Field(
+        1, ge=1, le=1024,
+        description="Threads of every BLAS and OpenMP runtime in the build (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+        "MKL_NUM_THREADS, ...). Fixed, not the machine's core count, so the build is reproducible; raise it for "
+        "speed where the same value is used on every machine.",
+    )
+    seed: int = Field(
+        0, ge=0, le=4294967295,
+        description="The build's seed: PYTHONHASHSEED and MODEL_DELIVERY_SEED (for the entrypoint's own random "
+        "generators).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fixed environment variables of the build, the same on every runner, for example "
+        "`OPENBLAS_CORETYPE: Haswell` to pin the BLAS kernel across machines. Not for secrets (the spec is in "
+        "git); PATH, HOME, TMPDIR, the thread and seed variables are set by the runner and other fields.",
+    )
     container: BuildContainerSpec | None = Field(
         None, description="Run the build in this container image (KubernetesPodOperator or DockerOperator, with "
         "GPUs if asked) instead of on the Airflow worker."
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        from model_delivery.build_env import ENV_NAME_PATTERN, RESERVED
+
+        for name in value:
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise ValueError(f"{name[:80]!r} is not an environment variable name: use upper case, digits and _")
+            if name in RESERVED:
+                raise ValueError(f"{name} is set by the build runner: use build.threads or build.seed, or drop it")
+        return value
 
 
 class EvaluationSpec(_Strict):
@@ -459,8 +488,8 @@ A threshold is `{min: <float>, max: <float>}` with at least one bound.
 ## The build contract
 
 The entrypoint runs as its own process, in a fresh working directory holding a copy of
-the model folder, with a minimal environment (no Airflow variables, connections or
-secrets), as:
+the model folder, with the declared build environment (no Airflow variables, connections
+or secrets; see below), as:
 
     python <entrypoint> --output-dir OUT --params '<build.params as JSON>'
 
@@ -474,6 +503,38 @@ It must write:
 
 The artifact is stored by digest: the sha256 of a manifest listing every file's sha256
 and size.
+
+## Reproducible builds
+
+Every kind of build (a process on the worker, `build.container` with `runner: docker` or
+`runner: kubernetes`) starts the entrypoint through the same launcher,
+`include/build/launch.py`, with the same environment, declared once in
+`model_delivery/build_env.py`:
+
+- **Passed through** from the machine the build runs on, when set there: `PATH`, `LANG`,
+  `LC_ALL`, `TZ`, `SSL_CERT_FILE`, `LD_LIBRARY_PATH`, `OPENBLAS_CORETYPE`,
+  `OPENBLAS_L2_SIZE`, `CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`; `HOME` and `TMPDIR`
+  are the runner's scratch directory.
+- **Fixed**: every BLAS and OpenMP thread count (`OMP_NUM_THREADS`,
+  `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, `BLIS_NUM_THREADS`, `VECLIB_MAXIMUM_THREADS`,
+  `NUMEXPR_NUM_THREADS`) is `build.threads` (default 1, never the machine's core count);
+  `PYTHONHASHSEED` and `MODEL_DELIVERY_SEED` are `build.seed` (default 0); then
+  `build.env`.
+
+Nothing else reaches the entrypoint: a build pod's store credentials stay with the launcher,
+which uploads the outputs. After the build, the launcher probes, with the build's own Python
+and environment, what the build ran on: the Python version and machine, the versions of the
+key libraries (numpy, scipy, scikit-learn, torch, transformers, ...), and each BLAS library
+with its kernel (`architecture`, e.g. `Haswell`) and thread count. The release record keeps
+it (`artifact.build_env`), the report shows it ("Built on"), and the registry version carries
+`build.python`, `build.blas` and `build.threads` tags.
+
+What is promised: the same declared environment on the same kind of machine gives the same
+bytes, and so the same digest, whichever runner built it. It is not promised across machines
+whose BLAS picks another kernel (OpenBLAS picks by CPU, or by `OPENBLAS_CORETYPE`): floating
+point sums then run in another order, so the bytes may differ, while the predictions agree
+within floating-point tolerance. Where identical bytes across machines matter, pin the
+kernel in `build.env` (for example `OPENBLAS_CORETYPE: Haswell` on x86_64 with AVX2).
 
 ## Golden requests
 

@@ -7,6 +7,7 @@ release puts version 1 into production, and later tests release against it.
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import httpx
@@ -66,7 +67,13 @@ def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
     for stage in ("build", "evaluate", "gate", "deploy_staging", "smoke", "deploy_production", "verify", "promote"):
         assert record["stages"][stage]["status"] == "success"
         assert record["stages"][stage]["seconds"] >= 0
-    assert Path(record["report"].removeprefix("file://")).read_text().startswith(f"# Release of `{MODEL}` version 1: **released**")
+    report = Path(record["report"].removeprefix("file://")).read_text()
+    assert report.startswith(f"# Release of `{MODEL}` version 1: **released**")
+    built_on = record["artifact"]["build_env"]  # what the build ran on, from the build's own Python
+    assert built_on["python"]["version"] == platform.python_version()
+    assert built_on["env"]["OMP_NUM_THREADS"] == "1" and built_on["blas"][0]["num_threads"] == 1
+    assert f"| Built on | Python {platform.python_version()} (" in report and "BLAS openblas" in report
+    assert production().tags["build.threads"] == "1"
 
     # A real inference through the stable front address, answered by this very artifact.
     response = infer(env)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +18,6 @@ from model_delivery.exceptions import BuildFailed
 from model_delivery.spec import load_spec
 from tests.helpers.models import copy_models, edit_spec
 from tests.helpers.processes import gone
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 WAIT = 60.0
 
@@ -127,7 +127,9 @@ def test_a_failing_entrypoint_reports_its_exit_code_and_last_lines(tmp_path: Pat
     assert "custom.py" in message and "exited with code 3" in message
     assert message.splitlines()[-30:] == [f"line {i}" for i in range(10, 40)]
     assert "line 9" not in message.splitlines()
-    assert lines == [f"line {i}" for i in range(40)]
+    launcher = [line for line in lines if line.startswith("launch: ")]
+    assert [line for line in lines if line not in launcher] == [f"line {i}" for i in range(40)]
+    assert "custom.py --output-dir" in launcher[0] and "exited with code 3" in launcher[-1]
 
 
 def test_a_build_that_exceeds_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
@@ -177,3 +179,90 @@ def test_missing_outputs_are_named(tmp_path: Path, call: str, missing: list[str]
 
 def test_git_sha_outside_a_repository_is_unknown(tmp_path: Path) -> None:
     assert git_sha(tmp_path) == "unknown"
+
+
+def test_the_entrypoint_gets_exactly_the_declared_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_delivery.build_env import PASSTHROUGH, THREAD_VARS
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # machine settings that BLAS needs are passed through
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")  # the worker's own thread count is not
+    monkeypatch.setenv("AIRFLOW_CONN_SECRET", "hunter2")
+    script = PARSE_ARGS + WRITE_OUTPUTS + '''
+write_outputs(out)
+(out / "model" / "env.json").write_text(json.dumps(dict(os.environ)))
+'''
+    model_dir = _model_with_entrypoint(tmp_path, script, threads=2, seed=11,
+                                       env={"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+
+    outputs = run_build(load_spec(model_dir), model_dir, tmp_path / "scratch", log=lambda line: None)
+
+    env = json.loads((outputs.model_dir / "env.json").read_text())
+    assert {name: env[name] for name in THREAD_VARS} == dict.fromkeys(THREAD_VARS, "2")
+    assert env["PYTHONHASHSEED"] == env["MODEL_DELIVERY_SEED"] == "11"
+    assert env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_L2_SIZE"] == "512"
+    fixed = {*THREAD_VARS, "PYTHONHASHSEED", "MODEL_DELIVERY_SEED", "CUBLAS_WORKSPACE_CONFIG", "MODEL_DELIVERY_MODEL",
+             "PYTHONNOUSERSITE", "PYTHONDONTWRITEBYTECODE"}
+    assert set(env) - fixed <= set(PASSTHROUGH), set(env) - fixed - set(PASSTHROUGH)
+    # the probe saw the same environment, and records it with what the build ran on
+    found = outputs.environment
+    assert found["env"]["OMP_NUM_THREADS"] == "2" and found["env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert found["python"]["version"] == platform.python_version()
+    assert found["libraries"]["numpy"] == importlib.metadata.version("numpy")
+    assert found["blas"] and {b["num_threads"] for b in found["blas"]} == {min(2, os.cpu_count() or 1)}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    pytest.param({"OMP_NUM_THREADS": "8"}, "set by the build runner: use build.threads", id="threads"),
+    pytest.param({"PYTHONHASHSEED": "1"}, "set by the build runner", id="seed"),
+    pytest.param({"lower-case": "1"}, "is not an environment variable name", id="name"),
+])
+def test_build_env_refuses_what_the_runner_owns(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    from model_delivery.exceptions import InvalidModelSpec
+
+    model_dir = copy_models(tmp_path / "models", ("wine",)) / "wine"
+    edit_spec(model_dir, lambda spec: spec["build"].update(env=env))
+    with pytest.raises(InvalidModelSpec, match="build.env") as caught:
+        load_spec(model_dir)
+    assert message in str(caught.value)
+
+
+X86_AVX2 = platform.machine() == "x86_64" and " avx2" in Path("/proc/cpuinfo").read_text()
+
+
+@pytest.mark.skipif(not X86_AVX2, reason="the OpenBLAS kernels named here (Haswell, Prescott) need an x86_64 CPU "
+                                         "with AVX2")
+def test_a_different_blas_kernel_may_change_the_bytes_not_the_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is promised across machines: the same predictions within tolerance, and the same bytes for a pinned kernel.
+
+    Bitwise equality is not promised when the machine's BLAS picks another kernel (OpenBLAS chooses by CPU, or
+    by OPENBLAS_CORETYPE): the kernels sum in other orders. ``build.env`` pins the kernel where that matters.
+    """
+    import joblib
+    import pandas as pd
+
+    from model_server.manifest import build_manifest, manifest_digest
+
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    pinned_dir = copy_models(tmp_path / "pinned", ("breast_cancer",)) / "breast_cancer"
+    edit_spec(pinned_dir, lambda spec: spec["build"].update(env={"OPENBLAS_CORETYPE": "Haswell"}))
+    built = {}
+    for name, machine_kernel, folder in (("haswell", "Haswell", model_dir), ("prescott", "Prescott", model_dir),
+                                         ("pinned", "Prescott", pinned_dir)):
+        monkeypatch.setenv("OPENBLAS_CORETYPE", machine_kernel)
+        built[name] = run_build(load_spec(folder), folder, tmp_path / name, log=lambda line: None)
+
+    kernels = {name: {b["architecture"] for b in out.environment["blas"]} for name, out in built.items()}
+    assert kernels["haswell"] != kernels["prescott"], kernels  # the record tells the kernels apart
+    assert kernels["pinned"] == kernels["haswell"]
+    digests = {name: manifest_digest(build_manifest(out.model_dir)) for name, out in built.items()}
+    assert digests["pinned"] == digests["haswell"]  # a pinned kernel: the same bytes on a machine that picks another
+
+    frame = pd.read_csv(built["haswell"].data["eval"])
+    features = frame.drop(columns=["target", "size_group"]).to_numpy()
+    models = {name: joblib.load(out.model_dir / "model.joblib") for name, out in built.items()}
+    assert (models["haswell"].predict(features) == models["prescott"].predict(features)).all()
+    assert abs(models["haswell"].predict_proba(features) - models["prescott"].predict_proba(features)).max() < 1e-9

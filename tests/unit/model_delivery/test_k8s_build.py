@@ -9,6 +9,8 @@ here for real, uploading to a file:// store that the task then imports.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +41,7 @@ from tests.helpers.k8s_apiserver import connection_env, running
 from tests.helpers.k8s_specs import CPU, k8s_raw
 from tests.unit.model_delivery.conftest import Builds
 
-SCRIPT = Path(__file__).resolve().parents[3] / "include" / "kubernetes" / "build_in_container.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "include" / "build" / "launch.py"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 GPU_BUILD = {"image": "registry.example/breast-cancer-build:3", "namespace": "ml-build",
              "store_uri": "s3://models-bucket/delivery", "credentials_secret": "model-store-credentials",
@@ -121,16 +123,33 @@ def test_quantities(quantity: str, bytes_: int | None, cpus: float | None) -> No
         assert quantity_cpus(quantity) == cpus
 
 
-def test_outputs_handed_back_by_the_build_container_become_the_same_artifact(builds: Builds, tmp_path: Path) -> None:
-    spec = spec_with({"image": "registry.example/b:1", "model_dir": str(Path(__file__).resolve().parents[3]
-                                                                      / "include" / "models" / "breast_cancer")})
-    settings = Settings(home=tmp_path / "home", models_dir=Path(spec.build.container.model_dir).parent,
+@pytest.mark.parametrize("kernel", [
+    pytest.param(None, id="machine-default"),
+    # Not this machine's default kernel: the process build used to drop OPENBLAS_* while the container
+    # inherited them, so the two builds ran different kernels and gave different bytes.
+    pytest.param("Prescott", id="OPENBLAS_CORETYPE-set", marks=pytest.mark.skipif(
+        platform.machine() != "x86_64", reason="Prescott is an x86_64 OpenBLAS kernel")),
+])
+def test_outputs_handed_back_by_the_build_container_become_the_same_artifact(
+    builds: Builds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str | None
+) -> None:
+    """The same declared environment on the same machine gives the same digest, whichever runner built it."""
+    from model_delivery.build import run_build
+    from model_server.manifest import build_manifest, manifest_digest
+
+    if kernel:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", kernel)
+    model_dir = Path(__file__).resolve().parents[3] / "include" / "models" / "breast_cancer"
+    spec = spec_with({"image": "registry.example/b:1", "model_dir": str(model_dir)})
+    settings = Settings(home=tmp_path / "home", models_dir=model_dir.parent,
                         artifact_root=builds.store_root, artifact_conn_id=None,
                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     ours, theirs = staging_uris(spec, settings, "manual__2026-11-26T10:00:00+00:00", 1)
     assert ours == theirs == f"{builds.store_root}/breast_cancer/.builds/manual__2026-11-26T10_00_00_00_00-try1"
+    process = builds.v1.digest if kernel is None else manifest_digest(
+        build_manifest(run_build(spec, model_dir, tmp_path / "process", log=lambda line: None).model_dir))
 
-    # what the container runs (its python, its model folder), uploading to the store
+    # what the container runs (its python, its model folder, its environment), uploading to the store
     done = subprocess.run([sys.executable, "-c", SCRIPT.read_text(), *container_args(spec, theirs)[:-4],
                            "--output-dir", str(tmp_path / "container-out"), "--upload-to", theirs],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -140,12 +159,36 @@ def test_outputs_handed_back_by_the_build_container_become_the_same_artifact(bui
     from airflow.sdk import ObjectStoragePath
 
     outputs = import_outputs(spec, ObjectStoragePath(ours), tmp_path / "work")
+    assert {b["architecture"] for b in outputs.environment["blas"]} != {None}  # the container's probe came back
     rc = ReleaseContext(model="breast_cancer", run_id="container-build", dag_id="release__breast_cancer",
                         log=lambda *a: None, settings=settings)
     rc.__dict__["spec"] = spec
     result = build(rc, outputs=outputs)
-    assert result["digest"] == builds.v1.digest  # the same training, the same artifact, wherever it ran
+    assert result["digest"] == process  # the same training in the same environment: the same artifact
     assert result["version"] == "1"
+    assert result["build_env"]["env"].get("OPENBLAS_CORETYPE") == kernel
+
+
+def test_store_credentials_of_the_build_pod_never_reach_the_entrypoint(tmp_path: Path) -> None:
+    """The pod's env_from secret is for the launcher's upload; the entrypoint gets only the declared environment."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "train.py").write_text(
+        "import json, os, sys\nfrom pathlib import Path\nout = Path(sys.argv[sys.argv.index('--output-dir') + 1])\n"
+        "(out / 'model').mkdir(parents=True)\n(out / 'model' / 'env.json').write_text(json.dumps(dict(os.environ)))\n")
+    spec = spec_with({"image": "b:1", "model_dir": str(model)})
+    args = container_args(spec, None)
+    declared = json.loads(args[args.index("--env") + 1])
+    assert declared["set"]["OMP_NUM_THREADS"] == "1" and declared["set"]["PYTHONHASHSEED"] == "0"
+    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "TMPDIR": str(tmp_path), "AWS_SECRET_ACCESS_KEY": "hunter2",
+           "AWS_ACCESS_KEY_ID": "key"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT.read_text(), *args[:-2], "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads((tmp_path / "out" / "model" / "env.json").read_text())
+    assert "AWS_SECRET_ACCESS_KEY" not in seen and "AWS_ACCESS_KEY_ID" not in seen
+    assert seen["OMP_NUM_THREADS"] == "1" and seen["MODEL_DELIVERY_MODEL"] == spec.name
+    assert json.loads((tmp_path / "out" / "build_env.json").read_text())["python"]["version"] == platform.python_version()
 
 
 def test_a_build_container_that_uploaded_nothing_fails_with_the_fix(tmp_path: Path) -> None:

@@ -135,7 +135,9 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
         "model": "demo", "run_id": "run-7", "dag_id": "release__demo", "outcome": "rolled-back",
         "reasons": ["smoke: p95 latency 900.0 ms exceeds the budget of 250.0 ms"],
         "conf": {"reason": "try C=0.5", "force": False}, "finished_at": "2026-01-01T00:00:00",
-        "artifact": {"digest": "sha256:" + "c" * 64, "uri": "file:///s", "version": "4"},
+        "artifact": {"digest": "sha256:" + "c" * 64, "uri": "file:///s", "version": "4", "build_env": {
+            "python": {"version": "3.11.7", "machine": "x86_64"}, "libraries": {"scikit-learn": "1.9.1", "numpy": "2.4.6"},
+            "blas": [{"internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell", "num_threads": 1}]}},
         "metrics": {"accuracy": 0.96, "f1": 0.9712},
         "gate": {"verdict": "blessed", "checks": [
             {"metric": "accuracy", "bound": "min", "threshold": 0.93, "value": 0.96, "ok": True, "reason": ""}]},
@@ -151,6 +153,8 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
 
     assert report.startswith("# Release of `demo` version 4: **rolled-back**")
     assert "| Reason given | try C=0.5 |" in report
+    assert ("| Built on | Python 3.11.7 (x86_64); numpy 2.4.6, scikit-learn 1.9.1; BLAS openblas 0.3.30 Haswell, "
+            "1 thread |") in report
     assert f"`{'sha256:' + 'c' * 64}`" in report
     assert "- smoke: p95 latency 900.0 ms exceeds the budget of 250.0 ms" in report
     assert "Verdict: **blessed**" in report

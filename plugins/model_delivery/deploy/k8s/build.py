@@ -8,7 +8,8 @@ outputs bind-mounted on the worker. Either way the outputs then go through the s
 local build (``release.build``): stored by digest, registered, recorded. Without
 ``build.container`` the build runs locally as before (``BuildModelOperator``).
 
-The script the container runs is ``include/kubernetes/build_in_container.py`` (``python -c``).
+The container runs the same launcher as a process build, ``include/build/launch.py``
+(``python -c``), with the same declared environment (``model_delivery.build_env``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import shutil
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from model_delivery.build_env import LAUNCHER, declare
 from model_delivery.deploy.k8s.manifests import (
-    STATIC_DIR,
     base_name,
     container_security,
     resources,
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
 
-BUILD_SCRIPT = "build_in_container.py"
 MARKER = "_OUTPUTS.json"
 OUT = "/out"
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -62,7 +62,8 @@ def container_args(spec: ModelSpec, upload_to: str | None) -> list[str]:
     """Arguments of the build script: the entrypoint contract, and where to hand the outputs back."""
     assert spec.build.container is not None
     args = ["--model-dir", spec.build.container.model_dir, "--entrypoint", spec.build.entrypoint,
-            "--params", json.dumps(spec.build.params, sort_keys=True), "--output-dir", OUT]
+            "--params", json.dumps(spec.build.params, sort_keys=True),
+            "--env", json.dumps(declare(spec.name, spec.build), sort_keys=True), "--output-dir", OUT]
     return [*args, "--upload-to", upload_to] if upload_to else args
 
 
@@ -91,7 +92,7 @@ def pod_operator(spec: ModelSpec, task_id: str, upload_to: str) -> Any:
         namespace=container.namespace,
         kubernetes_conn_id=container.conn_id or "kubernetes_default",
         image=container.image,
-        cmds=["python", "-c", (STATIC_DIR / BUILD_SCRIPT).read_text()],
+        cmds=["python", "-c", LAUNCHER.read_text()],
         arguments=container_args(spec, upload_to),
         container_resources=k8s.V1ResourceRequirements(requests=requested["requests"], limits=requested.get("limits")),
         node_selector=dict(container.node_selector) or None,
@@ -136,7 +137,7 @@ def docker_operator(spec: ModelSpec, task_id: str, host_out: Path) -> Any:
     return DockerOperator(
         task_id=f"{task_id}_container",
         image=container.image,
-        command=["python", "-c", (STATIC_DIR / BUILD_SCRIPT).read_text(), *container_args(spec, None)],
+        command=["python", "-c", LAUNCHER.read_text(), *container_args(spec, None)],
         docker_conn_id=container.conn_id,
         mounts=[Mount(target=OUT, source=str(host_out), type="bind")],
         device_requests=[DeviceRequest(count=limits.gpus, capabilities=[["gpu"]])] if limits.gpus else None,
