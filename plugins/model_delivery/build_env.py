@@ -26,11 +26,14 @@ same kernel wherever the CPU supports it.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from model_delivery.spec import BuildSpec
 
 LAUNCHER = PROJECT_ROOT / "include" / "build" / "launch.py"
@@ -63,6 +66,26 @@ def declare(model: str, build: BuildSpec) -> dict[str, Any]:
     fixed.update(PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", MODEL_DELIVERY_MODEL=model)
     fixed.update(build.env)
     return {"pass": list(PASSTHROUGH), "set": fixed}
+
+
+def declare_default(model: str) -> dict[str, Any]:
+    """The declaration of a model whose spec sets nothing of ``build`` (one thread, seed 0)."""
+    from model_delivery.spec import BuildSpec
+
+    return declare(model, BuildSpec.model_validate({}))
+
+
+def sandbox_env(declared: dict[str, Any], scratch: Path) -> dict[str, str]:
+    """The environment of a process that runs model code outside a build (evaluation): as the build's.
+
+    The passed-through variables that are set here, then the fixed ones, with ``scratch`` as HOME
+    and TMPDIR. No Airflow variable, connection or secret is among them.
+    """
+    env = {name: os.environ[name] for name in declared["pass"] if name in os.environ}
+    env.update(declared["set"])
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(scratch), TMPDIR=str(scratch / "tmp"))
+    return env
 
 
 def summary(found: dict[str, Any] | None) -> str | None:

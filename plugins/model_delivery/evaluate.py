@@ -1,19 +1,19 @@
 """Measure a candidate on held-out data through the same loader the model server uses.
 
 Evaluation goes through ``model_server.flavors.load_model``, so what is measured is
-exactly what will be served.
+exactly what will be served, in a sandboxed process of its own (``predict_frame``): model
+files are untrusted code and never load in the Airflow task process.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import ReleaseFailed
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import numpy as np
 
 
@@ -83,18 +83,50 @@ def load_eval_frame(eval_csv: Path, label: str) -> Any:
     return frame
 
 
-def predict_frame(artifact_dir: Path, frame: Any) -> dict[str, np.ndarray]:
-    """Every declared output of the artifact's model for the rows of ``frame``."""
-    from model_server.flavors import load_model
+def predict_frame(artifact_dir: Path, frame: Any, declared: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Every declared output of the artifact's model for the rows of ``frame``, predicted in a sandbox.
 
-    model = load_model(artifact_dir)
-    columns = model.metadata["inputs"][0].get("columns")
+    The model file is untrusted code, so it is loaded in a process of its own
+    (``python -m model_server.predict``) with the build's environment (``declared``, see
+    ``model_delivery.build_env``; no Airflow secrets), never in this one. Only ``serving.json``
+    (JSON) is read here; the rows go out as ``.npy`` and the outputs come back as ``.npz``,
+    both without pickle.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    from model_delivery.build_env import declare_default, sandbox_env
+    from model_server.flavors import read_serving_config
+
+    config = read_serving_config(artifact_dir)
+    first = (config.get("inputs") or [{}])[0]
+    columns = first.get("columns") if isinstance(first, dict) else None
     if not columns:
         raise EvaluationFailed(f"{artifact_dir}/serving.json: inputs[0].columns is needed to evaluate on a table.")
     absent = [c for c in columns if c not in frame.columns]
     if absent:
         raise EvaluationFailed(f"evaluation data lacks feature columns {absent} that the model needs.")
-    return model.predict(frame[columns].to_numpy(dtype="float64"))
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        work = Path(tmp)
+        np.save(work / "features.npy", frame[columns].to_numpy(dtype="float64"), allow_pickle=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "model_server.predict", "--artifact", str(artifact_dir),
+             "--features", str(work / "features.npy"), "--output", str(work / "outputs.npz")],
+            env=sandbox_env(declared or declare_default(config.get("name", "model")), work / "home"),
+            cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PREDICT_TIMEOUT,
+        )
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise EvaluationFailed(f"the model in {artifact_dir} could not predict the evaluation rows: {reason[:500]}")
+        with np.load(work / "outputs.npz", allow_pickle=False) as outputs:
+            return {name: outputs[name] for name in outputs.files}
+
+
+PREDICT_TIMEOUT = 1800
+"""Seconds the sandboxed prediction of one evaluation set may take."""
 
 
 def _take(outputs: dict[str, np.ndarray], index: Any) -> dict[str, np.ndarray]:

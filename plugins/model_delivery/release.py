@@ -218,6 +218,7 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
 
 def _champion(rc: ReleaseContext, candidate: dict[str, Any], frame: Any, scratch: Path) -> tuple[dict[str, Any] | None, Any]:
     """The production version measured on the candidate's evaluation rows (paired), if there is one."""
+    from model_delivery.build_env import declare
     from model_delivery.evaluate import compute_metrics, predict_frame
     from model_delivery.registry import PRODUCTION
     from model_server.manifest import ArtifactIntegrityError, parse_digest
@@ -230,7 +231,7 @@ def _champion(rc: ReleaseContext, candidate: dict[str, Any], frame: Any, scratch
         return {**found, "same_as_candidate": True}, None
     try:
         artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}")
-        outputs = predict_frame(artifact_dir, frame)
+        outputs = predict_frame(artifact_dir, frame, declare(rc.model, rc.spec.build))
     except (ReleaseFailed, ArtifactIntegrityError, ValueError) as exc:
         rc.log("production version %s could not be measured on this data: %s", champion.version, exc)
         return {**found, "metrics": rc.registry.metrics_of(champion), "paired": False,
@@ -245,6 +246,7 @@ def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
 
     Adds per-slice metrics for the gate's slices and bootstrap intervals when the gate asks.
     """
+    from model_delivery.build_env import declare
     from model_delivery.evaluate import (
         bootstrap,
         compute_metrics,
@@ -261,7 +263,7 @@ def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         frame = load_eval_frame(_download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv"), label)
-    outputs = predict_frame(artifact_dir, frame)
+    outputs = predict_frame(artifact_dir, frame, declare(spec.name, spec.build))
     y = frame[label].to_numpy()
     result: dict[str, Any] = {"metrics": compute_metrics(spec.task, names, y, outputs), "rows": len(frame)}
     result["champion"], champion_outputs = _champion(rc, candidate, frame, scratch)

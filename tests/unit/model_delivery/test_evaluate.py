@@ -135,3 +135,38 @@ def test_a_missing_feature_column_is_named(builds: Builds, tmp_path: Path) -> No
 
     with pytest.raises(EvaluationFailed, match=r"\['mean radius'\]"):
         evaluate_artifact(builds.v1.model_dir, eval_csv, task="classification", label="target", metrics=["accuracy"])
+
+
+class _Spy:
+    """A pickle that runs code when loaded, as a hostile model file would: it reports where it ran."""
+
+    def __init__(self, report: str) -> None:
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        code = ("import json, os; json.dump({'pid': os.getpid(), 'env': dict(os.environ)}, open(%r, 'w'))"
+                % self.report)
+        return (exec, (code,))
+
+
+def test_a_hostile_model_file_runs_outside_the_task_process_and_sees_no_secrets(
+    builds: Builds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import os
+    import shutil
+
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", "postgresql://admin:hunter2@db/warehouse")
+    monkeypatch.setenv("AIRFLOW_VAR_API_KEY", "hunter3")
+    artifact = tmp_path / "artifact"
+    shutil.copytree(builds.v1.model_dir, artifact)
+    report = tmp_path / "where-it-ran.json"
+    joblib.dump(_Spy(str(report)), artifact / "model.joblib")
+
+    with pytest.raises(EvaluationFailed, match="could not predict the evaluation rows"):
+        evaluate_artifact(artifact, builds.v1.eval_csv, task="classification", label="target", metrics=["accuracy"])
+
+    ran = json.loads(report.read_text())  # the pickle's code did run: in its own process
+    assert ran["pid"] != os.getpid()
+    assert not [k for k, v in ran["env"].items() if k.startswith("AIRFLOW") or "hunter" in v], ran["env"]
+    assert ran["env"]["OMP_NUM_THREADS"] == "1"  # the build's declared environment
