@@ -76,3 +76,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except psutil.Error:
             pass
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny code_lm, trained once per run: ``<dir>/model`` (the artifact) and ``<dir>/data``."""
+    from tests.helpers.lm import build_lm
+
+    return build_lm(tmp_path_factory.mktemp("tiny_lm") / "out")
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """vLLM's own virtualenv (scripts/vllm-venv.sh), created once and kept under .local/."""
+    from tests.helpers.lm import vllm_python as make
+
+    return make()

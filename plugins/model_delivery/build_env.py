@@ -53,6 +53,9 @@ THREAD_VARS = (
 
 SEED_VARS = ("PYTHONHASHSEED", "MODEL_DELIVERY_SEED")
 
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+"""A build downloads no model or data set from a hub (``build.env`` may say otherwise)."""
+
 RESERVED = frozenset({"PATH", "HOME", "TMPDIR", "MODEL_DELIVERY_MODEL", *THREAD_VARS, *SEED_VARS})
 """Names ``build.env`` may not set: the runner owns them, or another spec field does."""
 
@@ -63,7 +66,7 @@ def declare(model: str, build: BuildSpec) -> dict[str, Any]:
     """The build environment of one model: ``{"pass": [...], "set": {...}}`` (JSON, for the launcher)."""
     fixed = {name: str(build.threads) for name in THREAD_VARS}
     fixed.update({name: str(build.seed) for name in SEED_VARS})
-    fixed.update(PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", MODEL_DELIVERY_MODEL=model)
+    fixed.update(PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1", MODEL_DELIVERY_MODEL=model, **OFFLINE)
     fixed.update(build.env)
     return {"pass": list(PASSTHROUGH), "set": fixed}
 

@@ -224,6 +224,30 @@ class SmokeSpec(_Strict):
     repeats: int = Field(20, ge=1, le=10000, description="Each golden request is sent this many times.")
 
 
+class ServingSpec(_Strict):
+    """What serves the model: a runtime, with its arguments."""
+
+    runtime: str = Field(
+        "model_server",
+        description="Serving runtime: `model_server` (ours: the Open Inference Protocol, for scikit-learn models) or "
+        "`vllm` (the OpenAI-compatible API, for Hugging Face-format language models; in its own virtualenv).",
+    )
+    args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Arguments of the runtime's server, each as `--key value` (`_` becomes `-`; `true` is a bare "
+        "flag). For vllm: max_model_len, dtype, kv_cache_memory_bytes, enforce_eager, ...",
+    )
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from model_delivery.runtimes import RUNTIMES
+
+        if value not in RUNTIMES:
+            raise ValueError(f"unknown runtime {value[:80]!r}: choose from {sorted(RUNTIMES)}")
+        return value
+
+
 class LocalTargetSpec(_Strict):
     """Blue-green on this machine: one process per version behind a stable front port."""
 
@@ -274,6 +298,7 @@ class ModelSpec(_Strict):
     evaluation: EvaluationSpec = Field(description="How the candidate is measured.")
     gate: GateSpec = Field(default_factory=GateSpec, description="What the candidate must meet.")  # type: ignore[arg-type]
     smoke: SmokeSpec = Field(default_factory=SmokeSpec, description="Golden requests and latency budget.")  # type: ignore[arg-type]
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="What serves the model.")  # type: ignore[arg-type]
     deploy: DeploySpec = Field(description="Where the model is served.")
     schedule: str | None = Field(
         None,
@@ -352,6 +377,12 @@ class ModelSpec(_Strict):
                 f"gate.thresholds.{unmeasured[0]}",
                 f"the gate names {unmeasured} which evaluation.metrics does not compute; "
                 "add them to evaluation.metrics or remove them from the gate"
+            )
+        if self.serving.runtime != "model_server" and self.deploy.target != "local":
+            raise _FieldError(
+                "serving.runtime",
+                f"serving.runtime {self.serving.runtime!r} is served by the local target only so far; "
+                f"deploy.target {self.deploy.target!r} serves runtime 'model_server'. Fix: use deploy.target local"
             )
         return self
 

@@ -98,7 +98,9 @@ class KubernetesTarget:
     def release(self, version: str, digest: str) -> m.Release:
         """A version as the pods get it: the artifact URI is under the store root the pods see."""
         root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
-        return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}")
+        serving = self.spec.serving
+        return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}",
+                         serving.runtime, tuple(sorted(serving.args.items())))
 
     def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
         """What a step applies, in order: the shared objects, then the track's Deployment."""

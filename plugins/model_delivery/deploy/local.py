@@ -1,6 +1,7 @@
 """The ``local`` deploy target: blue-green on this machine.
 
-Each version runs as its own model-server process on a fresh port. A front proxy
+Each version runs as its own server process on a fresh port, launched as the spec's serving
+runtime declares (``model_delivery.runtimes``: our model server, or vLLM). A front proxy
 (``python -m model_server.front``) holds the model's stable port from the spec and
 forwards each new connection to the active version. ``shift`` points the front at the
 candidate once it is ready; the version it replaces stays warm as ``standby`` until
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
-    from model_delivery.spec import LocalTargetSpec
+    from model_delivery.spec import LocalTargetSpec, ServingSpec
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
 EXIT_TAMPERED = 3
@@ -62,7 +63,11 @@ def _alive(pid: int | None, marker: str) -> bool:
 
 
 def _stop(pid: int | None, marker: str, timeout: float = 10.0) -> bool:
-    """Terminate a process we started (SIGTERM, then SIGKILL); False if it was not running."""
+    """Terminate a process we started (SIGTERM, then SIGKILL to its whole session); False if it was not running.
+
+    Servers are started in a session of their own (``_spawn``), so the SIGKILL also reaches the
+    processes a server started itself (vLLM's engine and workers).
+    """
     if not _alive(pid, marker):
         return False
     assert pid is not None
@@ -72,18 +77,20 @@ def _stop(pid: int | None, marker: str, timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline and _alive(pid, marker):
         time.sleep(0.1)
     if _alive(pid, marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return True
 
 
-def _serving_env() -> dict[str, str]:
+def _serving_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SERVING_PATH), env.get("PYTHONPATH", "")) if p)
-    return env
+    return {**env, **(extra or {})}
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a detached process (own session) that outlives the task that started it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -92,7 +99,7 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_serving_env(),
+            env=_serving_env(extra_env),
             start_new_session=True,
             close_fds=True,
         )
@@ -116,9 +123,14 @@ class LocalTarget:
 
     name = "local"
 
-    def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore) -> None:
+    def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore,
+                 serving: ServingSpec | None = None) -> None:
+        from model_delivery.runtimes import get_runtime
+
         self.model = model
         self.config = config
+        self.runtime = get_runtime(serving.runtime if serving else "model_server")
+        self.runtime_args = dict(serving.args) if serving else {}
         self.state_dir = state_dir
         self.store = store
         self.state_path = state_dir / "state.json"
@@ -158,33 +170,35 @@ class LocalTarget:
             _stop(slot.get("pid"), self._server_marker(slot))
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], url: str, log_path: Path, digest: str) -> None:
-        import httpx
-
         deadline = time.monotonic() + self.config.ready_timeout_seconds
+        why: str | None = "it was never asked"
         while time.monotonic() < deadline:
             code = proc.poll()
             if code is not None:
-                message = f"model server for {self.model} exited with code {code} before it was ready"
+                message = f"{self.runtime.name} server for {self.model} exited with code {code} before it was ready"
                 if code == EXIT_TAMPERED:
                     raise TamperedArtifact(f"{message}: it refused the artifact.\n{_tail(log_path)}")
                 raise DeployFailed(f"{message}. Log {log_path}:\n{_tail(log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
+            why = self.runtime.ready(url, self.model, digest)
+            if why is None:
+                return
             time.sleep(0.2)
-        _stop(proc.pid, "model_server")
+        _stop(proc.pid, f"--port {url.rsplit(':', 1)[1]}")
         raise DeployFailed(
-            f"model server for {self.model} ({digest}) was not ready within "
-            f"deploy.local.ready_timeout_seconds={self.config.ready_timeout_seconds}. Log {log_path}:\n{_tail(log_path)}"
+            f"{self.runtime.name} server for {self.model} ({digest}) was not ready within "
+            f"deploy.local.ready_timeout_seconds={self.config.ready_timeout_seconds} ({why}). "
+            f"Log {log_path}:\n{_tail(log_path)}"
         )
 
     def _start_server(self, candidate: Candidate, artifact_dir: Path, run_id: str) -> dict[str, Any]:
         host = self.config.host
         port = free_port(host)
         log_path = self.state_dir / "logs" / f"v{candidate.version}-{port}.log"
-        cmd = [sys.executable, "-m", "model_server", "--artifact", str(artifact_dir), "--digest", candidate.digest,
-               "--model-name", self.model, "--model-version", candidate.version, "--host", host, "--port", str(port)]
-        proc = _spawn(cmd, log_path)
+        self.runtime.check_artifact(artifact_dir, candidate.digest)
+        cmd = self.runtime.command(python=self.runtime.python(), artifact=str(artifact_dir), digest=candidate.digest,
+                                   model=self.model, version=candidate.version, host=host, port=port,
+                                   args=self.runtime_args)
+        proc = _spawn(cmd, log_path, self.runtime.env(self.state_dir / "runtime"))
         url = f"http://{host}:{port}"
         self._wait_ready(proc, url, log_path, candidate.digest)
         return {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
@@ -235,21 +249,18 @@ class LocalTarget:
         responses close the connection), so keep-alive clients reconnect to ``slot`` after their
         current request. ``slot`` is told to stop draining (SIGUSR2), in case it drained before.
         """
-        import httpx
-
         if slot is None:
             write_state(self.front_state, None, None)
             return
         write_state(self.front_state, slot["host"], slot["port"], version=slot["version"], digest=slot["digest"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                response = httpx.get(f"{self.front_url}/v2/health/ready", timeout=2)
-                if response.status_code == 200 and response.headers.get("x-model-digest") == slot["digest"]:
+            if self.runtime.served_digest(self.front_url, self.model) == slot["digest"]:
+                if self.runtime.drain_signals:
                     self._signal(slot, signal.SIGUSR2)
                     if previous is not None and previous.get("pid") != slot.get("pid"):
                         self._signal(previous, signal.SIGUSR1)
-                    return
+                return
             time.sleep(0.1)
         raise DeployFailed(f"front {self.front_url} did not switch to version {slot['version']} within 30 s")
 

@@ -182,7 +182,7 @@ def test_git_sha_outside_a_repository_is_unknown(tmp_path: Path) -> None:
 
 
 def test_the_entrypoint_gets_exactly_the_declared_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from model_delivery.build_env import PASSTHROUGH, THREAD_VARS
+    from model_delivery.build_env import OFFLINE, PASSTHROUGH, THREAD_VARS
 
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # machine settings that BLAS needs are passed through
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
@@ -203,7 +203,8 @@ write_outputs(out)
     assert env["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_L2_SIZE"] == "512"
     fixed = {*THREAD_VARS, "PYTHONHASHSEED", "MODEL_DELIVERY_SEED", "CUBLAS_WORKSPACE_CONFIG", "MODEL_DELIVERY_MODEL",
-             "PYTHONNOUSERSITE", "PYTHONDONTWRITEBYTECODE"}
+             "PYTHONNOUSERSITE", "PYTHONDONTWRITEBYTECODE", *OFFLINE}
+    assert env["HF_HUB_OFFLINE"] == "1"
     assert set(env) - fixed <= set(PASSTHROUGH), set(env) - fixed - set(PASSTHROUGH)
     # the probe saw the same environment, and records it with what the build ran on
     found = outputs.environment

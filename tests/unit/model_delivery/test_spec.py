@@ -87,6 +87,13 @@ BROKEN = [
         _edit(lambda s: s["evaluation"].update(metrics=["accuracy", "rmse"])),
         "evaluation.metrics", "['rmse']", id="regression-metric-on-classification",
     ),
+    pytest.param(_edit(lambda s: s.update(serving={"runtime": "triton"})), "serving.runtime",
+                 "choose from ['model_server', 'vllm']", id="unknown-runtime"),
+    pytest.param(_edit(lambda s: s.update(serving={"runtime": "vllm"}, deploy={
+        "target": "kubernetes", "kubernetes": {"image": "registry.example/model-server:1"}})),
+        "serving.runtime", "local target only so far", id="vllm-beyond-the-local-target"),
+    pytest.param(_edit(lambda s: s["build"].update(env={"OMP_NUM_THREADS": "4"})), "build.env",
+                 "use build.threads", id="build-env-reserved"),
     pytest.param(_write("name: breast_cancer\ntask: [classification\n"), None, "not valid YAML", id="not-yaml"),
     pytest.param(_write("- name: breast_cancer\n- task: classification\n"), None, "got list", id="yaml-list"),
     pytest.param(_delete("model.yaml"), None, "not found", id="missing-model-yaml"),

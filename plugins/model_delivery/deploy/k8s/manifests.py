@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ PREFIX = "model-delivery.io/"
 STABLE, CANDIDATE = "stable", "candidate"
 MODELS_MOUNT = "/models"
 SCRIPTS_MOUNT = "/opt/model-delivery"
-HEALTH_LIVE, HEALTH_READY = "/v2/health/live", "/v2/health/ready"
 PROBE_PERIOD = 5
 MAX_BASE_LENGTH = 52  # "<base>-candidate" must stay a valid 63-character DNS label
 
@@ -53,6 +53,9 @@ class Release:
     version: str
     digest: str
     artifact_uri: str
+    runtime: str = "model_server"
+    """The serving runtime (``model_delivery.runtimes``): it gives the command and the probe paths."""
+    runtime_args: tuple[tuple[str, Any], ...] = ()
 
     @property
     def hex(self) -> str:
@@ -201,20 +204,24 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if not baked:
         mounts.insert(0, {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+    runtime = get_runtime(release.runtime)
+    command = runtime.command(python="python", artifact=artifact, digest=release.digest, model=release.model,
+                              version=release.version, host="0.0.0.0", port=spec.container_port,
+                              args=dict(release.runtime_args))
     return {
         "name": "model-server",
         "image": spec.model_image or spec.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": ["python", "-m", "model_server"],
-        "args": ["--artifact", artifact, "--digest", release.digest, "--model-name", release.model,
-                 "--model-version", release.version, "--host", "0.0.0.0", "--port", str(spec.container_port)],
+        "command": command[:3],
+        "args": command[3:],
         "ports": [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "resources": resources(spec.resources),
         # The server binds its port only after the digest is verified and the model loaded.
-        "startupProbe": _probe(HEALTH_LIVE, PROBE_PERIOD, math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD)),
-        "readinessProbe": _probe(HEALTH_READY, PROBE_PERIOD, 3),
-        "livenessProbe": _probe(HEALTH_LIVE, 10, 3),
+        "startupProbe": _probe(runtime.live_path, PROBE_PERIOD,
+                               math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD)),
+        "readinessProbe": _probe(runtime.ready_path, PROBE_PERIOD, 3),
+        "livenessProbe": _probe(runtime.live_path, 10, 3),
         "securityContext": container_security(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,

@@ -1,0 +1,76 @@
+"""Serving runtimes: commands built from data, and what the vllm runtime refuses to serve (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_delivery.artifacts import ArtifactStore
+from model_delivery.exceptions import DeployFailed, TamperedArtifact
+from model_delivery.runtimes import RUNTIMES, cli_args, get_runtime
+
+
+def test_every_runtime_in_the_registry_declares_its_unit() -> None:
+    for name in RUNTIMES:
+        runtime = get_runtime(name)
+        assert runtime.name == name
+        assert runtime.protocol in ("open-inference", "openai")
+        assert all(path.startswith("/") for path in (runtime.ready_path, runtime.live_path, runtime.metrics_path))
+    with pytest.raises(ValueError, match="unknown serving runtime 'triton'"):
+        get_runtime("triton")
+
+
+def test_runtime_args_become_flags_without_a_shell() -> None:
+    assert cli_args({"max_model_len": 256, "enforce_eager": True, "trust_remote_code": False, "dtype": "a b"}) == [
+        "--dtype", "a b", "--enforce-eager", "--max-model-len", "256"]
+    command = get_runtime("vllm").command(python="/venv/bin/python", artifact="/models/abc", digest="sha256:abc",
+                                          model="code_lm", version="3", host="127.0.0.1", port=8001,
+                                          args={"max_model_len": 256, "enforce_eager": True})
+    assert command[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert command[command.index("--model") + 1] == "/models/abc"
+    assert command[command.index("--served-model-name") + 1] == "code_lm"
+    assert command[command.index("--max-model-len") + 1] == "256" and "--enforce-eager" in command
+    assert command[command.index("--kv-cache-memory-bytes") + 1] == "1G"  # always sized: unset, vLLM takes 90 %
+    ours = get_runtime("model_server").command(python="py", artifact="/a", digest="sha256:abc", model="m",
+                                               version="1", host="0.0.0.0", port=8080, args={})
+    assert ours == ["py", "-m", "model_server", "--artifact", "/a", "--digest", "sha256:abc", "--model-name", "m",
+                    "--model-version", "1", "--host", "0.0.0.0", "--port", "8080"]
+
+
+def _hf_artifact(tmp_path: Path, extra: dict[str, bytes]) -> tuple[Path, str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (src / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (src / "serving.json").write_text("{}")
+    for name, data in extra.items():
+        (src / name).write_bytes(data)
+    store = ArtifactStore(f"file://{tmp_path}/store")
+    artifact = store.put_directory("lm", src)
+    return store.fetch("lm", artifact.digest, tmp_path / "fetched"), artifact.digest
+
+
+def test_vllm_serves_a_verified_safetensors_directory(tmp_path: Path) -> None:
+    directory, digest = _hf_artifact(tmp_path, {})
+    get_runtime("vllm").check_artifact(directory, digest)  # no exception
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "optimizer.pt", "tokenizer.pkl"])
+def test_vllm_refuses_an_artifact_with_a_pickle(tmp_path: Path, name: str) -> None:
+    directory, digest = _hf_artifact(tmp_path, {name: b"\x80\x04."})
+    with pytest.raises(TamperedArtifact, match=rf"pickle files \['{name}'\]"):
+        get_runtime("vllm").check_artifact(directory, digest)
+
+
+def test_vllm_refuses_a_tampered_or_incomplete_artifact(tmp_path: Path) -> None:
+    directory, digest = _hf_artifact(tmp_path, {})
+    (directory / "model.safetensors").write_bytes(b"changed after it was verified")
+    with pytest.raises(TamperedArtifact, match="the vllm runtime refuses"):
+        get_runtime("vllm").check_artifact(directory, digest)
+    (tmp_path / "bare").mkdir()
+    bare, bare_digest = _hf_artifact(tmp_path / "bare", {})
+    (bare / "config.json").unlink()
+    with pytest.raises((DeployFailed, TamperedArtifact)):
+        get_runtime("vllm").check_artifact(bare, bare_digest)
