@@ -52,6 +52,7 @@ test: lint
 	  exit $$status
 
 bench: setup
+	@bash scripts/vllm-venv.sh
 	$(PY) bench/run_all.py
 
 up: setup
