@@ -83,6 +83,20 @@ def load_eval_frame(eval_csv: Path, label: str) -> Any:
     return frame
 
 
+def _sandboxed(module: str, args: list[str], declared: dict[str, Any], work: Path, what: str) -> None:
+    """Run ``python -m <module> <args>`` in the build's environment (no Airflow secrets); fail with its reason."""
+    import subprocess
+    import sys
+
+    from model_delivery.build_env import sandbox_env
+
+    done = subprocess.run([sys.executable, "-m", module, *args], env=sandbox_env(declared, work / "home"), cwd=work,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PREDICT_TIMEOUT)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise EvaluationFailed(f"{what}: {reason[:500]}")
+
+
 def predict_frame(artifact_dir: Path, frame: Any, declared: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Every declared output of the artifact's model for the rows of ``frame``, predicted in a sandbox.
 
@@ -92,13 +106,11 @@ def predict_frame(artifact_dir: Path, frame: Any, declared: dict[str, Any] | Non
     (JSON) is read here; the rows go out as ``.npy`` and the outputs come back as ``.npz``,
     both without pickle.
     """
-    import subprocess
-    import sys
     import tempfile
 
     import numpy as np
 
-    from model_delivery.build_env import declare_default, sandbox_env
+    from model_delivery.build_env import declare_default
     from model_server.flavors import read_serving_config
 
     config = read_serving_config(artifact_dir)
@@ -112,17 +124,73 @@ def predict_frame(artifact_dir: Path, frame: Any, declared: dict[str, Any] | Non
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
         work = Path(tmp)
         np.save(work / "features.npy", frame[columns].to_numpy(dtype="float64"), allow_pickle=False)
-        done = subprocess.run(
-            [sys.executable, "-m", "model_server.predict", "--artifact", str(artifact_dir),
-             "--features", str(work / "features.npy"), "--output", str(work / "outputs.npz")],
-            env=sandbox_env(declared or declare_default(config.get("name", "model")), work / "home"),
-            cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PREDICT_TIMEOUT,
-        )
-        if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-            raise EvaluationFailed(f"the model in {artifact_dir} could not predict the evaluation rows: {reason[:500]}")
+        _sandboxed("model_server.predict", ["--artifact", str(artifact_dir), "--features", str(work / "features.npy"),
+                                            "--output", str(work / "outputs.npz")],
+                   declared or declare_default(config.get("name", "model")), work,
+                   f"the model in {artifact_dir} could not predict the evaluation rows")
         with np.load(work / "outputs.npz", allow_pickle=False) as outputs:
             return {name: outputs[name] for name in outputs.files}
+
+
+def score_blocks(artifact_dir: Path, blocks_csv: Path, declared: dict[str, Any], *, max_length: int = 256
+                 ) -> list[dict[str, float]]:
+    """Per-block scores of a language model on held-out text blocks, computed in a sandbox.
+
+    ``python -m model_server.lm_score`` loads the safetensors weights in a process of its own with
+    the build's environment; each block comes back as ``{"nll", "tokens", "correct"}``.
+    """
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lm-score-") as tmp:
+        work = Path(tmp)
+        _sandboxed("model_server.lm_score", ["--artifact", str(artifact_dir), "--blocks", str(blocks_csv),
+                                             "--output", str(work / "scores.json"), "--max-length", str(max_length)],
+                   declared, work, f"the language model in {artifact_dir} could not be scored")
+        blocks: list[dict[str, float]] = json.loads((work / "scores.json").read_text())["blocks"]
+        return blocks
+
+
+def lm_metrics(blocks: list[dict[str, float]]) -> dict[str, float]:
+    """Held-out ``perplexity`` (exp of the mean NLL per token) and ``next_token_accuracy`` over the blocks."""
+    tokens = sum(b["tokens"] for b in blocks)
+    if tokens == 0:
+        raise EvaluationFailed("the held-out blocks hold no token to score: check the eval data's text column")
+    return {"perplexity": math.exp(sum(b["nll"] for b in blocks) / tokens),
+            "next_token_accuracy": sum(b["correct"] for b in blocks) / tokens}
+
+
+def bootstrap_blocks(candidate: list[dict[str, float]], champion: list[dict[str, float]] | None, *, samples: int,
+                     confidence: float, seed: int) -> dict[str, dict[str, list[float]]]:
+    """Percentile intervals of each LM metric and of (candidate - champion), resampling blocks paired.
+
+    The two models were scored on the same blocks, so each draw takes the same block indices for
+    both: the delta's interval then reflects the models' difference, not the blocks' spread.
+    """
+    import numpy as np
+
+    if champion is not None and len(champion) != len(candidate):
+        raise EvaluationFailed(f"candidate and champion were scored on {len(candidate)} and {len(champion)} blocks: "
+                               "a paired comparison needs the same blocks")
+    rng = np.random.default_rng(seed)
+    names = ("perplexity", "next_token_accuracy")
+    draws: dict[str, list[float]] = {n: [] for n in names}
+    deltas: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(samples):
+        index = rng.integers(0, len(candidate), len(candidate))
+        ours = lm_metrics([candidate[i] for i in index])
+        theirs = lm_metrics([champion[i] for i in index]) if champion is not None else {}
+        for name in names:
+            draws[name].append(ours[name])
+            if champion is not None:
+                deltas[name].append(ours[name] - theirs[name])
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: list[float]) -> list[float]:
+        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+    return {name: {"candidate": interval(draws[name]), **({"delta": interval(deltas[name])} if champion else {})}
+            for name in names}
 
 
 PREDICT_TIMEOUT = 1800
