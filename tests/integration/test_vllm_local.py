@@ -130,3 +130,34 @@ def test_an_artifact_holding_a_pickle_is_refused_before_anything_starts(lm: Any,
     after = target.status()
     assert after["candidates"] == before["candidates"] and after["active"] == before["active"]
     assert target.runtime.served_digest(target.front_url, MODEL) == before["active"]["digest"]
+
+
+def test_the_openai_smoke_test_checks_prompts_plain_and_streamed_with_latency_budgets(lm: Any) -> None:
+    from model_delivery.smoke_lm import GoldenPrompt, run_smoke_lm
+
+    target, v1, v2, _, _ = lm
+    url = target.front_url  # v1 serves here after the rollback above
+    exact = complete(url, prompt="import ", max_tokens=6).json()["choices"][0]["text"]  # how a golden is made
+    cases = [GoldenPrompt.model_validate(c) for c in (
+        {"name": "a function header", "prompt": "def ", "max_tokens": 8, "expect": {"min_length": 1}},
+        {"name": "an import, greedy", "prompt": "import ", "max_tokens": 6, "expect": {"equals": exact}},
+    )]
+    budgets = {"repeats": 3, "concurrency": 4, "ttft_budget_ms": 30_000.0, "tpot_budget_ms": 5_000.0}
+    served = target.runtime.served_digest
+
+    report = run_smoke_lm(url, MODEL, cases, expect_digest=v1.digest, served_digest=served, **budgets)
+
+    assert report["passed"], report["failures"]
+    assert report["requests"] == 2 * 2 + 2 * 3
+    latency = report["latency_ms"]
+    assert 0 < latency["ttft_p50"] <= latency["ttft_p95"] and 0 < latency["tpot_p50"] <= latency["tpot_p95"]
+
+    wrong = [GoldenPrompt.model_validate({"name": "wants zebras", "prompt": "def ", "max_tokens": 8,
+                                          "expect": {"contains": "zebra"}})]
+    failed = run_smoke_lm(url, MODEL, wrong, expect_digest=v2.digest, served_digest=served,
+                          **{**budgets, "ttft_budget_ms": 0.001})
+    assert not failed["passed"]
+    assert any(f.startswith("wants zebras: plain: ") and "does not contain 'zebra'" in f for f in failed["failures"])
+    assert any(f.startswith(f"served by digest {v1.digest}, expected {v2.digest}") for f in failed["failures"])
+    timed = run_smoke_lm(url, MODEL, cases[:1], **{**budgets, "ttft_budget_ms": 0.001})
+    assert any("p95 time to first token" in f and "exceeds the budget of 0.001 ms" in f for f in timed["failures"])
