@@ -9,7 +9,8 @@ golden requests; no DAG code changes. Every field is documented here, and
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,9 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
 from model_delivery.deploy.kubernetes_spec import BuildContainerSpec, KubernetesTargetSpec
 from model_delivery.exceptions import InvalidModelSpec
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 SPEC_FILE = "model.yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -445,9 +443,42 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         field = ".".join(str(p) for p in loc) or "(top level)"
         hint = _FIX_HINTS.get(item["type"], "correct the value")
         doc = _describe(loc)
-        got = f" (got {item['input']!r})" if item["type"] not in ("missing",) and loc and not named else ""
-        lines.append(f"  - field '{field}': {item['msg']}{got}. Fix: {hint}." + (f" Field: {doc}" if doc else ""))
+        got = f" (got {_clip(repr(item['input']))})" if item["type"] not in ("missing",) and loc and not named else ""
+        lines.append(f"  - field '{field}': {_clip(item['msg'])}{got}. Fix: {hint}." + (f" Field: {doc}" if doc else ""))
+        if len(lines) > MAX_ERRORS:
+            lines.append(f"  - ... and {error.error_count() - MAX_ERRORS} more")
+            break
     return "\n".join(lines)
+
+
+MAX_SPEC_BYTES = 256 * 1024
+"""A model.yaml larger than this is refused before it is parsed."""
+MAX_ERRORS = 20
+MAX_ECHO = 200
+"""Characters of a bad value echoed in an error: one bad spec must not bloat the DAG's import error."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text)} characters)"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML without aliases: an alias can expand a 1 kB file into gigabytes (a "billion laughs" bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{str(event.anchor)[:40]}) are not allowed in a model spec", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _inside(model_dir: Path, rel: str) -> bool:
+    """Whether ``rel`` names a file inside ``model_dir``, symlinks resolved."""
+    if not rel or Path(rel).is_absolute():
+        return False
+    root = model_dir.resolve()
+    return (root / rel).resolve().is_relative_to(root)
 
 
 def load_spec(model_dir: Path) -> ModelSpec:
@@ -457,11 +488,16 @@ def load_spec(model_dir: Path) -> ModelSpec:
     """
     path = model_dir / SPEC_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise InvalidModelSpec(f"{path}: {size} bytes, more than a model spec may have ({MAX_SPEC_BYTES}). "
+                                   "Fix: keep data out of model.yaml (reference data and golden requests are files).")
+        raw = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader without aliases
     except FileNotFoundError:
         raise InvalidModelSpec(f"{path}: not found. Fix: add a {SPEC_FILE} to {model_dir}.") from None
     except yaml.YAMLError as exc:
-        raise InvalidModelSpec(f"{path}: not valid YAML: {exc}. Fix: correct the syntax.") from None
+        raise InvalidModelSpec(f"{path}: not valid YAML: {_clip(str(exc))}. Fix: correct the syntax, and write "
+                               "each value out instead of using anchors and aliases.") from None
     if not isinstance(raw, dict):
         raise InvalidModelSpec(
             f"{path}: must be a YAML mapping of fields, got {type(raw).__name__}. "
@@ -483,6 +519,12 @@ def load_spec(model_dir: Path) -> ModelSpec:
         ("validation.reference", spec.validation.reference),
     )
     for field, rel in named:
+        if not _inside(model_dir, rel):
+            raise InvalidModelSpec(
+                f"{path}: field '{field}' names {_clip(repr(rel))}, which is outside the model folder {model_dir}. "
+                "Fix: name a file inside the model folder, by a relative path (no '..' out of it, no absolute path, "
+                "no symlink that leads out)."
+            )
         if not (model_dir / rel).is_file():
             raise InvalidModelSpec(
                 f"{path}: field '{field}' names {rel!r}, which does not exist in {model_dir}. "

@@ -94,6 +94,12 @@ BROKEN = [
         "serving.runtime", "local target only so far", id="vllm-beyond-the-local-target"),
     pytest.param(_edit(lambda s: s["build"].update(env={"OMP_NUM_THREADS": "4"})), "build.env",
                  "use build.threads", id="build-env-reserved"),
+    pytest.param(_edit(lambda s: s["build"].update(entrypoint="/etc/passwd")), "build.entrypoint",
+                 "outside the model folder", id="absolute-path"),
+    pytest.param(_edit(lambda s: s["validation"].update(reference="../../../../../../etc/passwd")),
+                 "validation.reference", "outside the model folder", id="dotdot-path"),
+    pytest.param(_edit(lambda s: s["smoke"].update(golden="../wine/golden.json")), "smoke.golden",
+                 "outside the model folder", id="another-models-file"),
     pytest.param(_write("name: breast_cancer\ntask: [classification\n"), None, "not valid YAML", id="not-yaml"),
     pytest.param(_write("- name: breast_cancer\n- task: classification\n"), None, "got list", id="yaml-list"),
     pytest.param(_delete("model.yaml"), None, "not found", id="missing-model-yaml"),
@@ -147,3 +153,47 @@ def test_spec_docs_mention_every_field() -> None:
     for nested in ("build.entrypoint", "evaluation.metrics", "gate.thresholds", "smoke.latency_budget_ms",
                    "deploy.local.port"):
         assert f"`{nested}`" in docs, nested
+
+
+BOMB = """name: breast_cancer
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    (model_dir / "model.yaml").write_text(BOMB)  # 9**9 strings if expanded: gigabytes, and an import error as big
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+    message = str(caught.value)
+    assert "aliases (*a) are not allowed in a model spec" in message and "anchors and aliases" in message
+    assert len(message) < 1000
+
+
+def test_a_huge_spec_or_a_huge_bad_value_gives_a_short_error(tmp_path: Path) -> None:
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    edit_spec(model_dir, lambda spec: spec.update(description="x" * 300_000))
+    with pytest.raises(InvalidModelSpec, match="more than a model spec may have"):
+        load_spec(model_dir)
+    edit_spec(model_dir, lambda spec: spec.update(description="ok", owner=["y" * 100_000]))
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+    assert "field 'owner'" in str(caught.value) and len(str(caught.value)) < 2000
+
+
+def test_a_symlink_out_of_the_model_folder_is_refused(tmp_path: Path) -> None:
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    (model_dir / "reference.csv").unlink()
+    (model_dir / "reference.csv").symlink_to(secret)
+    with pytest.raises(InvalidModelSpec, match="field 'validation.reference' names 'reference.csv', which is outside"):
+        load_spec(model_dir)
