@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.exceptions import ReleaseFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     import numpy as np
 
 
@@ -167,30 +169,17 @@ def bootstrap_blocks(candidate: list[dict[str, float]], champion: list[dict[str,
     The two models were scored on the same blocks, so each draw takes the same block indices for
     both: the delta's interval then reflects the models' difference, not the blocks' spread.
     """
-    import numpy as np
-
     if champion is not None and len(champion) != len(candidate):
         raise EvaluationFailed(f"candidate and champion were scored on {len(candidate)} and {len(champion)} blocks: "
                                "a paired comparison needs the same blocks")
-    rng = np.random.default_rng(seed)
     names = ("perplexity", "next_token_accuracy")
-    draws: dict[str, list[float]] = {n: [] for n in names}
-    deltas: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(samples):
-        index = rng.integers(0, len(candidate), len(candidate))
+
+    def measure(index: Any) -> tuple[dict[str, float], dict[str, float] | None]:
         ours = lm_metrics([candidate[i] for i in index])
-        theirs = lm_metrics([champion[i] for i in index]) if champion is not None else {}
-        for name in names:
-            draws[name].append(ours[name])
-            if champion is not None:
-                deltas[name].append(ours[name] - theirs[name])
-    tail = (1 - confidence) / 2 * 100
+        return ours, lm_metrics([champion[i] for i in index]) if champion is not None else None
 
-    def interval(values: list[float]) -> list[float]:
-        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
-
-    return {name: {"candidate": interval(draws[name]), **({"delta": interval(deltas[name])} if champion else {})}
-            for name in names}
+    return paired_bootstrap(len(candidate), names, measure, paired=champion is not None, samples=samples,
+                            confidence=confidence, seed=seed)
 
 
 PREDICT_TIMEOUT = 1800
@@ -227,18 +216,35 @@ def bootstrap(
     seed: int,
 ) -> dict[str, dict[str, list[float]]]:
     """Percentile confidence intervals of each metric and of (candidate - champion), paired by row."""
+
+    def measure(index: Any) -> tuple[dict[str, float], dict[str, float] | None]:
+        ours = _safe_metrics(task, names, y[index], _take(candidate, index))
+        return ours, _safe_metrics(task, names, y[index], _take(champion, index)) if champion is not None else None
+
+    return paired_bootstrap(len(y), names, measure, paired=champion is not None, samples=samples,
+                            confidence=confidence, seed=seed)
+
+
+def paired_bootstrap(n: int, names: Sequence[str], measure: Callable[[Any], tuple[dict[str, float],
+                     dict[str, float] | None]], *, paired: bool, samples: int, confidence: float, seed: int,
+                     ) -> dict[str, dict[str, list[float]]]:
+    """Percentile intervals of each metric and of (candidate - champion), over ``samples`` resamples of ``n`` units.
+
+    Each draw takes the same unit indices (rows, or an LM's blocks) for both models, so the
+    delta's interval reflects their difference, not the units' spread. ``measure(index)`` gives
+    the candidate's and the champion's metrics on one draw. NaN draws (a metric undefined on a
+    draw) are left out.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {name: [] for name in names}
     deltas: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(samples):
-        index = rng.integers(0, len(y), len(y))
-        ours = _safe_metrics(task, names, y[index], _take(candidate, index))
-        theirs = _safe_metrics(task, names, y[index], _take(champion, index)) if champion is not None else {}
+        ours, theirs = measure(rng.integers(0, n, n))
         for name in names:
             draws[name].append(ours[name])
-            if champion is not None:
+            if theirs is not None:
                 deltas[name].append(ours[name] - theirs[name])
     tail = (1 - confidence) / 2 * 100
 
@@ -247,10 +253,8 @@ def bootstrap(
         arr = arr[~np.isnan(arr)]
         return [float(np.percentile(arr, tail)), float(np.percentile(arr, 100 - tail))] if arr.size else []
 
-    return {
-        name: {"candidate": interval(draws[name]), **({"delta": interval(deltas[name])} if champion is not None else {})}
-        for name in names
-    }
+    return {name: {"candidate": interval(draws[name]), **({"delta": interval(deltas[name])} if paired else {})}
+            for name in names}
 
 
 def evaluate_artifact(
