@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +37,9 @@ class Expect(BaseModel):
     shape: list[int] | None = None
 
 
+CaseT = TypeVar("CaseT", bound=BaseModel)
+
+
 class GoldenCase(BaseModel):
     """One golden request."""
 
@@ -48,20 +51,25 @@ class GoldenCase(BaseModel):
 
 def load_golden(path: Path) -> list[GoldenCase]:
     """Load golden cases; a malformed file raises ``InvalidModelSpec`` naming the case and field."""
+    return load_cases(path, GoldenCase, "golden requests", "case")
+
+
+def load_cases(path: Path, model: type[CaseT], what: str, noun: str) -> list[CaseT]:
+    """A non-empty JSON list of ``model`` items; ``InvalidModelSpec`` names the item and the field otherwise."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InvalidModelSpec(f"{path}: cannot read golden requests ({exc}). Fix: a JSON list of cases.") from None
+        raise InvalidModelSpec(f"{path}: cannot read {what} ({exc}). Fix: a JSON list of {noun}s.") from None
     if not isinstance(raw, list) or not raw:
-        raise InvalidModelSpec(f"{path}: must be a non-empty JSON list of cases.")
+        raise InvalidModelSpec(f"{path}: must be a non-empty JSON list of {noun}s.")
     cases = []
     for index, item in enumerate(raw):
         try:
-            cases.append(GoldenCase.model_validate(item))
+            cases.append(model.model_validate(item))
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
-            raise InvalidModelSpec(f"{path}: case {index}, field '{field}': {first['msg']}.") from None
+            raise InvalidModelSpec(f"{path}: {noun} {index}, field '{field}': {first['msg']}.") from None
     return cases
 
 

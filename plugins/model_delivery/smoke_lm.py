@@ -20,10 +20,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_delivery.exceptions import InvalidModelSpec
-from model_delivery.smoke import percentile
+from model_delivery.smoke import load_cases, percentile
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,27 +51,15 @@ class GoldenPrompt(BaseModel):
 
 
 def load_golden_prompts(path: Path) -> list[GoldenPrompt]:
-    """Load golden prompts; a malformed file raises ``InvalidModelSpec`` naming the case and the field."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidModelSpec(f"{path}: cannot read golden prompts ({exc}). Fix: a JSON list of prompts.") from None
-    if not isinstance(raw, list) or not raw:
-        raise InvalidModelSpec(f"{path}: must be a non-empty JSON list of prompts.")
-    cases = []
-    for index, item in enumerate(raw):
+    """Load golden prompts; a malformed file raises ``InvalidModelSpec`` naming the prompt and the field."""
+    cases = load_cases(path, GoldenPrompt, "golden prompts", "prompt")
+    for index, case in enumerate(cases):
         try:
-            case = GoldenPrompt.model_validate(item)
             if case.expect.regex is not None:
                 re.compile(case.expect.regex)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise InvalidModelSpec(f"{path}: prompt {index}, field '{field}': {first['msg']}.") from None
         except re.error as exc:
             raise InvalidModelSpec(f"{path}: prompt {index}, field 'expect.regex': not a regular expression "
                                    f"({exc}).") from None
-        cases.append(case)
     return cases
 
 
