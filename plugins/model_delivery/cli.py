@@ -49,12 +49,22 @@ def summary(model: str) -> int:
         return 1
     request = settings.home / f"{model}-request.json"
     request.parent.mkdir(parents=True, exist_ok=True)
-    request.write_text(json.dumps({"inputs": load_golden(settings.models_dir / model / spec.smoke.golden)[0].inputs}))
+    golden = settings.models_dir / model / spec.smoke.golden
     url = status["front_url"]
     print(f"{model} version {active['version']} ({active['digest'][:19]}…) is serving at {url}")
     print("Query it:")
-    print(f"  curl -s {url}/v2/models/{model}/infer -H 'content-type: application/json' -d @{request}")
-    print(f"  curl -s {url}/v2/models/{model}     # metadata")
+    if spec.task == "language-model":
+        from model_delivery.smoke_lm import load_golden_prompts
+
+        prompt = load_golden_prompts(golden)[0]
+        request.write_text(json.dumps({"model": model, "prompt": prompt.prompt, "max_tokens": prompt.max_tokens,
+                                       "temperature": 0}))
+        print(f"  curl -s {url}/v1/completions -H 'content-type: application/json' -d @{request}")
+        print(f"  curl -s {url}/v1/models           # what is served, from which artifact (root)")
+    else:
+        request.write_text(json.dumps({"inputs": load_golden(golden)[0].inputs}))
+        print(f"  curl -s {url}/v2/models/{model}/infer -H 'content-type: application/json' -d @{request}")
+        print(f"  curl -s {url}/v2/models/{model}     # metadata")
     print(f"  curl -s {url}/metrics               # Prometheus metrics")
     print("Stop the servers with: scripts/stop-servers.sh")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import ReleaseFailed
+from model_delivery.spec import LM_METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -154,11 +155,20 @@ def score_blocks(artifact_dir: Path, blocks_csv: Path, declared: dict[str, Any],
 
 
 def lm_metrics(blocks: list[dict[str, float]]) -> dict[str, float]:
-    """Held-out ``perplexity`` (exp of the mean NLL per token) and ``next_token_accuracy`` over the blocks."""
+    """A language model's metrics over held-out blocks (the names of ``spec.LM_METRICS``).
+
+    ``perplexity``: exp of the mean NLL per token (of the model's own tokenizer);
+    ``bits_per_byte``: the total NLL in bits per UTF-8 byte of the text, comparable between
+    models whose tokenizers differ; ``next_token_accuracy``: the share of tokens that were the
+    model's greedy choice.
+    """
     tokens = sum(b["tokens"] for b in blocks)
     if tokens == 0:
         raise EvaluationFailed("the held-out blocks hold no token to score: check the eval data's text column")
-    return {"perplexity": math.exp(sum(b["nll"] for b in blocks) / tokens),
+    nll = sum(b["nll"] for b in blocks)
+    size = sum(b.get("bytes", 0) for b in blocks)
+    return {"perplexity": math.exp(nll / tokens),
+            "bits_per_byte": nll / math.log(2) / size if size else float("nan"),
             "next_token_accuracy": sum(b["correct"] for b in blocks) / tokens}
 
 
@@ -172,7 +182,7 @@ def bootstrap_blocks(candidate: list[dict[str, float]], champion: list[dict[str,
     if champion is not None and len(champion) != len(candidate):
         raise EvaluationFailed(f"candidate and champion were scored on {len(candidate)} and {len(champion)} blocks: "
                                "a paired comparison needs the same blocks")
-    names = ("perplexity", "next_token_accuracy")
+    names = LM_METRICS
 
     def measure(index: Any) -> tuple[dict[str, float], dict[str, float] | None]:
         ours = lm_metrics([candidate[i] for i in index])

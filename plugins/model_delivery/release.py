@@ -216,10 +216,12 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
     return result
 
 
-def _champion(rc: ReleaseContext, candidate: dict[str, Any], frame: Any, scratch: Path) -> tuple[dict[str, Any] | None, Any]:
-    """The production version measured on the candidate's evaluation rows (paired), if there is one."""
-    from model_delivery.build_env import declare
-    from model_delivery.evaluate import compute_metrics, predict_frame
+def _champion(rc: ReleaseContext, candidate: dict[str, Any], scratch: Path,
+              measure: Callable[[Path], tuple[dict[str, float], Any]]) -> tuple[dict[str, Any] | None, Any]:
+    """The production version measured on the candidate's evaluation data (paired), if there is one.
+
+    ``measure(artifact_dir)`` gives its metrics and what the bootstrap pairs (outputs or block scores).
+    """
     from model_delivery.registry import PRODUCTION
     from model_server.manifest import ArtifactIntegrityError, parse_digest
 
@@ -231,21 +233,47 @@ def _champion(rc: ReleaseContext, candidate: dict[str, Any], frame: Any, scratch
         return {**found, "same_as_candidate": True}, None
     try:
         artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}")
-        outputs = predict_frame(artifact_dir, frame, declare(rc.model, rc.spec.build))
+        metrics, paired = measure(artifact_dir)
     except (ReleaseFailed, ArtifactIntegrityError, ValueError) as exc:
         rc.log("production version %s could not be measured on this data: %s", champion.version, exc)
         return {**found, "metrics": rc.registry.metrics_of(champion), "paired": False,
                 "note": f"not measured on this data ({exc}); its recorded metrics are used"}, None
-    y = frame[rc.spec.evaluation.label].to_numpy()
-    metrics = compute_metrics(rc.spec.task, rc.spec.evaluation.metrics, y, outputs)
-    return {**found, "metrics": metrics, "paired": True}, outputs
+    return {**found, "metrics": metrics, "paired": True}, paired
 
 
 def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Measure the candidate, and the production version on the same rows; log to MLflow.
+    """Measure the candidate, and the production version on the same data; log to MLflow.
 
-    Adds per-slice metrics for the gate's slices and bootstrap intervals when the gate asks.
+    A table model is measured on the evaluation rows (per-slice metrics for the gate's slices);
+    a language model on the held-out text blocks. Bootstrap intervals when the gate asks.
     """
+    from model_server.manifest import parse_digest
+
+    spec = rc.spec
+    scratch = rc.settings.scratch_dir / spec.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        eval_csv = _download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv")
+        measure = _evaluate_lm if spec.task == "language-model" else _evaluate_table
+        result = measure(rc, candidate, artifact_dir, eval_csv, scratch)
+    rc.registry.log_metrics(spec.name, candidate["version"], result["metrics"])
+    rc.store.write_json(rc.record.dir / "metrics.json", result)
+    baseline = (result["champion"] or {}).get("metrics") or {}
+    for name, value in result["metrics"].items():
+        versus = f" (production {baseline[name]:.4f}, {value - baseline[name]:+.4f})" if name in baseline else ""
+        rc.log("metric %s = %.4f%s", name, value, versus)
+    return result
+
+
+def _bootstrap_config(rc: ReleaseContext) -> dict[str, Any] | None:
+    config = rc.spec.gate.bootstrap
+    return None if config is None else {"samples": config.samples, "confidence": config.confidence, "seed": config.seed}
+
+
+def _evaluate_table(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_csv: Path,
+                    scratch: Path) -> dict[str, Any]:
+    """A classification or regression model on the evaluation rows, predicted in a sandbox."""
     from model_delivery.build_env import declare
     from model_delivery.evaluate import (
         bootstrap,
@@ -254,35 +282,54 @@ def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
         predict_frame,
         slice_metrics,
     )
-    from model_server.manifest import parse_digest
 
     spec = rc.spec
     label, names = spec.evaluation.label, spec.evaluation.metrics
-    scratch = rc.settings.scratch_dir / spec.name
-    scratch.mkdir(parents=True, exist_ok=True)
-    artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        frame = load_eval_frame(_download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv"), label)
-    outputs = predict_frame(artifact_dir, frame, declare(spec.name, spec.build))
+    frame = load_eval_frame(eval_csv, label)
+    declared = declare(spec.name, spec.build)
     y = frame[label].to_numpy()
-    result: dict[str, Any] = {"metrics": compute_metrics(spec.task, names, y, outputs), "rows": len(frame)}
-    result["champion"], champion_outputs = _champion(rc, candidate, frame, scratch)
+
+    def measure(directory: Path) -> tuple[dict[str, float], Any]:
+        outputs = predict_frame(directory, frame, declared)
+        return compute_metrics(spec.task, names, y, outputs), outputs
+
+    metrics, outputs = measure(artifact_dir)
+    result: dict[str, Any] = {"metrics": metrics, "rows": len(frame)}
+    result["champion"], champion_outputs = _champion(rc, candidate, scratch, measure)
     result["slices"] = {
         s.column: slice_metrics(spec.task, names, frame, label, outputs, s.column) for s in spec.gate.slices
     }
-    if spec.gate.bootstrap is not None:
-        config = spec.gate.bootstrap
-        result["bootstrap"] = {
-            "samples": config.samples, "confidence": config.confidence, "seed": config.seed,
-            "intervals": bootstrap(spec.task, names, y, outputs, champion_outputs, samples=config.samples,
-                                   confidence=config.confidence, seed=config.seed),
-        }
-    rc.registry.log_metrics(spec.name, candidate["version"], result["metrics"])
-    rc.store.write_json(rc.record.dir / "metrics.json", result)
-    baseline = (result["champion"] or {}).get("metrics") or {}
-    for name, value in result["metrics"].items():
-        versus = f" (production {baseline[name]:.4f}, {value - baseline[name]:+.4f})" if name in baseline else ""
-        rc.log("metric %s = %.4f%s", name, value, versus)
+    config = _bootstrap_config(rc)
+    if config is not None:
+        result["bootstrap"] = {**config, "intervals": bootstrap(spec.task, names, y, outputs, champion_outputs,
+                                                                 **config)}
+    return result
+
+
+def _evaluate_lm(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_csv: Path,
+                 scratch: Path) -> dict[str, Any]:
+    """A language model on the held-out text blocks, scored in a sandbox; the champion on the same blocks."""
+    from model_delivery.build_env import declare
+    from model_delivery.evaluate import bootstrap_blocks, lm_metrics, score_blocks
+
+    spec = rc.spec
+    declared = declare(spec.name, spec.build)
+
+    def measure(directory: Path) -> tuple[dict[str, float], Any]:
+        blocks = score_blocks(directory, eval_csv, declared, max_length=spec.evaluation.max_length)
+        found = lm_metrics(blocks)
+        return {name: found[name] for name in spec.evaluation.metrics}, blocks
+
+    metrics, blocks = measure(artifact_dir)
+    result: dict[str, Any] = {"metrics": metrics, "rows": len(blocks), "unit": "blocks",
+                              "tokens": sum(int(b["tokens"]) for b in blocks), "slices": {}}
+    result["champion"], champion_blocks = _champion(rc, candidate, scratch, measure)
+    rc.store.write_json(rc.record.dir / "lm_blocks.json", {"candidate": blocks, "champion": champion_blocks})
+    config = _bootstrap_config(rc)
+    if config is not None:
+        intervals = bootstrap_blocks(blocks, champion_blocks, **config)
+        result["bootstrap"] = {**config, "intervals": {k: v for k, v in intervals.items()
+                                                        if k in spec.evaluation.metrics}}
     return result
 
 
@@ -358,17 +405,33 @@ def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, A
 
 
 def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
-    """Golden requests against a deployment; it must answer as expected, from this digest, in budget."""
-    from model_delivery.smoke import load_golden, run_smoke
+    """Golden requests against a deployment; it must answer as expected, from this digest, in budget.
+
+    It speaks the runtime's protocol: the Open Inference Protocol to our model server, the
+    OpenAI completions API (golden prompts, TTFT and TPOT under load) to a language model's.
+    """
+    from model_delivery.runtimes import get_runtime
 
     spec = rc.spec
-    cases = load_golden(rc.model_dir / spec.smoke.golden)
-    report = run_smoke(
-        deployment["url"], spec.name, cases, repeats=spec.smoke.repeats,
-        budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"],
-    )
-    rc.log("smoke against %s: %d requests, p95 %s ms, passed=%s", report["url"], report["requests"],
-           report["latency_ms"]["p95"], report["passed"])
+    runtime = get_runtime(spec.serving.runtime)
+    if runtime.protocol == "openai":
+        from model_delivery.smoke_lm import load_golden_prompts, run_smoke_lm
+
+        report = run_smoke_lm(
+            deployment["url"], spec.name, load_golden_prompts(rc.model_dir / spec.smoke.golden),
+            repeats=spec.smoke.repeats, concurrency=spec.smoke.concurrency, ttft_budget_ms=spec.smoke.ttft_budget_ms,
+            tpot_budget_ms=spec.smoke.tpot_budget_ms, expect_digest=candidate["digest"],
+            served_digest=runtime.served_digest,
+        )
+    else:
+        from model_delivery.smoke import load_golden, run_smoke
+
+        report = run_smoke(
+            deployment["url"], spec.name, load_golden(rc.model_dir / spec.smoke.golden), repeats=spec.smoke.repeats,
+            budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"],
+        )
+    rc.log("smoke against %s: %d requests, %s, passed=%s", report["url"], report["requests"],
+           latency_summary(report.get("latency_ms") or {}), report["passed"])
     if not report["passed"]:
         raise SmokeTestFailed(f"smoke test of {deployment['url']} failed: " + "; ".join(report["failures"]), result=report)
     return report
@@ -394,11 +457,22 @@ def approval_request(rc: ReleaseContext) -> str:
     ]
     for name, value in (evaluation.get("metrics") or {}).items():
         lines.append(f"| {name} | {value:.4f} | {base[name]:.4f} |" if name in base else f"| {name} | {value:.4f} | — |")
-    latency = smoke_result.get("latency_ms") or {}
-    lines += ["", f"Smoke test on the staged candidate: passed, p95 {latency.get('p95')} ms "
-                  f"(budget {latency.get('budget_p95')} ms).",
+    lines += ["", f"Smoke test on the staged candidate: passed, {latency_summary(smoke_result.get('latency_ms') or {})}.",
               "", f"Report so far: {rc.record.dir / 'release.json'}"]
     return "\n".join(lines)
+
+
+def latency_summary(latency: dict[str, Any]) -> str:
+    """The smoke test's latency in one phrase: p95 against budget (TTFT and TPOT for a language model)."""
+    if "ttft_p95" in latency:
+        return (f"p95 time to first token {_ms(latency.get('ttft_p95'))} (budget {latency.get('ttft_budget_p95')} ms), "
+                f"p95 time per output token {_ms(latency.get('tpot_p95'))} (budget {latency.get('tpot_budget_p95')} ms), "
+                f"{latency.get('concurrency')} streams at once")
+    return f"p95 {_ms(latency.get('p95'))} (budget {latency.get('budget_p95')} ms)"
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.1f} ms" if isinstance(value, int | float) else "—"
 
 
 def deploy_production(rc: ReleaseContext) -> dict[str, Any]:

@@ -130,7 +130,9 @@ def _metrics(record: dict[str, Any]) -> list[str]:
                      ", ".join(bounds.get(name, [])) or None, f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else None])
     who = f"production v{champion.get('version')}" if champion.get("version") else "production"
     paired = "" if not champion or champion.get("paired", True) else " (recorded metrics: not measured on these rows)"
-    lines = ["## Metrics", "", f"On {evaluation.get('rows', '?')} held-out rows; {who}{paired}.", ""]
+    unit = "blocks" if evaluation.get("unit") == "blocks" else "rows"
+    tokens = f" ({evaluation['tokens']} tokens)" if evaluation.get("tokens") else ""
+    lines = ["## Metrics", "", f"On {evaluation.get('rows', '?')} held-out {unit}{tokens}; {who}{paired}.", ""]
     return lines + _table(["metric", "candidate", who, "delta", "threshold", "candidate CI"], rows)
 
 
@@ -162,9 +164,19 @@ def _smoke(record: dict[str, Any]) -> list[str]:
         if not result:
             continue
         latency = result.get("latency_ms") or {}
-        lines.append(f"- {stage} against {result.get('url')}: {'passed' if result.get('passed') else 'FAILED'}, "
-                     f"{result.get('requests')} requests, p50 {_fmt(latency.get('p50'))} ms, "
-                     f"p95 {_fmt(latency.get('p95'))} ms (budget {latency.get('budget_p95')} ms)")
+        verdict = "passed" if result.get("passed") else "FAILED"
+        if result.get("protocol") == "openai":
+            lines.append(f"- {stage} against {result.get('url')} (OpenAI completions, greedy, plain and streamed): "
+                         f"{verdict}, {result.get('requests')} requests, {latency.get('concurrency')} streams at once")
+            lines += [f"  - {what}: p50 {_fmt(latency.get(f'{key}_p50'))} ms, p95 {_fmt(latency.get(f'{key}_p95'))} ms "
+                      f"(budget {latency.get(f'{key}_budget_p95')} ms)"
+                      for key, what in (("ttft", "time to first token"), ("tpot", "time per output token"))]
+            lines += [f"  - prompt {case['name']!r}: {'ok' if case['ok'] else 'FAILED'}"
+                      for case in result.get("cases") or []]
+        else:
+            lines.append(f"- {stage} against {result.get('url')}: {verdict}, "
+                         f"{result.get('requests')} requests, p50 {_fmt(latency.get('p50'))} ms, "
+                         f"p95 {_fmt(latency.get('p95'))} ms (budget {latency.get('budget_p95')} ms)")
         lines += [f"  - {failure}" for failure in result.get("failures") or []]
     return ["## Smoke tests", "", *lines, ""] if lines else []
 

@@ -24,6 +24,9 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
+LM_METRICS = ("perplexity", "bits_per_byte", "next_token_accuracy")
+TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS,
+                "language-model": LM_METRICS}
 
 
 class _FieldError(ValueError):
@@ -90,14 +93,22 @@ class BuildSpec(_Strict):
 class EvaluationSpec(_Strict):
     """How the candidate is measured on held-out data."""
 
-    label: str = Field("target", min_length=1, description="Column of the evaluation data holding the truth.")
+    label: str = Field("target", min_length=1, description="Column of the evaluation data holding the truth "
+                       "(classification and regression).")
     metrics: list[str] = Field(
         min_length=1,
         description="Metrics to compute. Classification: "
         + ", ".join(CLASSIFICATION_METRICS)
         + ". Regression: "
         + ", ".join(REGRESSION_METRICS)
-        + ".",
+        + ". Language model: "
+        + ", ".join(LM_METRICS)
+        + " (on the held-out text blocks of eval.csv; see docs/llm.md).",
+    )
+    max_length: int = Field(
+        2048, ge=2, le=1_000_000,
+        description="Language model: tokens scored per held-out block at most (with the leading `<s>`); the "
+        "trained context, e.g. the build's seq_len.",
     )
 
 
@@ -150,7 +161,7 @@ class Threshold(_Strict):
         return self
 
 
-LOWER_IS_BETTER = ("log_loss", "rmse", "mae")
+LOWER_IS_BETTER = ("log_loss", "rmse", "mae", "perplexity", "bits_per_byte")
 
 
 class RegressionCheck(_Strict):
@@ -220,6 +231,18 @@ class SmokeSpec(_Strict):
         250.0, gt=0, description="Budget for the p95 latency of the golden requests, in milliseconds."
     )
     repeats: int = Field(20, ge=1, le=10000, description="Each golden request is sent this many times.")
+    ttft_budget_ms: float = Field(
+        2000.0, gt=0, description="Language model: budget for the p95 time to first token under the smoke load, in "
+        "milliseconds.",
+    )
+    tpot_budget_ms: float = Field(
+        500.0, gt=0, description="Language model: budget for the p95 time per output token (after the first) under "
+        "the smoke load, in milliseconds.",
+    )
+    concurrency: int = Field(
+        4, ge=1, le=256, description="Language model: streams in flight at once while TTFT and TPOT are measured "
+        "(`repeats` streams of each golden prompt in all).",
+    )
 
 
 class ServingSpec(_Strict):
@@ -288,8 +311,9 @@ class ModelSpec(_Strict):
     owner: str = Field("ml-platform", min_length=1, description="Airflow owner of the release DAG.")
     tags: list[str] = Field(default_factory=list, description="Extra Airflow tags for the release DAG.")
     retries: int = Field(1, ge=0, le=10, description="Retries for infrastructure errors (never for verdicts).")
-    task: Literal["classification", "regression"] = Field(
-        description="Kind of model; decides which metrics exist."
+    task: Literal["classification", "regression", "language-model"] = Field(
+        description="Kind of model; decides which metrics exist. `language-model`: a Hugging Face-format causal LM, "
+        "served by a runtime that speaks the OpenAI API (`serving.runtime: vllm`), with golden prompts."
     )
     build: BuildSpec = Field(default_factory=BuildSpec, description="How the model is built.")  # type: ignore[arg-type]
     validation: ValidationSpec = Field(description="Data checks: expectations, schema and drift.")
@@ -360,7 +384,7 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
-        allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        allowed = TASK_METRICS[self.task]
         unknown = [m for m in self.evaluation.metrics if m not in allowed]
         if unknown:
             raise _FieldError(
@@ -376,6 +400,17 @@ class ModelSpec(_Strict):
                 f"the gate names {unmeasured} which evaluation.metrics does not compute; "
                 "add them to evaluation.metrics or remove them from the gate"
             )
+        from model_delivery.runtimes import get_runtime
+
+        protocol = get_runtime(self.serving.runtime).protocol
+        if (self.task == "language-model") != (protocol == "openai"):
+            fix = ("use serving.runtime vllm" if self.task == "language-model"
+                   else "use task language-model, or serving.runtime model_server")
+            raise _FieldError("serving.runtime", f"task {self.task!r} cannot be served by runtime "
+                              f"{self.serving.runtime!r} (it speaks {protocol}). Fix: {fix}")
+        if self.task == "language-model" and self.gate.slices:
+            raise _FieldError("gate.slices", "gate.slices judge the rows of a table; a language model is judged "
+                              "on its held-out blocks as a whole. Fix: remove gate.slices")
         if self.serving.runtime != "model_server" and self.deploy.target != "local":
             raise _FieldError(
                 "serving.runtime",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.helpers.models import PROJECT
 
-CODE_LM = PROJECT / "include" / "models" / "_code_lm"  # no model.yaml yet, so no DAG reads it
+CODE_LM = PROJECT / "include" / "models" / "code_lm"
 TINY_PARAMS = {"layers": 2, "hidden": 64, "heads": 2, "steps": 60, "max_corpus_bytes": 600_000, "eval_blocks": 32,
                "train_blocks": 64}
 VLLM_ARGS = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": "512M"}

@@ -6,8 +6,9 @@ greedy next-token choice::
 
     python -m model_server.lm_score --artifact DIR --blocks eval.csv --output scores.json [--max-length 256]
 
-The output keeps one entry per block (``{"nll": ..., "tokens": ..., "correct": ...}``), so that
-perplexity, next-token accuracy and a paired bootstrap over blocks (candidate against champion
+The output keeps one entry per block (``{"nll": ..., "tokens": ..., "correct": ..., "bytes": ...}``,
+``bytes`` the block's UTF-8 size), so that perplexity, bits per byte, next-token accuracy and a paired
+bootstrap over blocks (candidate against champion
 on the same blocks) are computed by the caller without loading the model again. Only
 safetensors weights are loaded (``use_safetensors=True``): no pickle. It runs offline and, as
 for ``model_server.predict``, in the build's environment: no Airflow secrets.
@@ -39,7 +40,7 @@ def read_blocks(path: Path) -> list[str]:
 
 
 def score(artifact: Path, texts: list[str], max_length: int, batch_size: int = 8) -> list[dict[str, float]]:
-    """Per-block NLL sum, scored token count and greedy-correct count."""
+    """Per-block NLL sum, scored token count, greedy-correct count and UTF-8 bytes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,7 +63,8 @@ def score(artifact: Path, texts: list[str], max_length: int, batch_size: int = 8
             for row in range(targets.shape[0]):
                 keep = mask[row]
                 out.append({"nll": float(nll[row][keep].sum()), "tokens": int(keep.sum()),
-                            "correct": int(correct[row][keep].sum())})
+                            "correct": int(correct[row][keep].sum()),
+                            "bytes": len(texts[start + row].encode("utf-8"))})
     return out
 
 

@@ -33,6 +33,20 @@ DEFAULT_ARGS: dict[str, Any] = {"max_model_len": 2048, "dtype": "auto", "kv_cach
 WARM_UP = {"prompt": "def", "max_tokens": 1, "temperature": 0}
 
 
+def socket_dir(scratch: Path) -> Path:
+    """A short TMPDIR for the server: vLLM binds its ZeroMQ IPC sockets there as ``ipc://$TMPDIR/<uuid4>``.
+
+    A Unix socket path holds at most 107 bytes, so a TMPDIR under a deep state directory makes
+    the engine fail at start. The directory is one per ``scratch`` (named by its hash), under
+    the system's temporary directory.
+    """
+    import hashlib
+    import tempfile
+
+    name = hashlib.sha256(str(scratch.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"md-vllm-{name}"
+
+
 class VllmRuntime(Runtime):
     """``python -m vllm.entrypoints.openai.api_server`` from vLLM's own virtualenv."""
 
@@ -63,9 +77,10 @@ class VllmRuntime(Runtime):
     def env(self, scratch: Path) -> dict[str, str]:
         caches = {name: scratch / sub for name, sub in (
             ("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("XDG_CACHE_HOME", "xdg"),
-            ("TMPDIR", "tmp"), ("HF_HOME", "hf"))}
+            ("HF_HOME", "hf"))}
+        caches["TMPDIR"] = socket_dir(scratch)
         for path in caches.values():
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return {**{k: str(v) for k, v in caches.items()}, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
 

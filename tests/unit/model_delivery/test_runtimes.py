@@ -74,3 +74,15 @@ def test_vllm_refuses_a_tampered_or_incomplete_artifact(tmp_path: Path) -> None:
     (bare / "config.json").unlink()
     with pytest.raises((DeployFailed, TamperedArtifact)):
         get_runtime("vllm").check_artifact(bare, bare_digest)
+
+
+def test_vllm_sockets_fit_a_unix_socket_path_however_deep_the_state_directory(tmp_path: Path) -> None:
+    """vLLM binds ``ipc://$TMPDIR/<uuid4>``: a TMPDIR under a deep state directory failed the engine at start."""
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 6) / "runtime"
+    env = get_runtime("vllm").env(deep)
+    socket = Path(env["TMPDIR"]) / "a8df1698-7595-4cc0-9d8d-74c78e4c5a07"
+    assert len(str(socket).encode()) <= 107
+    assert Path(env["TMPDIR"]).is_dir() and (Path(env["TMPDIR"]).stat().st_mode & 0o777) == 0o700
+    assert env["TMPDIR"] == get_runtime("vllm").env(deep)["TMPDIR"]  # one per state directory
+    assert env["TMPDIR"] != get_runtime("vllm").env(tmp_path / "other")["TMPDIR"]
+    assert env["VLLM_CACHE_ROOT"].startswith(str(deep))

@@ -54,6 +54,9 @@ def _pop(section: str, key: str | None = None) -> Callable[[dict[str, Any]], Non
     return lambda spec: spec.pop(section) if key is None else spec[section].pop(key)
 
 
+LM = {"task": "language-model", "evaluation": {"metrics": ["perplexity"]},
+      "gate": {"thresholds": {"perplexity": {"max": 100}}}}
+
 BROKEN = [
     pytest.param(
         _edit(lambda s: s["gate"]["thresholds"].update(accuracy={"min": "high"})),
@@ -89,9 +92,24 @@ BROKEN = [
     ),
     pytest.param(_edit(lambda s: s.update(serving={"runtime": "triton"})), "serving.runtime",
                  "choose from ['model_server', 'vllm']", id="unknown-runtime"),
-    pytest.param(_edit(lambda s: s.update(serving={"runtime": "vllm"}, deploy={
+    pytest.param(_edit(lambda s: s.update(LM, serving={"runtime": "vllm"}, deploy={
         "target": "kubernetes", "kubernetes": {"image": "registry.example/model-server:1"}})),
         "serving.runtime", "local target only so far", id="vllm-beyond-the-local-target"),
+    pytest.param(_edit(lambda s: s.update(serving={"runtime": "vllm"})), "serving.runtime",
+                 "task 'classification' cannot be served by runtime 'vllm' (it speaks openai)",
+                 id="table-model-on-vllm"),
+    pytest.param(_edit(lambda s: s.update(LM)), "serving.runtime",
+                 "task 'language-model' cannot be served by runtime 'model_server' (it speaks open-inference). "
+                 "Fix: use serving.runtime vllm",
+                 id="lm-on-model-server"),
+    pytest.param(_edit(lambda s: s.update(LM, serving={"runtime": "vllm"},
+                                          gate={**LM["gate"], "slices": [{"column": "file", "thresholds": {
+                                              "perplexity": {"max": 9}}}]})),
+                 "gate.slices", "judged on its held-out blocks", id="lm-with-slices"),
+    pytest.param(_edit(lambda s: s.update(LM, serving={"runtime": "vllm"},
+                                          evaluation={"metrics": ["perplexity", "accuracy"]})),
+                 "evaluation.metrics", "['accuracy'] which a language-model model does not have",
+                 id="table-metric-on-lm"),
     pytest.param(_edit(lambda s: s["build"].update(env={"OMP_NUM_THREADS": "4"})), "build.env",
                  "use build.threads", id="build-env-reserved"),
     pytest.param(_edit(lambda s: s["build"].update(entrypoint="/etc/passwd")), "build.entrypoint",

@@ -11,8 +11,9 @@ Writes:
   OUT/model/   config.json, generation_config.json, tokenizer.json, tokenizer_config.json,
                special_tokens_map.json, model-0000N-of-0000M.safetensors + model.safetensors.index.json,
                serving.json, training.json (what was trained on and the in-process held-out perplexity)
-  OUT/data/    train.csv and eval.csv: fixed-size text blocks ``block,file,start,text`` (``file``
-               relative to the stdlib directory, ``start`` the block's character offset in that file).
+  OUT/data/    train.csv and eval.csv: fixed-size text blocks ``block,file,start,chars,lines,text``
+               (``file`` relative to the stdlib directory, ``start`` the block's character offset in
+               that file, ``chars`` and ``lines`` its size: what data validation measures drift on).
 
 Perplexity of a block (here and for later evaluations): tokenize ``text`` with the saved tokenizer
 (which prepends ``<s>``), and take exp of the mean negative log-likelihood of every token after the
@@ -82,7 +83,7 @@ DEFAULTS: dict[str, object] = {
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "idle_test"}
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "idle_test", "encodings", "pydoc_data"}  # tables, not code
 TEST_DIRS = {"test", "tests"}
 
 
@@ -250,9 +251,9 @@ def sample_evenly(items: list, count: int) -> list:
 def write_blocks(path: Path, blocks: list[tuple[str, int, str]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["block", "file", "start", "text"])
+        writer.writerow(["block", "file", "start", "chars", "lines", "text"])
         for i, (rel, start, text) in enumerate(blocks):
-            writer.writerow([i, rel, start, text])
+            writer.writerow([i, rel, start, len(text), text.count("\n") + 1, text])
 
 
 # --- model ----------------------------------------------------------------------------------------
