@@ -41,15 +41,16 @@ lint: setup
 	$(VENV)/bin/mypy plugins include/serving/model_server
 
 # The test run records the project's line coverage (read by the delivery_metrics DAG, docs/metrics.md);
-# make test still fails when a test fails.
-COVERAGE := $(PY) -m coverage
-COVERAGE_DATA := .local/.coverage
+# make test still fails when a test fails. Test files run in parallel, TEST_WORKERS at a time, each
+# file whole on one worker (its tests share module fixtures and run in order); TEST_WORKERS=0 runs
+# them in this process, one after the other.
+TEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 test: lint
 	@mkdir -p .local
-	$(COVERAGE) run --data-file=$(COVERAGE_DATA) --source=plugins,include/serving/model_server,dags -m pytest; \
-	  status=$$?; \
-	  $(COVERAGE) json --data-file=$(COVERAGE_DATA) -o .local/coverage.json -q || true; \
-	  exit $$status
+	COVERAGE_FILE=.local/.coverage $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile \
+	  --cov=plugins --cov=include/serving/model_server --cov=dags --cov-report=json:.local/coverage.json \
+	  $(PYTEST_ARGS)
 
 bench: setup
 	@bash scripts/vllm-venv.sh

@@ -45,6 +45,12 @@ done
 
 say() { echo "==> $*"; }
 
+# One install at a time (make demo and make test, or two test workers, may ask at once): the
+# second waits here, then finds the stamp and does nothing.
+mkdir -p "$(dirname "$VLLM_VENV")"
+exec 9>"$VLLM_VENV.lock"
+flock 9
+
 # pip, without this machine's noise about empty extra-index folders; keeps pip's exit status.
 pip_() {
   "$PY" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v -E "^WARNING: Location '.*' is ignored" || true; }

@@ -78,12 +78,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
+def run_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A directory every test worker of this run shares (pytest-xdist gives each worker its own basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny code_lm, trained once per run: ``<dir>/model`` (the artifact) and ``<dir>/data``."""
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One tiny code_lm, trained once per run, whichever worker asks first: ``<dir>/model`` and ``<dir>/data``."""
+    from filelock import FileLock
+
     from tests.helpers.lm import build_lm
 
-    return build_lm(tmp_path_factory.mktemp("tiny_lm") / "out")
+    root = run_root(tmp_path_factory, worker_id) / "tiny_lm"
+    root.mkdir(exist_ok=True)
+    out = root / "out"
+    with FileLock(root / "build.lock"):
+        if not (out / "model" / "training.json").is_file():
+            shutil.rmtree(root / "partial", ignore_errors=True)
+            build_lm(root / "partial" / "out")
+            (root / "partial" / "out").rename(out)
+    return out
 
 
 @pytest.fixture(scope="session")

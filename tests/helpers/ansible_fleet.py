@@ -31,6 +31,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -63,13 +64,15 @@ def ensure_debian_packages(binaries: dict[str, str]) -> None:
     missing = {binary: package for binary, package in binaries.items() if shutil.which(binary) is None}
     if not missing:
         return
+    from filelock import FileLock  # test workers run in parallel: one apt-get at a time
+
     packages = sorted(set(missing.values()))
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         raise RuntimeError(f"{sorted(missing)} not found and cannot be installed here (needs root and apt-get). "
                            f"Fix: apt-get install -y {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-    with _services_not_started():
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", *packages]
+    with FileLock(Path(tempfile.gettempdir()) / "model-delivery-tests-apt.lock"), _services_not_started():
         result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
         if result.returncode != 0:  # a fresh machine may have no package lists yet
             subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=600)
