@@ -411,11 +411,16 @@ class ModelSpec(_Strict):
         if self.task == "language-model" and self.gate.slices:
             raise _FieldError("gate.slices", "gate.slices judge the rows of a table; a language model is judged "
                               "on its held-out blocks as a whole. Fix: remove gate.slices")
-        if self.serving.runtime != "model_server" and self.deploy.target != "local":
+        runtime = get_runtime(self.serving.runtime)
+        k8s = self.deploy.kubernetes
+        if self.deploy.target == "kubernetes" and k8s and not (k8s.image or k8s.model_image or runtime.image):
+            raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "
+                              "'model_image'. Fix: name the image that runs python -m model_server")
+        if self.serving.runtime != "model_server" and self.deploy.target == "ansible":
             raise _FieldError(
                 "serving.runtime",
-                f"serving.runtime {self.serving.runtime!r} is served by the local target only so far; "
-                f"deploy.target {self.deploy.target!r} serves runtime 'model_server'. Fix: use deploy.target local"
+                f"serving.runtime {self.serving.runtime!r} is served by the local and kubernetes targets so far; "
+                "deploy.target 'ansible' serves runtime 'model_server'. Fix: use deploy.target local or kubernetes"
             )
         return self
 

@@ -37,6 +37,18 @@ GPU: dict[str, Any] = {
 }
 
 
+GPU_LM: dict[str, Any] = {
+    "namespace": NAMESPACE,
+    "replicas": 2,
+    "startup_timeout_seconds": 600,
+    "resources": {"cpu_request": "4", "memory_request": "24Gi", "memory_limit": "24Gi", "gpus": 1},
+    "node_selector": {"nvidia.com/gpu.present": "true"},
+    "artifact_fetch": {"store_uri": STORE, "credentials_secret": "model-store-credentials",
+                       "image": "registry.example/model-server:1.0"},
+}
+"""code_lm on GPUs: no image (the vllm runtime's pinned vllm/vllm-openai), one nvidia.com/gpu per pod."""
+
+
 def k8s_raw(section: dict[str, Any], model: str = "breast_cancer") -> dict[str, Any]:
     raw = yaml.safe_load((PROJECT / "include" / "models" / model / "model.yaml").read_text())
     raw["deploy"] = {"target": "kubernetes", "kubernetes": copy.deepcopy(section)}

@@ -100,7 +100,7 @@ class KubernetesTarget:
         root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
         serving = self.spec.serving
         return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}",
-                         serving.runtime, tuple(sorted(serving.args.items())))
+                         serving.runtime, tuple(sorted(serving.args.items())), self.store.size_of(self.model, digest))
 
     def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
         """What a step applies, in order: the shared objects, then the track's Deployment."""
@@ -182,7 +182,16 @@ class KubernetesTarget:
                 "objects": checked, "note": note}
 
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
-        """Apply the candidate Deployment (staging, or canary) beside production and wait for it."""
+        """Apply the candidate Deployment (staging, or canary) beside production and wait for it.
+
+        The runtime first judges the artifact by its manifest (vLLM refuses pickles), before
+        anything is applied; the pods' init container then verifies every byte against the digest.
+        """
+        from model_delivery.runtimes import get_runtime
+
+        files = self.store.files_of(self.model, candidate.digest)
+        if files is not None:
+            get_runtime(self.spec.serving.runtime).check_files(sorted(files), candidate.digest)
         release = self.release(candidate.version, candidate.digest)
         state = self.records.load()
         run = state["runs"].setdefault(run_id, {})

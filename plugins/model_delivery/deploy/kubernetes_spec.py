@@ -83,8 +83,9 @@ class ArtifactFetchSpec(_Strict):
         pattern=DNS_LABEL,
         description="PersistentVolumeClaim holding a file:// store, mounted read-only at the store_uri path.",
     )
-    volume_size_limit: str = Field(
-        "2Gi", pattern=QUANTITY, description="Size limit of the emptyDir the artifact is fetched into."
+    volume_size_limit: str | None = Field(
+        None, pattern=QUANTITY, description="Size limit of the emptyDir the artifact is fetched into. Default: the "
+        "artifact's size plus 10% and 256Mi (2Gi when the store does not know the artifact)."
     )
     resources: ResourcesSpec = Field(
         default_factory=lambda: ResourcesSpec.model_validate(
@@ -158,8 +159,9 @@ class KubernetesTargetSpec(_Strict):
     )
     image: str | None = Field(
         None,
-        description="Serving image: runs `python -m model_server` (include/serving). The artifact is fetched "
-        "by an init container. Required unless model_image is set.",
+        description="Serving image: runs `python -m model_server` (include/serving) for runtime model_server, "
+        "vLLM for runtime vllm (default: the runtime's pinned image, `vllm/vllm-openai`). The artifact is fetched "
+        "by an init container. Required for runtime model_server unless model_image is set.",
     )
     model_image: str | None = Field(
         None,
@@ -248,8 +250,6 @@ class KubernetesTargetSpec(_Strict):
 
     @model_validator(mode="after")
     def _an_image(self) -> KubernetesTargetSpec:
-        if not self.image and not self.model_image:
-            raise ValueError("the kubernetes target needs 'image' (the serving image) or 'model_image'")
         for url in (self.staging_url, self.production_url):
             try:
                 url.format(name="n", namespace="ns", port=1)

@@ -9,7 +9,10 @@ A runtime is one module here and one line in :data:`RUNTIMES`. It declares:
 - ``ready``: readiness that tells the truth (the expected model, from the expected artifact,
   able to answer), and ``served_digest``: which artifact answers at an address;
 - ``protocol``: what the smoke test speaks to it (``open-inference`` or ``openai``);
-- ``drain_signals``: whether it understands the drain signals of the local target.
+- ``drain_signals``: whether it understands the drain signals of the local target;
+- on Kubernetes: its default ``image`` (None: the spec names one), the ``container_python``
+  of that image, ``container_env`` (offline mode, caches on the scratch volume), the size of
+  its scratch volume and whether it needs a ``/dev/shm`` (``shared_memory``).
 
 The spec chooses one with ``serving.runtime`` (``model_server`` by default).
 """
@@ -33,6 +36,15 @@ class Runtime:
     metrics_path: ClassVar[str]
     drain_signals: ClassVar[bool] = False
     default_ready_timeout: ClassVar[float] = 120.0
+    image: ClassVar[str | None] = None
+    container_python: ClassVar[str] = "python"
+    scratch_size: ClassVar[str] = "256Mi"
+    shared_memory: ClassVar[str | None] = None
+    """Size of a memory-backed ``/dev/shm`` the server's processes share, or None when it needs none."""
+
+    def container_env(self, scratch: str) -> dict[str, str]:
+        """Variables of the server's container, caches under ``scratch`` (its writable volume)."""
+        return {}
 
     def python(self) -> str:
         """The interpreter that runs this runtime's server on this machine."""
@@ -51,6 +63,9 @@ class Runtime:
 
     def check_artifact(self, artifact_dir: Path, digest: str) -> None:
         """Refuse an artifact this runtime must not serve (``TamperedArtifact`` or ``DeployFailed``)."""
+
+    def check_files(self, paths: list[str], digest: str) -> None:
+        """Refuse, from its file list alone (a manifest), an artifact this runtime must not serve."""
 
     def served_digest(self, url: str, model: str, timeout: float = 2.0) -> str | None:
         """The digest of the artifact that answers at ``url``, or None when nothing answers for ``model``."""

