@@ -75,3 +75,14 @@ def xcom_values(dag_run: Any) -> dict[str, Any]:
     with create_session() as session:
         rows = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).all()
         return {f"{row.task_id}.{row.key}": row.value for row in rows}
+
+
+def rolled_back_record(dag_run: Any, failed: str, not_run: str) -> dict[str, Any]:
+    """Check that ``failed`` failed, ``not_run`` never ran and the run rolled back by itself; return the record."""
+    assert dag_run.state == "failed"
+    states = task_states(dag_run)
+    assert states[failed] == "failed" and states["rollback"] == "success", states
+    assert states[not_run] == "upstream_failed", states
+    record = load_record(dag_run.dag_id.removeprefix("release__"), dag_run.run_id)
+    assert record["outcome"] == "rolled-back", record.get("reasons")
+    return record
