@@ -57,6 +57,50 @@ def airflow_db() -> Path:
     return AIRFLOW_HOME / "airflow.db"
 
 
+SHARED = {
+    "tests/integration/test_metrics_dag.py": "delivery_history",
+    "tests/integration/test_releases_page.py": "delivery_history",
+}
+"""Test files that share a session fixture too costly to build twice (tests.helpers.delivery_history)."""
+LONGEST_FIRST = (
+    "tests/integration/test_ansible_release.py",
+    "delivery_history",
+    "tests/integration/test_rollback_dag.py",
+    "tests/integration/test_ci_cli.py",
+    "tests/integration/test_lm_release.py",
+    "tests/integration/test_gate_release.py",
+    "tests/integration/test_vllm_local.py",
+    "tests/integration/test_team_stack.py",
+    "tests/integration/test_release.py",
+    "tests/integration/test_approval.py",
+    "tests/integration/test_data_validation.py",
+    "tests/integration/test_notifications.py",
+    "tests/integration/test_k8s_release.py",
+    "tests/integration/test_tampered.py",
+    "tests/integration/test_lm_evaluation.py",
+)
+"""The slowest units of work (by --durations on this 2-core machine), started first; the rest follow in order."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One unit of work per test file for pytest-xdist (``--dist loadgroup``), longest first.
+
+    A file's tests share module fixtures and run in order, so a file is never split between
+    workers; the files in :data:`SHARED` go to one worker together. Units start longest first
+    (:data:`LONGEST_FIRST`), so that no long one starts last; each keeps its tests' order.
+    """
+    def unit(item: pytest.Item) -> str:
+        path = item.nodeid.split("::", 1)[0]
+        return SHARED.get(path, path)
+
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(unit(item)))
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(unit(item), len(rank)))  # stable: each file keeps its order
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop every process the tests started (their command lines name the session dir or pytest's tmp dir)."""
     import psutil
