@@ -57,14 +57,10 @@ def airflow_db() -> Path:
     return AIRFLOW_HOME / "airflow.db"
 
 
-SHARED = {
-    "tests/integration/test_metrics_dag.py": "delivery_history",
-    "tests/integration/test_releases_page.py": "delivery_history",
-}
-"""Test files that share a session fixture too costly to build twice (tests.helpers.delivery_history)."""
 LONGEST_FIRST = (
     "tests/integration/test_ansible_release.py",
-    "delivery_history",
+    "tests/integration/test_metrics_dag.py",
+    "tests/integration/test_releases_page.py",
     "tests/integration/test_rollback_dag.py",
     "tests/integration/test_ci_cli.py",
     "tests/integration/test_lm_release.py",
@@ -79,26 +75,17 @@ LONGEST_FIRST = (
     "tests/integration/test_tampered.py",
     "tests/integration/test_lm_evaluation.py",
 )
-"""The slowest units of work (by --durations on this 2-core machine), started first; the rest follow in order."""
+"""The slowest test files (by --durations on this 2-core machine), started first; the rest follow in order."""
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """One unit of work per test file for pytest-xdist (``--dist loadgroup``), longest first.
+    """Test files in the order pytest-xdist should start them (``--dist loadfile``): the longest first.
 
-    A file's tests share module fixtures and run in order, so a file is never split between
-    workers; the files in :data:`SHARED` go to one worker together. Units start longest first
-    (:data:`LONGEST_FIRST`), so that no long one starts last; each keeps its tests' order.
+    Each file stays whole on one worker (its tests share module fixtures and run in order) and
+    keeps its tests' order; only the order of the files changes, so that no long one starts last.
     """
-    def unit(item: pytest.Item) -> str:
-        path = item.nodeid.split("::", 1)[0]
-        return SHARED.get(path, path)
-
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(unit(item)))
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(unit(item), len(rank)))  # stable: each file keeps its order
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
