@@ -106,11 +106,6 @@ class ArtifactStore:
             return None
         return {str(e["path"]): int(e["size"]) for e in json.loads(manifest.read_text()).get("files") or []}
 
-    def size_of(self, model: str, digest: str) -> int | None:
-        """The bytes of a stored artifact's files; None when it is not in the store."""
-        files = self.files_of(model, digest)
-        return None if files is None else sum(files.values())
-
     def put_file(self, src: Path, dest: ObjectStoragePath) -> tuple[str, int]:
         """Copy one local file into the store atomically; return its sha256 and size."""
         return _copy(lambda: open(src, "rb"), dest)

@@ -402,7 +402,8 @@ class ModelSpec(_Strict):
             )
         from model_delivery.runtimes import get_runtime
 
-        protocol = get_runtime(self.serving.runtime).protocol
+        runtime = get_runtime(self.serving.runtime)
+        protocol = runtime.protocol
         if (self.task == "language-model") != (protocol == "openai"):
             fix = ("use serving.runtime vllm" if self.task == "language-model"
                    else "use task language-model, or serving.runtime model_server")
@@ -411,7 +412,6 @@ class ModelSpec(_Strict):
         if self.task == "language-model" and self.gate.slices:
             raise _FieldError("gate.slices", "gate.slices judge the rows of a table; a language model is judged "
                               "on its held-out blocks as a whole. Fix: remove gate.slices")
-        runtime = get_runtime(self.serving.runtime)
         k8s = self.deploy.kubernetes
         if self.deploy.target == "kubernetes" and k8s and not (k8s.image or k8s.model_image or runtime.image):
             raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "

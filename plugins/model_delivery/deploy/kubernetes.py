@@ -72,6 +72,7 @@ class KubernetesTarget:
         self.model = spec.name
         self.records = DeployRecords(store, spec.name)
         self._cluster = cluster
+        self._manifests: dict[str, dict[str, int]] = {}
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -99,8 +100,19 @@ class KubernetesTarget:
         """A version as the pods get it: the artifact URI is under the store root the pods see."""
         root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
         serving = self.spec.serving
+        files = self._files(digest)
         return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}",
-                         serving.runtime, tuple(sorted(serving.args.items())), self.store.size_of(self.model, digest))
+                         serving.runtime, tuple(sorted(serving.args.items())),
+                         None if files is None else sum(files.values()))
+
+    def _files(self, digest: str) -> dict[str, int] | None:
+        """The stored artifact's files and sizes (its manifest, read once: a digest's content never changes)."""
+        if digest not in self._manifests:
+            files = self.store.files_of(self.model, digest)
+            if files is None:
+                return None  # not stored (yet): asked again next time
+            self._manifests[digest] = files
+        return self._manifests[digest]
 
     def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
         """What a step applies, in order: the shared objects, then the track's Deployment."""
@@ -189,7 +201,7 @@ class KubernetesTarget:
         """
         from model_delivery.runtimes import get_runtime
 
-        files = self.store.files_of(self.model, candidate.digest)
+        files = self._files(candidate.digest)
         if files is not None:
             get_runtime(self.spec.serving.runtime).check_files(sorted(files), candidate.digest)
         release = self.release(candidate.version, candidate.digest)

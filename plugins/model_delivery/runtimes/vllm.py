@@ -36,6 +36,8 @@ IMAGE = "vllm/vllm-openai:v0.32.0"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
 """No hub, no telemetry: the weights are the verified artifact, nothing else is fetched."""
+CACHES = {"VLLM_CACHE_ROOT": "vllm", "TORCHINDUCTOR_CACHE_DIR": "inductor", "XDG_CACHE_HOME": "xdg", "HF_HOME": "hf"}
+"""The server's cache variables, each a directory under its scratch directory."""
 
 
 def socket_dir(scratch: Path) -> Path:
@@ -68,8 +70,7 @@ class VllmRuntime(Runtime):
     shared_memory: ClassVar[str | None] = "2Gi"
 
     def container_env(self, scratch: str) -> dict[str, str]:
-        caches = {"VLLM_CACHE_ROOT": "vllm", "TORCHINDUCTOR_CACHE_DIR": "inductor", "XDG_CACHE_HOME": "xdg",
-                  "HF_HOME": "hf", "TRITON_CACHE_DIR": "triton"}
+        caches = {**CACHES, "TRITON_CACHE_DIR": "triton"}
         return {**{name: f"{scratch}/{sub}" for name, sub in caches.items()}, **OFFLINE}
 
     def python(self) -> str:
@@ -89,9 +90,7 @@ class VllmRuntime(Runtime):
                 *cli_args({**DEFAULT_ARGS, **args})]
 
     def env(self, scratch: Path) -> dict[str, str]:
-        caches = {name: scratch / sub for name, sub in (
-            ("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("XDG_CACHE_HOME", "xdg"),
-            ("HF_HOME", "hf"))}
+        caches = {name: scratch / sub for name, sub in CACHES.items()}
         caches["TMPDIR"] = socket_dir(scratch)
         for path in caches.values():
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
