@@ -88,6 +88,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
 
 
+SAME_WORKER = {"tests/integration/test_releases_page.py": "tests/integration/test_metrics_dag.py"}
+"""Test files that share a session fixture (the delivery history) run on one worker, so it is built once."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile``, grouping the files of SAME_WORKER, in the order of the collection (LONGEST_FIRST).
+
+    xdist would otherwise reorder the files by their number of tests, putting the many short unit
+    tests first and the long integration files last.
+    """
+    if config.option.dist != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(path, path)
+
+    config.option.loadscopereorder = False
+    return FileGroups(config, log)  # type: ignore[arg-type]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop every process the tests started (their command lines name the session dir or pytest's tmp dir)."""
     import psutil

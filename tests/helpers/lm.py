@@ -78,8 +78,33 @@ def _session(sid: int) -> list[int]:
     return alive
 
 
+def shm_in_use() -> set[str]:
+    """The /dev/shm segments some live process has mapped or open (another test's PostgreSQL, say)."""
+    used: set[str] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                if "/dev/shm/" in line:
+                    used.add(line.split("/dev/shm/", 1)[1].split()[0])
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("/dev/shm/"):
+                        used.add(target[len("/dev/shm/"):].split()[0])
+    return used
+
+
 def remove_new_shm(before: set[str]) -> None:
-    """Remove the shared-memory segments a hard-killed vLLM left behind (those not there before the test)."""
-    for name in shm_segments() - before:
+    """Remove the shared-memory segments a hard-killed vLLM left behind: those not there before the test
+    and that no live process holds. Tests run in parallel: a segment another test's server (PostgreSQL's
+    dynamic shared memory) created meanwhile is in use, and must stay."""
+    new = shm_segments() - before
+    if not new:
+        return
+    held = shm_in_use()
+    for name in new - held:
+        if name.startswith("PostgreSQL."):
+            continue
         with contextlib.suppress(OSError):
             os.unlink(f"/dev/shm/{name}")

@@ -78,8 +78,8 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
             client_env = {**env, "AIRFLOW_API_URL": url, "AIRFLOW_API_USERNAME": "admin",
                           "AIRFLOW_API_PASSWORD": json.loads(password)["admin"]}
             result = subprocess.run([str(bin_dir / "model-delivery"), "release", "breast_cancer", "--reason",
-                                     "team stack", "--unpause", "--wait", "--timeout", "900"],
-                                    env=client_env, capture_output=True, text=True, timeout=1000)
+                                     "team stack", "--unpause", "--wait", "--timeout", "600"],
+                                    env=client_env, capture_output=True, text=True, timeout=700)
         finally:
             for proc in procs.values():
                 os.killpg(proc.pid, 15)
@@ -88,7 +88,7 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, 9)
-        assert result.returncode == 0, result.stdout + result.stderr + (base / "worker.log").read_text()[-3000:]
+        assert result.returncode == 0, result.stdout + result.stderr + _tails(base, "scheduler", "worker", "api-server")
         assert "release released" in result.stdout
         assert "release__breast_cancer" in (base / "worker.log").read_text()  # the Celery worker ran the tasks
 
@@ -106,3 +106,9 @@ def _wait_healthy(url: str, procs: dict, base: Path) -> None:
             pass
         time.sleep(1)
     raise AssertionError("the stack did not become healthy in 240 s")
+
+
+def _tails(base: Path, *names: str) -> str:
+    """The end of each service's log, for a failure's message."""
+    return "".join(f"\n--- {name}.log ---\n" + (base / f"{name}.log").read_text(errors="replace")[-4000:]
+                   for name in names)
