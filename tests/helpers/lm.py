@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tests.helpers.models import PROJECT
 
+SHM = Path("/dev/shm")
+
 CODE_LM = PROJECT / "include" / "models" / "code_lm"
 TINY_PARAMS = {"layers": 2, "hidden": 64, "heads": 2, "steps": 60, "max_corpus_bytes": 600_000, "eval_blocks": 32,
                "train_blocks": 64}
@@ -51,12 +53,11 @@ def vllm_python() -> str:
     return str(python)
 
 
-def shm_segments() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-
-
 def kill_session(pid: int, timeout: float = 20) -> None:
-    """Stop a server started in a session of its own and everything it started (vLLM's engine and workers)."""
+    """Stop a server started in a session of its own and everything it started (vLLM's engine and workers),
+    then remove the /dev/shm segments the session held that nothing else holds: a hard-killed vLLM leaves
+    them behind, and they hold memory until the machine restarts."""
+    held = _shm_held(_session(pid))
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT)
     deadline = time.monotonic() + timeout
@@ -64,6 +65,9 @@ def kill_session(pid: int, timeout: float = 20) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    while time.monotonic() < deadline + 10 and _session(pid):
+        time.sleep(0.2)
+    remove_shm(held)
 
 
 def _session(sid: int) -> list[int]:
@@ -78,33 +82,44 @@ def _session(sid: int) -> list[int]:
     return alive
 
 
-def shm_in_use() -> set[str]:
-    """The /dev/shm segments some live process has mapped or open (another test's PostgreSQL, say)."""
-    used: set[str] = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def _shm_held(pids: list[int] | None = None) -> set[int]:
+    """The inodes of the /dev/shm segments processes ``pids`` (every live process by default) map or hold open.
+
+    By inode, not by name: a named semaphore is mapped from the temporary file glibc created it as
+    (``/dev/shm/sem.XXXXXX (deleted)``), and only its inode ties the mapping to ``sem.mp-…``.
+    """
+    if not SHM.is_dir():
+        return set()
+    device = SHM.stat().st_dev
+    held: set[int] = set()
+    for pid in pids if pids is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                if "/dev/shm/" in line:
-                    used.add(line.split("/dev/shm/", 1)[1].split()[0])
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith(f"{SHM}/"):
+                    held.add(int(fields[4]))
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("/dev/shm/"):
-                        used.add(target[len("/dev/shm/"):].split()[0])
-    return used
+                    target = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if target.st_dev == device:
+                        held.add(target.st_ino)
+    return held
 
 
-def remove_new_shm(before: set[str]) -> None:
-    """Remove the shared-memory segments a hard-killed vLLM left behind: those not there before the test
-    and that no live process holds. Tests run in parallel: a segment another test's server (PostgreSQL's
-    dynamic shared memory) created meanwhile is in use, and must stay."""
-    new = shm_segments() - before
-    if not new:
-        return
-    held = shm_in_use()
-    for name in new - held:
-        if name.startswith("PostgreSQL."):
-            continue
+def remove_shm(inodes: set[int]) -> list[str]:
+    """Remove the /dev/shm segments with these inodes that no live process holds; return their names.
+
+    Test files run in parallel: another test's PostgreSQL, or a vLLM starting meanwhile, holds its
+    own segments, and they are never these inodes.
+    """
+    if not inodes:
+        return []
+    still_held = _shm_held()
+    removed = []
+    for entry in os.scandir(SHM):
         with contextlib.suppress(OSError):
-            os.unlink(f"/dev/shm/{name}")
+            if entry.inode() in inodes and entry.inode() not in still_held:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed

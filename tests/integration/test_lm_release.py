@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers.lm import kill_session, remove_new_shm, shm_segments
+from tests.helpers.lm import kill_session
 from tests.helpers.models import edit_spec
 from tests.helpers.release import load_record, release_env, rolled_back_record, run_release, task_states
 
@@ -28,7 +28,6 @@ WORSE_STEPS = 30
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, vllm_python: str):
-    before = shm_segments()
     with release_env(tmp_path_factory.mktemp("lm_release"), names=(MODEL,)) as models_dir:
         yield models_dir
         from model_delivery.settings import get_settings
@@ -40,7 +39,6 @@ def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, vllm_python:
                          state.get("front")]:
                 if slot and slot.get("pid"):
                     kill_session(slot["pid"])
-    remove_new_shm(before)
 
 
 def front(models_dir: Path) -> str:

@@ -21,7 +21,7 @@ from model_delivery.deploy import Candidate
 from model_delivery.deploy.local import LocalTarget
 from model_delivery.exceptions import TamperedArtifact
 from model_delivery.spec import LocalTargetSpec, ServingSpec
-from tests.helpers.lm import VLLM_ARGS, kill_session, remove_new_shm, shm_segments
+from tests.helpers.lm import VLLM_ARGS, kill_session
 from tests.helpers.models import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,6 @@ def lm(tiny_lm: Path, vllm_python: str, tmp_path_factory: pytest.TempPathFactory
     v2 = store.put_directory(MODEL, second)
     target = LocalTarget(MODEL, LocalTargetSpec(port=free_port(), ready_timeout_seconds=900), base / "deploy", store,
                          ServingSpec(runtime="vllm", args=VLLM_ARGS))
-    before = shm_segments()
     yield target, Candidate(MODEL, "1", v1.digest), Candidate(MODEL, "2", v2.digest), store, base
     state = target._read()
     for slot in [state["active"], state["standby"], *state["candidates"].values()]:
@@ -48,7 +47,6 @@ def lm(tiny_lm: Path, vllm_python: str, tmp_path_factory: pytest.TempPathFactory
             kill_session(slot["pid"])
     if state.get("front"):
         kill_session(state["front"]["pid"])
-    remove_new_shm(before)
 
 
 def complete(url: str, **body: Any) -> httpx.Response:

@@ -1,7 +1,9 @@
-"""The vLLM tests' clean-up of /dev/shm removes only what a killed vLLM left behind.
+"""The vLLM tests' clean-up of /dev/shm removes only what the server they killed held.
 
-Test files run in parallel: a segment another test's server holds (the team stack's PostgreSQL
-lost its dynamic shared memory this way, and its scheduler stalled) must survive the clean-up.
+Test files run in parallel. Two earlier clean-ups removed what other tests' processes held: the
+team stack's PostgreSQL lost its dynamic shared memory (its scheduler stalled), and a vLLM starting
+on another worker lost a named semaphore (``sem.mp-…``, mapped under glibc's temporary name, so a
+scan by name took it for unused), and its engine core failed to start.
 """
 
 from __future__ import annotations
@@ -14,30 +16,52 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.lm import remove_new_shm, shm_segments
+from tests.helpers.lm import SHM, kill_session
 
-SHM = Path("/dev/shm")
+HOLD = """
+import mmap, multiprocessing, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # like a vLLM that does not stop: the SIGKILL path
+semaphore = multiprocessing.get_context("spawn").Semaphore(1)  # /dev/shm/sem.mp-..., mapped as sem.XXXXXX (deleted)
+with open(sys.argv[1], "r+b") as f:
+    mapped = mmap.mmap(f.fileno(), 4096)
+print(semaphore._semlock.name, flush=True)
+time.sleep(120)
+"""
+
+pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="this machine has no /dev/shm")
 
 
-@pytest.mark.skipif(not SHM.is_dir(), reason="this machine has no /dev/shm")
-def test_only_segments_no_live_process_holds_are_removed() -> None:
-    before = shm_segments()
+def _holder(segment: Path, session: bool) -> tuple[subprocess.Popen[str], Path]:
+    segment.write_bytes(b"\0" * 4096)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(segment)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=session)
+    assert proc.stdout is not None
+    name = proc.stdout.readline().strip()
+    assert name.startswith("/mp-"), name
+    return proc, SHM / f"sem.{name[1:]}"
+
+
+def test_a_killed_session_loses_its_segments_and_no_other_process_loses_one() -> None:
     tag = uuid.uuid4().hex[:12]
-    held, left, postgres = SHM / f"mdt-held-{tag}", SHM / f"mdt-left-{tag}", SHM / f"PostgreSQL.{int(tag, 16) % 10**9}"
-    for path in (held, left, postgres):
-        path.write_bytes(b"\0" * 4096)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nf = open(sys.argv[1], 'rb')\n"
-                               "print('open', flush=True)\ntime.sleep(60)", str(held)],
-                              stdout=subprocess.PIPE, text=True)
+    other, other_sem = _holder(SHM / f"mdt-other-{tag}", session=False)  # another test's server
+    killed, killed_sem = _holder(SHM / f"mdt-killed-{tag}", session=True)  # the vLLM a fixture stops
+    unheld = SHM / f"mdt-unheld-{tag}"  # created meanwhile by someone else, held by nobody yet
+    unheld.write_bytes(b"\0" * 4096)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        remove_new_shm(before)
-        assert held.exists(), "a segment a live process holds was removed"
-        assert postgres.exists(), "a PostgreSQL segment was removed"
-        assert not left.exists(), "a segment nobody holds was left behind"
+        assert other_sem.exists() and killed_sem.exists()
+        kill_session(killed.pid, timeout=1)
+        assert killed.wait(timeout=30) is not None
+        assert not (SHM / f"mdt-killed-{tag}").exists(), "a segment the killed session held was left behind"
+        assert not killed_sem.exists(), "a semaphore the killed session held was left behind"
+        assert (SHM / f"mdt-other-{tag}").exists(), "a segment a live process holds was removed"
+        assert other_sem.exists(), "a named semaphore a live process holds was removed"
+        assert unheld.exists(), "a segment the killed session never held was removed"
     finally:
-        holder.kill()
-        holder.wait()
-        for path in (held, left, postgres):
+        for proc in (other, killed):
+            proc.kill()
+            proc.wait()
+        for path in SHM.glob(f"mdt-*-{tag}"):
+            os.unlink(path)
+        for path in (other_sem, killed_sem):
             if path.exists():
                 os.unlink(path)

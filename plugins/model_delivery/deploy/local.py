@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -105,11 +106,19 @@ def _spawn(cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = No
         )
 
 
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|^\s*(\w+\.)*\w*(Error|Exception)(: |$)")
+
+
 def _tail(path: Path, lines: int = 15) -> str:
+    """The log's last ``lines`` lines, after its first error lines when those are earlier: a server's
+    last words are often a wrapper's traceback (vLLM: "Engine core initialization failed. See root
+    cause above"), and the cause is further up."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    first = [line for line in text[:-lines] if _ERROR_LINE.search(line)][:8]
+    return "\n".join([*first, "[...]", *text[-lines:]] if first else text[-lines:])
 
 
 class LocalTarget:

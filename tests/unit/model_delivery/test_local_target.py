@@ -403,3 +403,22 @@ def test_state_is_saved_even_when_a_step_fails_half_way(make_target: Callable[[]
         raise RuntimeError("boom")
 
     assert make_target()._read()["front"] == started
+
+
+def test_a_failed_start_reports_the_first_errors_of_the_log_not_only_its_tail(tmp_path: Path) -> None:
+    """vLLM's last words are a wrapper's traceback ("See root cause above"); the cause is further up."""
+    from model_delivery.deploy.local import _tail
+
+    log = tmp_path / "server.log"
+    log.write_text("\n".join(["INFO starting", "(EngineCore pid=7) ERROR EngineCore failed to start.",
+                              "FileNotFoundError: [Errno 2] No such file or directory: '/mp-x'",
+                              *[f"  frame {n}" for n in range(40)],
+                              "RuntimeError: Engine core initialization failed. See root cause above."]))
+    excerpt = _tail(log).splitlines()
+    assert excerpt[:2] == ["(EngineCore pid=7) ERROR EngineCore failed to start.",
+                           "FileNotFoundError: [Errno 2] No such file or directory: '/mp-x'"]
+    assert excerpt[-1].startswith("RuntimeError: Engine core initialization failed")
+    assert "INFO starting" not in excerpt and len(excerpt) == 2 + 1 + 15
+    short = tmp_path / "short.log"
+    short.write_text("ValueError: bad\nlast line")
+    assert _tail(short) == "ValueError: bad\nlast line"  # nothing repeated when the whole log fits
