@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
 from model_delivery.statefile import locked_state, save_json
-from model_server.front import write_state
+from model_server.front import read_state, write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
 EXIT_TAMPERED = 3
+_logger = logging.getLogger(__name__)
 
 
 def free_port(host: str) -> int:
@@ -150,6 +152,28 @@ class LocalTarget:
         return f"http://{self.config.host}:{self.config.port}"
 
     # -- state -------------------------------------------------------------------------------
+
+    def _reconcile(self, state: dict[str, Any]) -> str | None:
+        """Undo a switch that did not finish: the front points elsewhere than the recorded active version.
+
+        ``shift`` points the front at the candidate, then records it as active; a kill between the two
+        (the state is saved when the lock is let go) left the front on a version the state does not
+        call active, and a rollback then stopped it under the front (503s). Every step that touches
+        the model first puts the front back on the recorded active version, and says so.
+        """
+        active = state["active"]
+        if not (self._front_alive(state) and self._slot_alive(active)):
+            return None
+        assert active is not None
+        with contextlib.suppress(OSError, ValueError):
+            upstream = read_state(self.front_state)
+            if upstream is not None and (upstream.host, upstream.port) == (active["host"], active["port"]):
+                return None
+        self._route(active)
+        note = (f"an interrupted switch had left the front of {self.model} on another server; it serves the "
+                f"recorded active version {active['version']} ({active['digest']}) again")
+        _logger.warning(note)
+        return note
 
     def _locked(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """Hold the deploy lock and yield the state; it is saved atomically on exit, also on failure."""
@@ -297,6 +321,7 @@ class LocalTarget:
         artifact_dir = self.state_dir / "artifacts" / parse_digest(candidate.digest)
         self.store.fetch(self.model, candidate.digest, artifact_dir)
         with self._locked() as state:
+            self._reconcile(state)
             for slot in (state["candidates"].get(run_id), state["active"]):
                 if slot and slot["digest"] == candidate.digest and self._slot_alive(slot):
                     state["candidates"][run_id] = slot
@@ -309,6 +334,7 @@ class LocalTarget:
     def shift(self, run_id: str) -> dict[str, Any]:
         """Send production traffic to this run's candidate; keep the old version warm."""
         with self._locked() as state:
+            self._reconcile(state)
             candidate = state["candidates"].get(run_id)
             if not self._slot_alive(candidate):
                 raise DeployFailed(f"run {run_id} has no running candidate for {self.model}: deploy_staging first")
@@ -331,6 +357,7 @@ class LocalTarget:
     def retire(self, run_id: str) -> dict[str, Any]:
         """After promotion: stop the previous version kept warm for rollback."""
         with self._locked() as state:
+            self._reconcile(state)
             standby = state["standby"]
             state["standby"] = None
             if standby and standby["pid"] != (state["active"] or {}).get("pid"):
@@ -341,6 +368,7 @@ class LocalTarget:
     def rollback(self, run_id: str) -> dict[str, Any]:
         """Put back what served before this run; stop this run's candidate."""
         with self._locked() as state:
+            recovered = self._reconcile(state)
             active, standby = state["active"], state["standby"]
             if active and active.get("run_id") == run_id:
                 if standby and self._slot_alive(standby):
@@ -358,7 +386,7 @@ class LocalTarget:
             if candidate is None or (active and candidate["pid"] == active["pid"]):
                 return {"action": "none", "serving": serving}
             self._stop_slot(candidate)
-            return {"action": "stopped-candidate", "serving": serving}
+            return {"action": "stopped-candidate", "serving": serving, **({"recovered": recovered} if recovered else {})}
 
     def status(self) -> dict[str, Any]:
         """What runs now, with liveness."""

@@ -422,3 +422,51 @@ def test_a_failed_start_reports_the_first_errors_of_the_log_not_only_its_tail(tm
     short = tmp_path / "short.log"
     short.write_text("ValueError: bad\nlast line")
     assert _tail(short) == "ValueError: bad\nlast line"  # nothing repeated when the whole log fits
+
+
+KILLED_MID_SWITCH = """
+import os, signal, sys
+from pathlib import Path
+import model_delivery.deploy.local as local
+from model_delivery.artifacts import ArtifactStore
+from model_delivery.spec import LocalTargetSpec
+
+write_state = local.write_state
+
+def write_then_die(path, host, port, **extra):  # kill -9 right after the front moved, before the state is saved
+    write_state(path, host, port, **extra)
+    if host is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+local.write_state = write_then_die
+target = local.LocalTarget(sys.argv[1], LocalTargetSpec(port=int(sys.argv[2]), ready_timeout_seconds=60),
+                           Path(sys.argv[3]), ArtifactStore(sys.argv[4]))
+target.shift("run-2")
+"""
+
+
+def test_a_switch_killed_after_the_front_moved_is_undone_by_the_rollback(
+        make_target: Callable[[], LocalTarget], builds: Builds, v1: Candidate, v2: Candidate, state_dir: Path,
+        front_port: int) -> None:
+    """kill -9 of the shift between moving the front and saving the state, then the rollback: production
+    must be v1 through the front (before the fix, the rollback stopped v2 under the front: 503 until the
+    next release, while the rollback reported success)."""
+    import subprocess
+    import sys
+
+    target = make_target()
+    target.stage(v1, "run-1")
+    target.shift("run-1")
+    staged = target.stage(v2, "run-2")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SWITCH, MODEL, str(front_port), str(state_dir),
+                             builds.store_root], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert infer(front_port) == (200, v2.digest)  # the front moved; the saved state still says v1 is active
+
+    rolled_back = make_target().rollback("run-2")
+
+    assert wait_gone(staged["pid"])
+    assert infer(front_port) == (200, v1.digest)  # production serves, and it is what the state says
+    assert rolled_back["action"] == "stopped-candidate" and rolled_back["serving"] == "1"
+    assert "interrupted switch" in rolled_back["recovered"]
+    assert make_target().status()["active"]["digest"] == v1.digest
