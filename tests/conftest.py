@@ -58,6 +58,7 @@ def airflow_db() -> Path:
 
 
 LONGEST_FIRST = (
+    "tests/integration/test_ansible_vllm.py",
     "tests/integration/test_ansible_release.py",
     "tests/integration/test_metrics_dag.py",
     "tests/integration/test_releases_page.py",

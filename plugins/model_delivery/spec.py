@@ -416,12 +416,6 @@ class ModelSpec(_Strict):
         if self.deploy.target == "kubernetes" and k8s and not (k8s.image or k8s.model_image or runtime.image):
             raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "
                               "'model_image'. Fix: name the image that runs python -m model_server")
-        if self.serving.runtime != "model_server" and self.deploy.target == "ansible":
-            raise _FieldError(
-                "serving.runtime",
-                f"serving.runtime {self.serving.runtime!r} is served by the local and kubernetes targets so far; "
-                "deploy.target 'ansible' serves runtime 'model_server'. Fix: use deploy.target local or kubernetes"
-            )
         return self
 
     @property

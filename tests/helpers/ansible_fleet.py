@@ -180,11 +180,11 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
-def remove_namespaces() -> None:
-    """Delete every namespace of an earlier run (their veth pairs go with them)."""
+def remove_namespaces(prefix: str = NETNS_PREFIX) -> None:
+    """Delete every namespace of an earlier run of this fleet (their veth pairs go with them)."""
     for line in _run("ip", "netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(NETNS_PREFIX):  # first every process inside (sshd sessions, servers), then the namespace
+        if name.startswith(prefix):  # first every process inside (sshd sessions, servers), then the namespace
             pids = [int(pid) for pid in _run("ip", "netns", "pids", name).split()]
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -200,9 +200,16 @@ class SshFleet:
     private key, the hosts' keys as ``known_hosts``) the deploy target uses; :meth:`inventory` is
     the inventory as data, with no credentials in it. :meth:`stop` stops the sshds and deletes the
     namespaces.
+
+    Fleets of test files that run at once need their own ``tag`` and ``subnet`` (``10.<subnet>.<i>.2``):
+    the namespaces, veth pairs and addresses are named by them.
     """
 
-    def __init__(self, base: Path, count: int, port: int = 8080, staging_port: int = 8081) -> None:
+    def __init__(self, base: Path, count: int, port: int = 8080, staging_port: int = 8081, *, tag: str = "h",
+                 subnet: int = 231) -> None:
+        self.prefix = f"mdt-{tag}"
+        self.veth = f"mdt{tag}"
+        self.subnet = subnet
         self.base = base
         self.dir = base / "ssh"
         self.count = count
@@ -215,7 +222,7 @@ class SshFleet:
     def start(self) -> list[Host]:
         ensure_debian_packages({"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
                                 "ip": "iproute2"})
-        remove_namespaces()
+        remove_namespaces(self.prefix)
         self.dir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "model-delivery-tests", "-f", str(self.key))
@@ -227,8 +234,8 @@ class SshFleet:
         return self.hosts
 
     def _add_host(self, index: int) -> Host:
-        name, ns, veth = f"host{index}", f"{NETNS_PREFIX}{index}", f"mdt{index}"
-        address, gateway = f"10.231.{index}.2", f"10.231.{index}.1"
+        name, ns, veth = f"host{index}", f"{self.prefix}{index}", f"{self.veth}{index}"
+        address, gateway = f"10.{self.subnet}.{index}.2", f"10.{self.subnet}.{index}.1"
         _run("ip", "netns", "add", ns)
         _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _run("ip", "addr", "add", f"{gateway}/30", "dev", veth)
@@ -311,13 +318,16 @@ class SshFleet:
                 proc.kill()
                 proc.wait(timeout=10)
         kill_matching(str(self.dir))
-        remove_namespaces()
+        remove_namespaces(self.prefix)
 
 
 class HAProxy:
-    """A real HAProxy in front of the fleet: HTTP health checks on /v2/health/ready, runtime API on a socket."""
+    """A real HAProxy in front of the fleet: HTTP health checks on the runtime's ready path, runtime API on a socket."""
 
-    def __init__(self, base: Path, hosts: list[Host], backend: str) -> None:
+    def __init__(self, base: Path, hosts: list[Host], backend: str, check_path: str = "/v2/health/ready",
+                 server_timeout: str = "10s") -> None:
+        self.check_path = check_path
+        self.server_timeout = server_timeout
         self.dir = base / "haproxy"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "admin.sock"
@@ -339,7 +349,7 @@ class HAProxy:
             "    mode http",
             "    timeout connect 2s",
             "    timeout client 10s",
-            "    timeout server 10s",
+            f"    timeout server {self.server_timeout}",
             "    retries 3",
             "    option redispatch 1",
             "    retry-on conn-failure empty-response response-timeout",
@@ -348,7 +358,7 @@ class HAProxy:
             f"    default_backend {self.backend}",
             f"backend {self.backend}",
             "    balance roundrobin",
-            "    option httpchk GET /v2/health/ready",
+            f"    option httpchk GET {self.check_path}",
             "    http-check expect status 200",
             "    default-server inter 300ms fall 2 rise 2",
         ]
@@ -420,8 +430,10 @@ class LoadGenerator:
     """Requests through the load balancer until stopped: new connection each, 5 s timeout, bounded."""
 
     def __init__(self, url: str, model: str, request: dict[str, Any], *, interval: float = 0.02,
-                 max_requests: int = 50_000, max_seconds: float = 900) -> None:
-        self.url = f"{url}/v2/models/{model}/infer"
+                 max_requests: int = 50_000, max_seconds: float = 900, path: str | None = None,
+                 timeout: float = 5.0) -> None:
+        self.url = f"{url}{path or f'/v2/models/{model}/infer'}"
+        self.timeout = timeout
         self.request = request
         self.interval = interval
         self.max_requests = max_requests
@@ -435,7 +447,7 @@ class LoadGenerator:
         while not self._stop.is_set() and self.report.total < self.max_requests and time.monotonic() < deadline:
             self.report.total += 1
             try:
-                response = httpx.post(self.url, json=self.request, timeout=5.0)
+                response = httpx.post(self.url, json=self.request, timeout=self.timeout)
                 if response.status_code == 200:
                     self.report.digests[response.headers.get("x-model-digest", "?")] += 1
                 else:

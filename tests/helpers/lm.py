@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.models import PROJECT
 
@@ -41,6 +43,16 @@ def build_lm(out: Path, params: dict[str, object] | None = None, threads: int = 
                            "--output-dir", str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
+
+
+def store_two_lms(store: Any, tiny_lm: Path, base: Path, model: str = "code_lm") -> tuple[Any, Any]:
+    """The tiny LM stored twice, as two digests (the second's generation_config differs): v1 and v2 of a rollout."""
+    v1 = store.put_directory(model, tiny_lm / "model")
+    second = base / "v2"
+    shutil.copytree(tiny_lm / "model", second)
+    config = json.loads((second / "generation_config.json").read_text())
+    (second / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.5}))
+    return v1, store.put_directory(model, second)
 
 
 def vllm_python() -> str:

@@ -21,7 +21,7 @@ from model_delivery.deploy import Candidate
 from model_delivery.deploy.local import LocalTarget
 from model_delivery.exceptions import TamperedArtifact
 from model_delivery.spec import LocalTargetSpec, ServingSpec
-from tests.helpers.lm import VLLM_ARGS, kill_session
+from tests.helpers.lm import VLLM_ARGS, kill_session, store_two_lms
 from tests.helpers.models import free_port
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,7 @@ MODEL = "code_lm"
 def lm(tiny_lm: Path, vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("vllm_local")
     store = ArtifactStore(f"file://{base}/store")
-    v1 = store.put_directory(MODEL, tiny_lm / "model")
-    second = base / "v2"
-    shutil.copytree(tiny_lm / "model", second)
-    config = json.loads((second / "generation_config.json").read_text())
-    (second / "generation_config.json").write_text(json.dumps({**config, "temperature": 0.5}))  # another digest
-    v2 = store.put_directory(MODEL, second)
+    v1, v2 = store_two_lms(store, tiny_lm, base)
     target = LocalTarget(MODEL, LocalTargetSpec(port=free_port(), ready_timeout_seconds=900), base / "deploy", store,
                          ServingSpec(runtime="vllm", args=VLLM_ARGS))
     yield target, Candidate(MODEL, "1", v1.digest), Candidate(MODEL, "2", v2.digest), store, base

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import DeployFailed, InvalidModelSpec, ReleaseFailed, TamperedArtifact
 from model_delivery.records import now
+from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
 from model_delivery.statefile import locked_state, save_json
 from model_server.manifest import parse_digest
@@ -164,6 +165,8 @@ class AnsibleTarget:
         self.state_path = self.state_dir / "state.json"
         self.store = store
         self.log: Callable[..., None] = log or _logger.info
+        self.runtime = get_runtime(spec.serving.runtime)
+        self.serving_args = dict(spec.serving.args)
         if self.config.inventory is not None and not (self.model_dir / self.config.inventory).is_file():
             raise InvalidModelSpec(
                 f"{self.model_dir / 'model.yaml'}: field 'deploy.ansible.inventory' names "
@@ -216,12 +219,31 @@ class AnsibleTarget:
             "model_server_lb_socket": lb.runtime_api,
             "model_server_lb_backend": lb.backend or self.model,
             "model_server_lb_host": lb.lb_host,
-            "model_server_ready_timeout": cfg.ready_timeout_seconds,
+            "model_server_ready_timeout": self.ready_timeout,
             "model_server_drain_timeout": cfg.drain_timeout_seconds,
+            **self._runtime_vars(),
         }
         if cfg.remote_root:
             extra["model_server_root"] = cfg.remote_root
         return extra
+
+    @property
+    def ready_timeout(self) -> float:
+        """``ready_timeout_seconds`` when the spec sets it, else the runtime's default (vLLM loads for minutes)."""
+        if "ready_timeout_seconds" in self.config.model_fields_set:
+            return self.config.ready_timeout_seconds
+        return max(self.config.ready_timeout_seconds, self.runtime.default_ready_timeout)
+
+    def _runtime_vars(self) -> dict[str, Any]:
+        """The serving runtime, for the role: its command with whole-argument placeholders the supervisor fills
+        in on each host, its variables, and how its readiness is probed."""
+        args = dict(self.serving_args)
+        if self.runtime.stop_timeout_arg:
+            args.setdefault(self.runtime.stop_timeout_arg, "{graceful_timeout}")
+        command = self.runtime.command(python="{python}", artifact="{artifact}", digest="{digest}", model="{model}",
+                                       version="{version}", host="{host}", port="{port}", args=args)  # type: ignore[arg-type]
+        return {"model_server_runtime": self.runtime.name, "model_server_command": command,
+                "model_server_env": self.runtime.host_env(), "model_server_ready_protocol": self.runtime.protocol}
 
     def _inventory(self, tmp: Path) -> Path:
         if self.config.inventory is not None:
@@ -363,7 +385,9 @@ class AnsibleTarget:
         """Fetch (and verify) an artifact from the store into the local cache Ansible copies from."""
         dest = self.state_dir / "artifacts" / parse_digest(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return str(self.store.fetch(self.model, digest, dest))
+        fetched = self.store.fetch(self.model, digest, dest)
+        self.runtime.check_artifact(Path(fetched), digest)  # vLLM: no pickle reaches a host
+        return str(fetched)
 
     def _release_vars(self, candidate: dict[str, Any]) -> dict[str, Any]:
         return {"model_delivery_release": {"version": str(candidate["version"]), "digest": candidate["digest"],
@@ -469,17 +493,12 @@ class AnsibleTarget:
 
     def _verify_front(self, wanted: dict[str, Any]) -> None:
         """The load balancer's front answers with the candidate's digest, several times in a row."""
-        import httpx
-
         deadline = time.monotonic() + 30
         in_a_row, last = 0, "no answer"
         while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"{self.front_url}/v2/health/ready", timeout=5)
-                last = f"HTTP {response.status_code}, digest {response.headers.get('x-model-digest')}"
-                good = response.status_code == 200 and response.headers.get("x-model-digest") == wanted["digest"]
-            except httpx.HTTPError as exc:
-                good, last = False, f"{type(exc).__name__}: {exc}"
+            served = self.runtime.served_digest(self.front_url, self.model, timeout=5)
+            last = f"digest {served}" if served else "no answer"
+            good = served == wanted["digest"]
             in_a_row = in_a_row + 1 if good else 0
             if in_a_row >= 5:
                 return

@@ -10,6 +10,9 @@ A runtime is one module here and one line in :data:`RUNTIMES`. It declares:
   able to answer), and ``served_digest``: which artifact answers at an address;
 - ``protocol``: what the smoke test speaks to it (``open-inference`` or ``openai``);
 - ``drain_signals``: whether it understands the drain signals of the local target;
+- ``stop_timeout_arg``: the argument (of ``command``'s ``args``) that bounds its graceful stop;
+- on Ansible hosts: ``host_env``, its variables with the placeholders the role's supervisor
+  fills in (``{scratch}``: the instance's own directory; ``{tmp}``: a short private one);
 - on Kubernetes: its default ``image`` (None: the spec names one), the ``container_python``
   of that image, ``container_env`` (offline mode, caches on the scratch volume), the size of
   its scratch volume and whether it needs a ``/dev/shm`` (``shared_memory``).
@@ -41,10 +44,16 @@ class Runtime:
     scratch_size: ClassVar[str] = "256Mi"
     shared_memory: ClassVar[str | None] = None
     """Size of a memory-backed ``/dev/shm`` the server's processes share, or None when it needs none."""
+    stop_timeout_arg: ClassVar[str | None] = None
+    """The ``args`` key of the seconds in-flight requests get when the server stops, or None when it has none."""
 
     def container_env(self, scratch: str) -> dict[str, str]:
         """Variables of the server's container, caches under ``scratch`` (its writable volume)."""
         return {}
+
+    def host_env(self) -> dict[str, str]:
+        """Variables of the server on an Ansible host, under ``{scratch}`` (filled in by the role's supervisor)."""
+        return self.container_env("{scratch}")
 
     def python(self) -> str:
         """The interpreter that runs this runtime's server on this machine."""

@@ -24,6 +24,7 @@ class ModelServerRuntime(Runtime):
     live_path: ClassVar[str] = "/v2/health/live"
     metrics_path: ClassVar[str] = "/metrics"
     drain_signals: ClassVar[bool] = True
+    stop_timeout_arg: ClassVar[str | None] = "graceful_timeout"
 
     def command(self, *, python: str, artifact: str, digest: str, model: str, version: str, host: str, port: int,
                 args: Mapping[str, Any]) -> list[str]:

@@ -36,6 +36,12 @@ IMAGE = "vllm/vllm-openai:v0.32.0"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
 """No hub, no telemetry: the weights are the verified artifact, nothing else is fetched."""
+SHARED_CPUS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+"""vLLM's CPU build binds its OpenMP threads to the first core of the node by default ("auto") and spins on it.
+Where servers share a machine (blue-green on the local target, the staging instance beside the live one on a
+staging host), a starting server then starves behind a busy one: seen here, a server that did not get past
+"OpenMP thread binding" in 10 minutes. Unbound, the OS shares the cores. A host's own variables override it
+(``model_server_host_env``); the Kubernetes pods, one server each, keep vLLM's default."""
 CACHES = {"VLLM_CACHE_ROOT": "vllm", "TORCHINDUCTOR_CACHE_DIR": "inductor", "XDG_CACHE_HOME": "xdg", "HF_HOME": "hf"}
 """The server's cache variables, each a directory under its scratch directory."""
 
@@ -73,6 +79,9 @@ class VllmRuntime(Runtime):
         caches = {**CACHES, "TRITON_CACHE_DIR": "triton"}
         return {**{name: f"{scratch}/{sub}" for name, sub in caches.items()}, **OFFLINE}
 
+    def host_env(self) -> dict[str, str]:
+        return {**self.container_env("{scratch}"), **SHARED_CPUS, "TMPDIR": "{tmp}"}  # see socket_dir
+
     def python(self) -> str:
         from model_delivery.exceptions import DeployFailed
 
@@ -94,7 +103,7 @@ class VllmRuntime(Runtime):
         caches["TMPDIR"] = socket_dir(scratch)
         for path in caches.values():
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return {**{k: str(v) for k, v in caches.items()}, **OFFLINE}
+        return {**{k: str(v) for k, v in caches.items()}, **OFFLINE, **SHARED_CPUS}
 
     def check_artifact(self, artifact_dir: Path, digest: str) -> None:
         from model_delivery.exceptions import TamperedArtifact

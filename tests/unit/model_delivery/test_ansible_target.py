@@ -154,3 +154,64 @@ def test_a_real_playbook_run_streams_into_the_log_and_reports(target_env: tuple[
 
 def test_rollback_of_a_run_that_deployed_nothing_is_a_no_op(target_env: tuple[Path, Settings]) -> None:
     assert make_target(target_env).rollback("never-ran") == {"action": "none", "serving": None}
+
+
+def _supervisor() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "include/ansible/roles/model_server/files/md_supervise.py"
+    spec = importlib.util.spec_from_file_location("md_supervise", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _host_config(command: list[str], **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "version": "3", "digest": "sha256:" + "a" * 64, "artifact": "/srv/m/artifacts/aa",
+            "host": "0.0.0.0", "port": 8080, "python": "/srv/venv/bin/python", "pythonpath": "/srv/m/runtime",
+            "graceful_timeout": 5.0, "command": command, **extra}
+
+
+def test_the_model_server_command_reaches_the_host_whole_and_matches_the_role_default(
+        target_env: tuple[Path, Settings]) -> None:
+    """The target sends the runtime's own command; the role's default (for the role used alone) is the same."""
+    runtime_vars = make_target(target_env)._runtime_vars()
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[3] / "include/ansible/roles/model_server/defaults/"
+                               "main.yml").read_text())
+    assert runtime_vars["model_server_command"] == defaults["model_server_command"]
+    assert runtime_vars["model_server_ready_protocol"] == defaults["model_server_ready_protocol"] == "open-inference"
+    argv = _supervisor().Instance(Path("/srv/m"), "live").command(_host_config(runtime_vars["model_server_command"]))
+    assert argv == ["/srv/venv/bin/python", "-m", "model_server", "--artifact", "/srv/m/artifacts/aa", "--digest",
+                    "sha256:" + "a" * 64, "--model-name", "m", "--model-version", "3", "--host", "0.0.0.0",
+                    "--port", "8080", "--graceful-timeout", "5.0"]
+
+
+def test_a_vllm_spec_sends_vllms_command_env_and_readiness(target_env: tuple[Path, Settings], tmp_path: Path) -> None:
+    model_dir, _ = target_env
+    edit_spec(model_dir, lambda spec: spec.update(
+        task="language-model", evaluation={"metrics": ["perplexity"]}, gate={"thresholds": {"perplexity": {"max": 9}}},
+        serving={"runtime": "vllm", "args": {"max_model_len": 256, "enforce_eager": True,
+                                             "override_generation_config": '{"temperature": 0}'}}))
+    target = make_target(target_env)
+    base = target._base_vars()
+    assert base["model_server_runtime"] == "vllm" and base["model_server_ready_protocol"] == "openai"
+    assert base["model_server_ready_timeout"] == 600.0  # the runtime's default: the spec did not set one
+    assert base["model_server_env"]["TMPDIR"] == "{tmp}" and base["model_server_env"]["HF_HUB_OFFLINE"] == "1"
+    assert base["model_server_env"]["VLLM_CACHE_ROOT"] == "{scratch}/vllm"
+    assert base["model_server_env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # live and staging share a host
+    instance = _supervisor().Instance(tmp_path / "root", "live")
+    config = _host_config(base["model_server_command"], env=base["model_server_env"])
+    argv = instance.command(config)
+    assert argv[:3] == ["/srv/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert argv[argv.index("--model") + 1] == "/srv/m/artifacts/aa" and argv[argv.index("--port") + 1] == "8080"
+    # A user's argument with braces is one argument, untouched; nothing is pasted into it.
+    assert argv[argv.index("--override-generation-config") + 1] == '{"temperature": 0}'
+    assert "--graceful-timeout" not in argv
+    env = instance.env(config)
+    assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "root" / "scratch" / "vllm")  # live and staging share it
+    assert len(env["TMPDIR"]) < 40 and Path(env["TMPDIR"]).is_dir()  # vLLM's sockets: paths of at most 107 bytes
+    assert env["PYTHONPATH"] == "/srv/m/runtime"
+    Path(env["TMPDIR"]).rmdir()
+    edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(ready_timeout_seconds=90))
+    assert make_target(target_env)._base_vars()["model_server_ready_timeout"] == 90  # the spec's own wins

@@ -86,3 +86,6 @@ def test_vllm_sockets_fit_a_unix_socket_path_however_deep_the_state_directory(tm
     assert env["TMPDIR"] == get_runtime("vllm").env(deep)["TMPDIR"]  # one per state directory
     assert env["TMPDIR"] != get_runtime("vllm").env(tmp_path / "other")["TMPDIR"]
     assert env["VLLM_CACHE_ROOT"].startswith(str(deep))
+    # Servers that share a machine (blue-green) share its cores: unbound OpenMP threads; a pod keeps vLLM's binding.
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in get_runtime("vllm").container_env("/scratch")

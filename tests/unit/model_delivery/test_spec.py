@@ -92,10 +92,6 @@ BROKEN = [
     ),
     pytest.param(_edit(lambda s: s.update(serving={"runtime": "triton"})), "serving.runtime",
                  "choose from ['model_server', 'vllm']", id="unknown-runtime"),
-    pytest.param(_edit(lambda s: s.update(LM, serving={"runtime": "vllm"}, deploy={
-        "target": "ansible", "ansible": {"inventory": "inventory.yml", "load_balancer": {
-            "runtime_api": "/run/haproxy/admin.sock", "front_url": "http://127.0.0.1:8600"}}})),
-        "serving.runtime", "local and kubernetes targets so far", id="vllm-on-the-ansible-target"),
     pytest.param(_edit(lambda s: s["deploy"].update(target="kubernetes", kubernetes={"replicas": 2})),
                  "deploy.kubernetes.image", "needs 'image' (the serving image) or 'model_image'",
                  id="kubernetes-model-server-without-an-image"),

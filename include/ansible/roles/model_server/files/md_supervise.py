@@ -2,18 +2,29 @@
 """Supervise one model-server instance on a host without systemd (standard library only).
 
 An instance is described by ``<root>/<instance>.json`` (templated by the ``model_server``
-role). Its supervisor keeps ``python -m model_server`` running, restarting it after a
-crash with a growing back-off, but not after exit 3 (the artifact does not match its
-digest) or 4 (unusable artifact): those would fail again. SIGTERM stops the server
+role). Its supervisor keeps the serving runtime's server running (the ``command`` the deploy
+target took from the runtime: ``python -m model_server`` or vLLM's OpenAI server), restarting
+it after a crash with a growing back-off, but not after exit 3 (the artifact does not match
+its digest) or 4 (unusable artifact): those would fail again. SIGTERM stops the server
 gracefully, then the supervisor.
+
+The command's placeholders are whole arguments (``{python}``, ``{artifact}``, ``{digest}``,
+``{model}``, ``{version}``, ``{host}``, ``{port}``, ``{graceful_timeout}``), filled in from the
+config: an argument is never split or pasted into. The ``env`` values may name ``{scratch}``
+(``<root>/scratch``, the caches the model's instances share: vLLM keys them by content and writes
+them atomically, so a staging server warms them for the live one) and ``{tmp}`` (a short
+directory of the instance's own: vLLM binds Unix sockets there, whose paths hold at most 107 bytes).
 
     md_supervise.py start|stop|restart|status|run|wait-ready --root DIR --instance NAME
     md_supervise.py install-artifact --incoming DIR --dest DIR --digest sha256:...
 
 ``start`` runs ``run`` detached in its own session and returns; ``stop`` and ``restart``
 print ``stopped`` only when something was running (the role's ``changed_when`` reads it);
-``wait-ready`` waits for ``/v2/health/ready`` to answer 200 with the expected
-``X-Model-Digest`` and fails early, with the log's tail, when the server gave up.
+``wait-ready`` waits until the server tells the truth about being ready, and fails early, with
+the log's tail, when the server gave up. With ``ready: open-inference``: ``/v2/health/ready``
+answers 200 with the expected ``X-Model-Digest``. With ``ready: openai`` (vLLM): ``/v1/models``
+lists the model, served from the directory named after the expected digest, and a one-token
+warm-up completion answers.
 ``install-artifact`` re-hashes a copied artifact against its manifest and the digest
 (``model_server.manifest``, installed beside this file) and only then moves it into place.
 """
@@ -34,6 +45,12 @@ from pathlib import Path
 
 NO_RESTART_CODES = (3, 4)  # integrity failure, unusable artifact: a restart cannot help
 MAX_BACKOFF = 10.0
+DEFAULT_COMMAND = ["{python}", "-m", "model_server", "--artifact", "{artifact}", "--digest", "{digest}",
+                   "--model-name", "{model}", "--model-version", "{version}", "--host", "{host}", "--port", "{port}",
+                   "--graceful-timeout", "{graceful_timeout}"]
+"""The model server's command, for an instance config that names none."""
+PLACEHOLDERS = ("python", "artifact", "digest", "model", "version", "host", "port")
+WARM_UP = {"prompt": "def", "max_tokens": 1, "temperature": 0}
 
 
 class Instance:
@@ -51,11 +68,26 @@ class Instance:
         return json.loads(self.config_path.read_text())
 
     def command(self, config: dict) -> list[str]:
-        return [*config.get("wrapper", []), config["python"], "-m", "model_server",
-                "--artifact", config["artifact"], "--digest", config["digest"],
-                "--model-name", config["model"], "--model-version", str(config["version"]),
-                "--host", config["host"], "--port", str(config["port"]),
-                "--graceful-timeout", str(config.get("graceful_timeout", 30)), *config.get("extra_args", [])]
+        """The wrapper, the runtime's command with its placeholders filled in, then the extra arguments."""
+        values = {f"{{{name}}}": str(config[name]) for name in PLACEHOLDERS}
+        values["{graceful_timeout}"] = str(config.get("graceful_timeout", 30))
+        argv = [values.get(arg, arg) for arg in config.get("command") or DEFAULT_COMMAND]
+        return [*config.get("wrapper", []), *argv, *config.get("extra_args", [])]
+
+    def env(self, config: dict) -> dict[str, str]:
+        """The server's environment: this one, the runtime's variables, and PYTHONPATH for the model server."""
+        import hashlib
+        import tempfile
+
+        scratch = self.root / "scratch"
+        key = hashlib.sha256(str(self.root / self.name).encode()).hexdigest()[:12]
+        tmp = Path(tempfile.gettempdir()) / f"md-{key}"
+        extra = {name: str(value).replace("{scratch}", str(scratch)).replace("{tmp}", str(tmp))
+                 for name, value in (config.get("env") or {}).items()}
+        for path in (scratch, tmp):
+            if any(str(path) in value for value in extra.values()):
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return {**os.environ, **extra, "PYTHONPATH": config["pythonpath"]}
 
     def write_status(self, **status: object) -> None:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +141,7 @@ def _run(instance: Instance) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = {**os.environ, "PYTHONPATH": config["pythonpath"]}
+    env = instance.env(config)
     backoff, restarts = 1.0, 0
     instance.log_path.parent.mkdir(parents=True, exist_ok=True)
     instance.pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -188,9 +220,35 @@ def _probe(url: str) -> tuple[int, str | None]:
         return 0, None
 
 
+def _probe_openai(base: str, model: str, digest: str) -> tuple[int, str | None]:
+    """``/v1/models``: (status, the digest ``model`` is served from); then, when that is ``digest``, a warm-up
+    completion, whose failure reads as HTTP 0 from it (the server lists the model but cannot answer yet)."""
+    try:
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as response:  # noqa: S310 - a URL we build
+            entries = json.loads(response.read()).get("data") or []
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), None
+    except (OSError, ValueError):
+        return 0, None
+    served = next((f"sha256:{Path(str(e['root'])).name}" for e in entries if e.get("id") == model and e.get("root")),
+                  None)
+    if served != digest:
+        return 200, served
+    request = urllib.request.Request(f"{base}/v1/completions", data=json.dumps({"model": model, **WARM_UP}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - a URL we build
+            answered = bool(json.loads(response.read()).get("choices"))
+    except (OSError, ValueError):
+        answered = False
+    return (200, served) if answered else (0, served)
+
+
 def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
     config = instance.config()
-    url = f"http://{health_host}:{config['port']}/v2/health/ready"
+    base = f"http://{health_host}:{config['port']}"
+    openai = config.get("ready") == "openai"
+    url = f"{base}/v1/models" if openai else f"{base}/v2/health/ready"
     deadline = time.monotonic() + timeout
     last: tuple[int, str | None] = (0, None)
     while time.monotonic() < deadline:
@@ -203,12 +261,14 @@ def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
         if instance.pid() is None:
             print(f"the supervisor of {instance.name} is not running.\n{instance.tail()}", file=sys.stderr)
             return 1
-        last = _probe(url)
+        last = _probe_openai(base, config["model"], config["digest"]) if openai else _probe(url)
         if last[0] == 200 and last[1] == config["digest"]:
             print(json.dumps({"ready": True, "url": url, "digest": config["digest"]}))
             return 0
         time.sleep(0.25)
     seen = f"last answer: HTTP {last[0]}" + (f" from digest {last[1]}" if last[1] else "") if last[0] else "no answer"
+    if openai and last[1] == config["digest"]:
+        seen = "it lists the model from this digest, but the warm-up completion did not answer"
     print(f"model server {instance.name} (version {config['version']}, {config['digest']}) was not ready on "
           f"{url} within {timeout:g} s ({seen}). Log tail:\n{instance.tail()}", file=sys.stderr)
     return 1

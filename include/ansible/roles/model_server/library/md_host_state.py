@@ -55,6 +55,10 @@ configs:
   description: Each instance's config, or null when it has none.
   type: dict
   returned: always
+venv_stamp:
+  description: The content of <venv>/.installed (what scripts/vllm-venv.sh or the role installed there), or "".
+  type: str
+  returned: always
 running:
   description: Whether each instance runs.
   type: dict
@@ -118,6 +122,7 @@ def main() -> None:
         systemd=systemd,
         runtime_id=(_read(os.path.join(root, "runtime", ".model-delivery-runtime")) or "").strip(),
         venv_python=os.path.exists(os.path.join(venv, "bin", "python")),
+        venv_stamp=(_read(os.path.join(venv, ".installed")) or "").strip(),
         artifacts=artifacts,
         configs=configs,
         running=running,
