@@ -360,6 +360,7 @@ class HAProxy:
             "    balance roundrobin",
             f"    option httpchk GET {self.check_path}",
             "    http-check expect status 200",
+            "    timeout check 10s",  # a busy 2-core machine must not take the only host in rotation for dead
             "    default-server inter 300ms fall 2 rise 2",
         ]
         lines += [f"    server {h.name} {h.address}:{h.port} check" for h in self.hosts]

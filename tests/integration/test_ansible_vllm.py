@@ -172,15 +172,3 @@ def test_a_new_lm_rolls_over_the_hosts_one_by_one_with_no_failed_request(fleet: 
     assert shifted["updated"] == ["host1", "host2"] and shifted["previous"] == "1"
     assert fleet.served() == {h.name: fleet.v2.digest for h in fleet.hosts}
     assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
-
-
-def test_a_rollback_puts_the_previous_lm_back_on_every_host_with_no_failed_request(fleet: Fleet) -> None:
-    target = fleet.target(1)
-    with fleet.load() as load:
-        result = target.rollback("run-2")
-
-    assert result["action"] == "rolled-back" and result["hosts"] == ["host1", "host2"], result
-    assert load.report.total > 0
-    assert load.report.failed == 0, f"{load.report.line()}: {dict(load.report.errors)}"
-    assert fleet.served() == {h.name: fleet.v1.digest for h in fleet.hosts}
-    assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
