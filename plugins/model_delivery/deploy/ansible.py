@@ -45,7 +45,7 @@ from model_delivery.records import now
 from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
 from model_delivery.statefile import locked_state, save_json
-from model_server.manifest import parse_digest
+from model_server.manifest import MANIFEST_NAME, parse_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,7 +166,6 @@ class AnsibleTarget:
         self.store = store
         self.log: Callable[..., None] = log or _logger.info
         self.runtime = get_runtime(spec.serving.runtime)
-        self.serving_args = dict(spec.serving.args)
         if self.config.inventory is not None and not (self.model_dir / self.config.inventory).is_file():
             raise InvalidModelSpec(
                 f"{self.model_dir / 'model.yaml'}: field 'deploy.ansible.inventory' names "
@@ -237,7 +236,7 @@ class AnsibleTarget:
     def _runtime_vars(self) -> dict[str, Any]:
         """The serving runtime, for the role: its command with whole-argument placeholders the supervisor fills
         in on each host, its variables, and how its readiness is probed."""
-        args = dict(self.serving_args)
+        args = dict(self.spec.serving.args)
         if self.runtime.stop_timeout_arg:
             args.setdefault(self.runtime.stop_timeout_arg, "{graceful_timeout}")
         command = self.runtime.command(python="{python}", artifact="{artifact}", digest="{digest}", model="{model}",
@@ -385,8 +384,9 @@ class AnsibleTarget:
         """Fetch (and verify) an artifact from the store into the local cache Ansible copies from."""
         dest = self.state_dir / "artifacts" / parse_digest(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fetched = self.store.fetch(self.model, digest, dest)
-        self.runtime.check_artifact(Path(fetched), digest)  # vLLM: no pickle reaches a host
+        fetched = Path(self.store.fetch(self.model, digest, dest))  # verified against the digest
+        manifest = json.loads((fetched / MANIFEST_NAME).read_text())
+        self.runtime.check_files([entry["path"] for entry in manifest["files"]], digest)  # vLLM: no pickle to a host
         return str(fetched)
 
     def _release_vars(self, candidate: dict[str, Any]) -> dict[str, Any]:

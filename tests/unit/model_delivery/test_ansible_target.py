@@ -215,3 +215,23 @@ def test_a_vllm_spec_sends_vllms_command_env_and_readiness(target_env: tuple[Pat
     Path(env["TMPDIR"]).rmdir()
     edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(ready_timeout_seconds=90))
     assert make_target(target_env)._base_vars()["model_server_ready_timeout"] == 90  # the spec's own wins
+
+
+def test_a_vllm_artifact_with_a_pickle_is_refused_before_it_reaches_a_host(target_env: tuple[Path, Settings],
+                                                                             tmp_path: Path) -> None:
+    from model_delivery.exceptions import TamperedArtifact
+
+    model_dir, settings = target_env
+    edit_spec(model_dir, lambda spec: spec.update(
+        task="language-model", evaluation={"metrics": ["perplexity"]}, gate={"thresholds": {"perplexity": {"max": 9}}},
+        serving={"runtime": "vllm"}))
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "config.json").write_text("{}")
+    (lm / "model.safetensors").write_bytes(b"\0" * 8)
+    (lm / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: loading it runs code
+    stored = ArtifactStore(settings.artifact_root).put_directory(MODEL, lm)
+    target = make_target(target_env)
+    with pytest.raises(TamperedArtifact, match=r"pickle files \['pytorch_model.bin'\]"):
+        target._release_vars({"version": "1", "digest": stored.digest})
+    assert not (tmp_path / "host1").exists()  # nothing was run on the host

@@ -45,10 +45,6 @@ from pathlib import Path
 
 NO_RESTART_CODES = (3, 4)  # integrity failure, unusable artifact: a restart cannot help
 MAX_BACKOFF = 10.0
-DEFAULT_COMMAND = ["{python}", "-m", "model_server", "--artifact", "{artifact}", "--digest", "{digest}",
-                   "--model-name", "{model}", "--model-version", "{version}", "--host", "{host}", "--port", "{port}",
-                   "--graceful-timeout", "{graceful_timeout}"]
-"""The model server's command, for an instance config that names none."""
 PLACEHOLDERS = ("python", "artifact", "digest", "model", "version", "host", "port")
 WARM_UP = {"prompt": "def", "max_tokens": 1, "temperature": 0}
 
@@ -71,7 +67,7 @@ class Instance:
         """The wrapper, the runtime's command with its placeholders filled in, then the extra arguments."""
         values = {f"{{{name}}}": str(config[name]) for name in PLACEHOLDERS}
         values["{graceful_timeout}"] = str(config.get("graceful_timeout", 30))
-        argv = [values.get(arg, arg) for arg in config.get("command") or DEFAULT_COMMAND]
+        argv = [values.get(arg, arg) for arg in config["command"]]  # the role always writes the runtime's command
         return [*config.get("wrapper", []), *argv, *config.get("extra_args", [])]
 
     def env(self, config: dict) -> dict[str, str]:
