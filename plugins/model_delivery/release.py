@@ -147,19 +147,39 @@ NO_CHANGE_KEYS = ("spec_digest", "data.train.sha256", "data.eval.sha256")
 
 
 def _same_as_production(rc: ReleaseContext, version: str, lineage: dict[str, str]) -> bool:
-    """True when production is this very version, built from the same spec and data digests.
+    """True when production is this very version, released from the same spec and data digests.
 
+    The digests compared are those of the run that last promoted it (``promoted.*`` tags), not
+    those of the build that first made the artifact: after a spec edit that leaves the artifact
+    the same (a description, a gate threshold), one run releases it again and the next ones are
+    no-change. Versions promoted before these tags existed fall back to their build lineage.
     The git sha is recorded but not compared: a commit elsewhere in the repository is not a
     change of this model.
     """
     from model_delivery.registry import PRODUCTION
 
     production = rc.registry.alias(rc.model, PRODUCTION)
-    return bool(
-        production is not None
-        and production.version == version
-        and all(production.tags.get(key) == lineage.get(key) for key in NO_CHANGE_KEYS)
-    )
+    if production is None or production.version != version:
+        return False
+    promoted = {key: production.tags.get(PROMOTED + key, production.tags.get(key)) for key in NO_CHANGE_KEYS}
+    return all(promoted[key] == lineage.get(key) for key in NO_CHANGE_KEYS)
+
+
+PROMOTED = "promoted."
+"""Prefix of the version tags that hold the lineage of the run that last promoted it (``promoted.spec_digest``)."""
+
+
+def promoted_lineage(candidate: dict[str, Any]) -> dict[str, str]:
+    """The ``promoted.*`` tags of a release's candidate: its spec digest and data digests.
+
+    A version is reused when a new build gives the same artifact, so its own lineage tags say what
+    it was first built from; these say what production was last released from, which is what the
+    next run's no-change check compares with. A candidate without them (a rollback's) sets none.
+    """
+    values = {"spec_digest": candidate.get("spec_digest"),
+              **{f"data.{name}.sha256": entry.get("sha256") for name, entry in (candidate.get("data") or {}).items()
+                 if isinstance(entry, dict)}}
+    return {PROMOTED + key: str(value) for key, value in values.items() if key in NO_CHANGE_KEYS and value}
 
 
 def has_changes(build: dict[str, Any], params: dict[str, Any]) -> bool:
@@ -481,9 +501,12 @@ def deploy_production(rc: ReleaseContext) -> dict[str, Any]:
 
 
 def promote(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Move the registry aliases and retire the previous deployment."""
+    """Tag the version with this run's lineage, then move the registry aliases, then retire the previous deployment.
+
+    Tags first and aliases last: a promote that fails half-way leaves the aliases as they were.
+    """
+    rc.registry.set_tags(rc.model, candidate["version"], {"promoted_by": rc.run_id, **promoted_lineage(candidate)})
     aliases = rc.registry.promote(rc.model, candidate["version"])
-    rc.registry.set_tags(rc.model, candidate["version"], {"promoted_by": rc.run_id})
     retired = rc.target.retire(rc.run_id)
     rc.lease.release(rc.run_id)
     return {**aliases, **retired}

@@ -118,6 +118,25 @@ def test_rerunning_the_same_release_ends_early_as_no_change(env: Path) -> None:
     assert infer(env).headers["x-model-digest"] == before.digest
 
 
+def test_a_spec_edit_that_keeps_the_artifact_releases_once_then_runs_are_no_change(env: Path) -> None:
+    before = production()
+    edit_spec(env / MODEL, lambda spec: spec.update(description=spec["description"] + " (edited)"))
+
+    first = run_release(MODEL, {"reason": "the spec changed, not the model"})
+    second = run_release(MODEL, {"reason": "nothing changed since"})
+
+    record = load_record(MODEL, first.run_id)
+    build = record["stages"]["build"]["result"]
+    assert build["reused"] and build["version"] == before.version  # the same artifact, the same version
+    assert record["outcome"] == "released" and record["gate"]["verdict"] == "no-change"
+    # Before, the check compared the build lineage of the version (the old spec): every run released again.
+    assert load_record(MODEL, second.run_id)["outcome"] == "no-change"
+    assert task_states(second)["deploy_staging"] == "skipped"
+    version = production()
+    assert version.version == before.version and version.tags["promoted_by"] == first.run_id
+    assert version.tags["promoted.spec_digest"] == build["spec_digest"] != version.tags["spec_digest"]
+
+
 def test_force_redeploys_the_same_version_as_a_no_op(env: Path) -> None:
     before = production()
     dag_run = run_release(MODEL, {"reason": "redeploy", "force": True})

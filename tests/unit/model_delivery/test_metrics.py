@@ -238,6 +238,16 @@ def test_a_released_record_becomes_a_deployed_run_with_its_lead_time() -> None:
     assert not run.is_failure and run.failed_at is None
 
 
+def test_a_release_that_changed_nothing_in_production_is_not_a_deployment() -> None:
+    same = {**RELEASED, "run_id": "r1b", "gate": {"verdict": "no-change"}}  # production served this artifact already
+    new = {**RELEASED, "gate": {"verdict": "passed"}}
+    runs = [run_from_record(same), run_from_record(new)]
+    assert [(r.outcome, r.switched, r.deployed) for r in runs] == [("released", False, False), ("released", True, True)]
+    result = figures(runs, end=datetime(2026, 3, 2, tzinfo=UTC), days=7)
+    assert result["outcomes"] == {"release:released": 2}
+    assert result["deployments"] == 1 and result["changes_deployed"] == 1 and result["lead_time_seconds"]["count"] == 1
+
+
 def test_a_clean_commit_starts_the_lead_time() -> None:
     record = {**RELEASED, "artifact": {"version": "1", "git_sha": "abc"}}
     committed = datetime(2026, 2, 28, tzinfo=UTC)
