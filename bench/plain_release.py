@@ -75,6 +75,8 @@ def main() -> int:
         production = timed("deploy_production", stages.deploy_production)
         timed("verify", stages.smoke, candidate, production)
         timed("promote", stages.promote, candidate)
+        if hasattr(stages, "retire"):  # its own task after promote
+            timed("retire", stages.retire)
     except Exception as exc:
         traceback.print_exc()
         summary["error"] = f"{type(exc).__name__}: {exc}"

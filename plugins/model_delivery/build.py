@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from model_delivery.build_env import ENV_FILE, LAUNCHER, PASSTHROUGH, declare
 from model_delivery.exceptions import BuildFailed
+from model_delivery.procs import tracked
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,7 +99,8 @@ def run_build(
     reader = threading.Thread(target=_stream, args=(proc.stdout, log, tail), daemon=True)
     reader.start()
     try:
-        code = proc.wait(timeout=spec.build.timeout_seconds)
+        with tracked(proc.pid, str(LAUNCHER)):  # the operator's on_kill stops it and its group
+            code = proc.wait(timeout=spec.build.timeout_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

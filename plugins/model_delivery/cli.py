@@ -3,6 +3,9 @@
     model-delivery summary <model>    what serves the model now, how to query it, the last report
     model-delivery release <model>    trigger a release through the Airflow REST API [--wait]; exit 0/1/2/3
     model-delivery render-k8s <model> the model's Kubernetes manifests (YAML) for review or GitOps
+    model-delivery lease <model>      who holds the model's deploy lease, and its journal's last entries
+    model-delivery unlock <model> --reason R
+                                      end a quarantine (after a failed rollback), recorded with who and why
 """
 
 from __future__ import annotations
@@ -96,6 +99,35 @@ def render_k8s(model: str, version: str | None, digest: str | None, parts: str, 
     return 0
 
 
+def lease(model: str, entries: int = 10) -> int:
+    """Print the model's lease (or quarantine) and its newest journal entries."""
+    ledger = get_settings().open_ledger()
+    held = ledger.holder(model)
+    print(json.dumps({"model": model, "lease": held, "journal": ledger.journal(model)[-entries:]}, indent=2,
+                     default=str))
+    return 0
+
+
+def unlock(model: str, reason: str) -> int:
+    """End the model's quarantine: exit 0 when it was locked, 1 when it was not, 2 without a reason."""
+    import getpass
+
+    from model_delivery.exceptions import ModelDeliveryError
+
+    try:
+        held = get_settings().open_ledger().unlock(model, by=getpass.getuser(), reason=reason)
+    except ModelDeliveryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if held is None:
+        print(f"{model} was not locked; recorded anyway")
+        return 1
+    quarantine = held.get("quarantine")
+    what = f"quarantine ({quarantine['reason']})" if quarantine else f"lease of {held['dag_id']} run {held['run_id']}"
+    print(f"{model}: ended the {what}; recorded with your reason")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="model-delivery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     render_cmd.add_argument("--workload", action="store_const", const="workload", dest="parts",
                             help="only what the deployer applies")
     render_cmd.add_argument("--candidate", action="store_true", help="the candidate Deployment instead of production")
+    lease_cmd = sub.add_parser("lease", help="who holds the model's deploy lease; its newest journal entries")
+    lease_cmd.add_argument("model")
+    unlock_cmd = sub.add_parser("unlock", help="end a model's quarantine after a person checked what serves")
+    unlock_cmd.add_argument("model")
+    unlock_cmd.add_argument("--reason", required=True, help="what was checked or fixed (recorded in the journal)")
     from model_delivery.ci import add_parser, release
 
     add_parser(sub)
@@ -119,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return release(args)
     if args.command == "summary":
         return summary(args.model)
+    if args.command == "lease":
+        return lease(args.model)
+    if args.command == "unlock":
+        return unlock(args.model, args.reason)
     if args.command == "render-k8s":
         return render_k8s(args.model, args.version, args.digest, args.parts or "all", args.candidate)
     return 2  # pragma: no cover - argparse rejects unknown commands

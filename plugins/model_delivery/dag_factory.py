@@ -24,6 +24,7 @@ from model_delivery.operators import (
     GateModelOperator,
     PromoteModelOperator,
     RecordReleaseOperator,
+    RetireModelOperator,
     RollbackModelOperator,
     SmokeTestModelOperator,
     ValidateDataOperator,
@@ -36,11 +37,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 START_DATE = datetime(2026, 1, 1)
+DEPLOY_TIMEOUT = timedelta(hours=2)
+"""The ``execution_timeout`` of every task that changes what serves: a hung step is killed (its
+``on_kill`` stops what it started) and the next task settles the journal."""
 STAGE_DOC = """
 ### Stages
 build → detect_change → validate_data → evaluate → gate → deploy_staging → smoke → (approve, when the spec requires it) →
-deploy_production → verify → promote;
-any failure after a deploy started → rollback. `record` always runs and writes
+deploy_production → verify → promote → retire;
+any failure after a deploy started, up to promote → rollback. `record` always runs and writes
 `release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
 
 ### Trigger
@@ -94,20 +98,24 @@ def approval_minutes(spec: ModelSpec) -> float | None:
 def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None = None) -> Any:
     """The deploy side of a release or a rollback, created inside the current DAG.
 
-    deploy_staging → smoke → [approve] → deploy_production → verify → promote, with
-    ``rollback`` when any of them fails and ``record`` (notifying on failure) at the end.
+    deploy_staging → smoke → [approve] → deploy_production → verify → promote → retire, with
+    ``rollback`` when any of them but retire fails and ``record`` (notifying on failure) at the end.
+    Every task that changes what serves has ``DEPLOY_TIMEOUT`` as its ``execution_timeout``.
 
     :param model: the model name, or a template such as ``{{ params.model }}``.
     :param candidate: what to deploy (an XComArg of a build-like result).
     :param approval_minutes: ask a person before production, with this timeout.
     :return: the ``deploy_staging`` task, to put after what must come first.
     """
-    staging = DeployModelOperator(task_id="deploy_staging", model=model, candidate=candidate, step="staging")
+    timeout = {"execution_timeout": DEPLOY_TIMEOUT}
+    staging = DeployModelOperator(task_id="deploy_staging", model=model, candidate=candidate, step="staging", **timeout)
     smoke = SmokeTestModelOperator(task_id="smoke", model=model, candidate=candidate, deployment=staging.output)
-    production = DeployModelOperator(task_id="deploy_production", model=model, candidate=candidate, step="production")
+    production = DeployModelOperator(task_id="deploy_production", model=model, candidate=candidate, step="production",
+                                     **timeout)
     verify = SmokeTestModelOperator(task_id="verify", model=model, candidate=candidate, deployment=production.output)
     promote = PromoteModelOperator(task_id="promote", model=model, candidate=candidate)
-    rollback = RollbackModelOperator(task_id="rollback", model=model, trigger_rule="one_failed", retries=2)
+    retire = RetireModelOperator(task_id="retire", model=model, **timeout)
+    rollback = RollbackModelOperator(task_id="rollback", model=model, trigger_rule="one_failed", retries=2, **timeout)
     record = RecordReleaseOperator(task_id="record", model=model, trigger_rule="all_done", retries=2,
                                    on_failure_callback=ReleaseNotifier(model=model))
     deploy_side: list[Any] = [staging, smoke, production, verify, promote]
@@ -117,9 +125,9 @@ def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None =
         deploy_side.append(approve)
     else:
         smoke >> production
-    verify >> promote
+    verify >> promote >> retire
     deploy_side >> rollback
-    [promote, rollback] >> record
+    [promote, retire, rollback] >> record
     return staging
 
 

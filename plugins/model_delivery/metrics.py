@@ -60,11 +60,11 @@ class Run:
         ``reverted`` rollback, when the rollback started). None unless the run is a failure.
     :param restored_at: when the run itself restored service (its automatic rollback ended, or
         the manual rollback promoted the old version). None when it did not.
-    :param deployed: the run started its candidate on the deploy target (``deploy_staging`` succeeded).
+    :param deployed: the run started its candidate on the deploy target (``deploy_staging`` succeeded);
+        for a released run, also that it put a new artifact in production: one whose gate verdict is
+        ``no-change`` (production already served that artifact: a forced re-release, or a spec edit that
+        left the artifact the same) is released but is not a deployment.
     :param deployed_at: when production was switched for good (``promote`` ended); releases only.
-    :param switched: a released run put a new artifact in production. False when production already
-        served that artifact (the gate's verdict ``no-change``: a forced re-release, or a spec edit that
-        left the artifact the same): such a run is released but is not a deployment.
     :param change_at: when the change started: the commit time of a clean ``git_sha`` when known,
         else the start of the build stage.
     :param version: the registry version the run delivered (or, for a rollback, went back to).
@@ -81,7 +81,6 @@ class Run:
     restored_at: datetime | None = None
     deployed: bool = False
     deployed_at: datetime | None = None
-    switched: bool = True
     change_at: datetime | None = None
     change_source: str | None = None
     version: str | None = None
@@ -214,7 +213,7 @@ def figures(runs: Iterable[Run], *, end: datetime, days: float, model: str | Non
     total = observed_seconds(history, end=end, days=days)
     failures = [r for r in window if r.is_failure]
     releases = [r for r in window if r.kind == "release"]
-    released = [r for r in releases if r.outcome == "released" and r.switched]  # deployments
+    released = [r for r in releases if r.outcome == "released" and r.deployed]  # deployments
     restore, still_open = mttr(failures, history, end=end)
     cfr, needing, deployed = change_failure_rate(releases, history, end=end)
     leads = lead_times(released)
@@ -406,8 +405,7 @@ def run_from_record(record: dict[str, Any], commit_time: Callable[[str], datetim
         fields["restored_at"] = stage_end(rollback)
     if outcome == "released":
         fields["deployed_at"] = stage_end(stages.get("promote")) or finished
-        fields["switched"] = (record.get("gate") or {}).get("verdict") != "no-change"
-        fields["deployed"] = fields["deployed"] and fields["switched"]
+        fields["deployed"] = fields["deployed"] and (record.get("gate") or {}).get("verdict") != "no-change"
         build_start = parse_time((stages.get("build") or {}).get("started_at")) or run.started_at
         fields["change_at"], fields["change_source"] = _change_at(record, commit_time, build_start)
     return Run(**{**asdict(run), **fields})

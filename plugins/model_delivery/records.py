@@ -101,17 +101,29 @@ SUCCESS_OUTCOMES = ("released", "no-change", "reverted", "dry-run")
 """Outcomes of a run that did what was asked: the ``record`` task succeeds, the CLI exits 0."""
 
 
+def _failures(stages: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The failed stages that decide an outcome: all but ``retire``, which runs after promote (see :func:`_notes`)."""
+    return [(name, entry) for name, entry in stages.items() if entry.get("status") == "failed" and name != "retire"]
+
+
+def _notes(stages: dict[str, dict[str, Any]]) -> list[str]:
+    retire = stages.get("retire") or {}
+    if retire.get("status") != "failed":
+        return []
+    return [f"retire: {retire.get('error', 'failed')} (the release stands; the previous version may still run warm)"]
+
+
 def _rollback_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     """A manual rollback: ``refused``, ``no-change``, ``reverted`` or ``failed``."""
     resolve = stages["resolve"]
     target = resolve.get("result") or {}
-    failed = [f"{name}: {entry.get('error', 'failed')}" for name, entry in stages.items() if entry.get("status") == "failed"]
+    failed = [f"{name}: {entry.get('error', 'failed')}" for name, entry in _failures(stages)]
     if resolve.get("status") == "failed":
         return "refused", failed
     if target.get("no_op"):
         return "no-change", [target.get("note") or "that version already serves"]
     if stages.get("promote", {}).get("status") == "success" and not failed:
-        return "reverted", [f"version {target.get('from_version')} → version {target.get('version')}"]
+        return "reverted", [f"version {target.get('from_version')} → version {target.get('version')}", *_notes(stages)]
     return "failed", failed or ["the rollback did not reach promote"]
 
 
@@ -126,7 +138,7 @@ def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
     staging = stages.get("deploy_staging", {})
     if staging.get("status") == "dry-run":
         return "dry-run", [staging.get("note") or "dry run: nothing was changed"]
-    failed = [(name, entry) for name, entry in stages.items() if entry.get("status") == "failed"]
+    failed = _failures(stages)
     reasons = [f"{name}: {entry.get('error', 'failed')}" for name, entry in failed]
     if stages.get("gate", {}).get("status") == "failed" or stages.get("approve", {}).get("status") == "failed":
         return "rejected", reasons
@@ -135,7 +147,7 @@ def decide_outcome(stages: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
         return "rolled-back", reasons
     if failed or stages.get("promote", {}).get("status") != "success":
         return "failed", reasons or ["the release did not reach promote"]
-    return "released", []
+    return "released", _notes(stages)
 
 
 def render_report(record: dict[str, Any]) -> str:

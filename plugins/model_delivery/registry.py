@@ -9,6 +9,7 @@ git sha, data digests, spec digest, dag_id and run_id. Promotion moves the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -169,6 +170,17 @@ class Registry:
             self.client.set_registered_model_alias(name, PREVIOUS, current.version)
         self.client.set_registered_model_alias(name, PRODUCTION, version)
         return {"production": version, "previous": current.version if current else None, "changed": True}
+
+    def set_aliases(self, name: str, aliases: dict[str, str | None]) -> None:
+        """Point each alias at its version, or delete it where the version is None (a rollback of a promote)."""
+        from mlflow.exceptions import MlflowException
+
+        for alias, version in aliases.items():
+            if version is None:
+                with contextlib.suppress(MlflowException):
+                    self.client.delete_registered_model_alias(name, alias)
+            else:
+                self.client.set_registered_model_alias(name, alias, version)
 
     def metrics_of(self, mv: ModelVersion) -> dict[str, float]:
         """The ``metric.<name>`` tags of a version as floats."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from model_delivery.build import BuildOutputs
     from model_delivery.deploy import DeployTarget
-    from model_delivery.lease import DeployLease
     from model_delivery.records import ReleaseRecord
     from model_delivery.spec import ModelSpec
 
@@ -54,6 +54,9 @@ class ReleaseContext(OpensStores):
     :param dag_id: the release DAG.
     :param conf: the run's validated params (``reason``, ``force``, ``dry_run``).
     :param log: where stages report progress.
+    :param dagrun_state: the state of a DagRun by (dag_id, run_id), through the Task SDK (None outside Airflow):
+        how a lease's holder is judged.
+    :param last_try: this is the task's last try (a rollback failing on it quarantines the model).
     """
 
     model: str
@@ -62,6 +65,8 @@ class ReleaseContext(OpensStores):
     conf: dict[str, Any] = field(default_factory=dict)
     log: Callable[..., None] = print
     settings: Settings = field(default_factory=get_settings)
+    dagrun_state: Callable[[str, str], str] | None = None
+    last_try: bool = True
 
     @property
     def model_dir(self) -> Path:
@@ -85,15 +90,30 @@ class ReleaseContext(OpensStores):
 
         return get_target(self.spec, self.settings, self.store, log=self.log)
 
-    @cached_property
-    def lease(self) -> DeployLease:
-        from model_delivery.lease import DeployLease
+    def holder_alive(self, lease: dict[str, Any]) -> bool:
+        """Whether the run holding a lease still runs: its DagRun's state when Airflow can tell; else
+        (a plain script, a deleted run) its record has no outcome and its heartbeat is within the TTL."""
+        from model_delivery.ledger import DEFAULT_TTL_SECONDS
         from model_delivery.records import ReleaseRecord
 
-        def finished(run_id: str) -> bool:
-            return ReleaseRecord(self.store, self.model, run_id).load().get("outcome") is not None
+        if self.dagrun_state is not None:
+            try:
+                return self.dagrun_state(lease["dag_id"], lease["run_id"]) in ("queued", "running")
+            except Exception as exc:  # noqa: BLE001 - an unknown run: judged by record and heartbeat
+                self.log("the state of %s run %s is unknown (%s)", lease["dag_id"], lease["run_id"], exc)
+        finished = ReleaseRecord(self.store, self.model, lease["run_id"]).load().get("outcome") is not None
+        fresh = time.time() - float(lease.get("heartbeat") or 0) < float(lease.get("ttl") or DEFAULT_TTL_SECONDS)
+        return fresh and not finished
 
-        return DeployLease(self.settings.deploy_dir / self.model, finished)
+    def hold_lease(self) -> None:
+        """Check this run still holds the model's lease (and renew it); raise ``LeaseLost`` if not."""
+        from model_delivery.ledger import LeaseLost
+
+        if not self.ledger.heartbeat(self.model, self.run_id):
+            holder = self.ledger.holder(self.model) or {}
+            raise LeaseLost(f"run {self.run_id} no longer holds the deploy lease of {self.model} (held by "
+                            f"{holder.get('dag_id')} run {holder.get('run_id')}); it changes nothing more. "
+                            "Fix: trigger a new run.")
 
     def candidate(self, build: dict[str, Any]) -> Any:
         from model_delivery.deploy import Candidate
@@ -120,13 +140,13 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
             data[name] = {"uri": str(dest), "sha256": sha, "size_bytes": size}
     finally:
         shutil.rmtree(outputs.work_dir, ignore_errors=True)
+    spec_digest = manifest_digest(build_manifest(rc.model_dir))
     lineage: dict[str, str] = {
         "git_sha": git_sha(PROJECT_ROOT),
-        "spec_digest": manifest_digest(build_manifest(rc.model_dir)),
         "dag_id": rc.dag_id,
         "run_id": rc.run_id,
         "artifact_uri": artifact.uri,
-        **{f"data.{name}.sha256": str(d["sha256"]) for name, d in data.items()},
+        **release_lineage(spec_digest, data),
         **build_tags(outputs.environment),
     }
     version, existed = rc.registry.register(
@@ -146,6 +166,18 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
 NO_CHANGE_KEYS = ("spec_digest", "data.train.sha256", "data.eval.sha256")
 
 
+def release_lineage(spec_digest: Any, data: dict[str, Any] | None) -> dict[str, str]:
+    """What a run releases from, as version tags: its spec digest and the digest of each data set.
+
+    The build tags a version with it; promote tags it again under ``promoted.*`` (a reused version's
+    own tags say what it was first built from); the no-change check compares the two.
+    """
+    values = {"spec_digest": spec_digest,
+              **{f"data.{name}.sha256": entry.get("sha256") for name, entry in (data or {}).items()
+                 if isinstance(entry, dict)}}
+    return {key: str(value) for key, value in values.items() if value}
+
+
 def _same_as_production(rc: ReleaseContext, version: str, lineage: dict[str, str]) -> bool:
     """True when production is this very version, released from the same spec and data digests.
 
@@ -161,8 +193,8 @@ def _same_as_production(rc: ReleaseContext, version: str, lineage: dict[str, str
     production = rc.registry.alias(rc.model, PRODUCTION)
     if production is None or production.version != version:
         return False
-    promoted = {key: production.tags.get(PROMOTED + key, production.tags.get(key)) for key in NO_CHANGE_KEYS}
-    return all(promoted[key] == lineage.get(key) for key in NO_CHANGE_KEYS)
+    tags = production.tags
+    return all(tags.get(PROMOTED + key, tags.get(key)) == lineage.get(key) for key in NO_CHANGE_KEYS)
 
 
 PROMOTED = "promoted."
@@ -170,16 +202,9 @@ PROMOTED = "promoted."
 
 
 def promoted_lineage(candidate: dict[str, Any]) -> dict[str, str]:
-    """The ``promoted.*`` tags of a release's candidate: its spec digest and data digests.
-
-    A version is reused when a new build gives the same artifact, so its own lineage tags say what
-    it was first built from; these say what production was last released from, which is what the
-    next run's no-change check compares with. A candidate without them (a rollback's) sets none.
-    """
-    values = {"spec_digest": candidate.get("spec_digest"),
-              **{f"data.{name}.sha256": entry.get("sha256") for name, entry in (candidate.get("data") or {}).items()
-                 if isinstance(entry, dict)}}
-    return {PROMOTED + key: str(value) for key, value in values.items() if key in NO_CHANGE_KEYS and value}
+    """The ``promoted.*`` tags of a release's candidate (none for a rollback's, which has no lineage)."""
+    lineage = release_lineage(candidate.get("spec_digest"), candidate.get("data"))
+    return {PROMOTED + key: value for key, value in lineage.items() if key in NO_CHANGE_KEYS}
 
 
 def has_changes(build: dict[str, Any], params: dict[str, Any]) -> bool:
@@ -420,8 +445,36 @@ def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, A
         rc.log("dry run on %s: %s", plan["target"], plan.get("note", ""))
         raise DryRunComplete(f"dry run on the {plan['target']} target: {plan.get('note', '')}; nothing was changed. "
                              "Trigger again without dry_run to deliver.", result=plan)
-    rc.lease.acquire(rc.run_id, rc.dag_id)
-    return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
+    rc.ledger.acquire(rc.model, rc.run_id, rc.dag_id, alive=rc.holder_alive)
+    check_decisions(rc, candidate)
+    with rc.ledger.heartbeating(rc.model, rc.run_id):
+        return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
+
+
+def check_decisions(rc: ReleaseContext, candidate: dict[str, Any]) -> None:
+    """Under the lease: what the run decided before it held it still holds.
+
+    A release was gated against a champion; a rollback resolved its "from" version. If
+    production has changed since (another run released or rolled back meanwhile), deploying
+    would undo that run's work on a decision about a state that is gone.
+
+    :raises StaleDecision: production is no longer what the decision was taken against.
+    """
+    from model_delivery.ledger import StaleDecision
+    from model_delivery.registry import PRODUCTION
+
+    production = rc.registry.alias(rc.model, PRODUCTION)
+    now_serving = production.version if production else None
+    if "from_version" in candidate:  # a rollback
+        expected, what = candidate["from_version"], "the rollback was resolved"
+    else:
+        gate_result = (rc.record.load().get("stages", {}).get("gate") or {}).get("result") or {}
+        expected, what = (gate_result.get("champion") or {}).get("version"), "the gate compared the candidate"
+    if expected != now_serving:
+        raise StaleDecision(
+            f"production of {rc.model} is version {now_serving} now, but {what} against version {expected}: another "
+            "run changed production meanwhile. This run deploys nothing. Fix: trigger it again, so that it "
+            "decides against what serves now.")
 
 
 def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
@@ -497,24 +550,80 @@ def _ms(value: Any) -> str:
 
 def deploy_production(rc: ReleaseContext) -> dict[str, Any]:
     """Shift production traffic to the candidate (the previous version stays warm)."""
-    return {"target": rc.target.name, **rc.target.shift(rc.run_id)}
+    rc.hold_lease()
+    with rc.ledger.heartbeating(rc.model, rc.run_id):
+        return {"target": rc.target.name, **rc.target.shift(rc.run_id)}
 
 
 def promote(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
-    """Tag the version with this run's lineage, then move the registry aliases, then retire the previous deployment.
+    """Tag the version with this run's lineage, then move the registry aliases (tags first, aliases last).
 
-    Tags first and aliases last: a promote that fails half-way leaves the aliases as they were.
+    The aliases as they were are journaled first, so a rollback of this run puts them back
+    (:func:`rollback`). Retiring the previous deployment is the next task (:func:`retire`),
+    outside the rollback's path: a failed retire never undoes a verified release.
     """
+    from model_delivery.registry import PREVIOUS, PRODUCTION
+
+    rc.hold_lease()
+    before = {alias: getattr(rc.registry.alias(rc.model, alias), "version", None) for alias in (PRODUCTION, PREVIOUS)}
     rc.registry.set_tags(rc.model, candidate["version"], {"promoted_by": rc.run_id, **promoted_lineage(candidate)})
+    entry = rc.ledger.intend(rc.model, REGISTRY, rc.run_id, "aliases", {"to": candidate["version"]}, before)
     aliases = rc.registry.promote(rc.model, candidate["version"])
-    retired = rc.target.retire(rc.run_id)
-    rc.lease.release(rc.run_id)
-    return {**aliases, **retired}
+    rc.ledger.done(entry)
+    return aliases
+
+
+REGISTRY = "registry"
+"""The ledger's name for registry promotion (journal entries ``aliases``, compensated by a rollback)."""
+
+
+def retire(rc: ReleaseContext) -> dict[str, Any]:
+    """After promote: free the previous deployment kept warm for rollback, then give the lease back."""
+    with rc.ledger.heartbeating(rc.model, rc.run_id):
+        retired = {"target": rc.target.name, **rc.target.retire(rc.run_id)}
+    rc.ledger.release(rc.model, rc.run_id)
+    return retired
 
 
 def rollback(rc: ReleaseContext) -> dict[str, Any]:
-    """Put back what served before this run (a no-op when this run deployed nothing)."""
-    result = {"target": rc.target.name, **rc.target.rollback(rc.run_id)}
-    rc.lease.release(rc.run_id)
+    """Put back what served before this run (a no-op when this run deployed nothing), and the registry
+    aliases its promote moved; then give the lease back.
+
+    A rollback that fails on its last try quarantines the model: it stays locked (the lease is
+    kept) until a person checks what serves and runs ``model-delivery unlock``. So does a
+    rollback that leaves a fleet serving mixed versions.
+
+    :raises Quarantined: the rollback failed on its last try, or left mixed versions.
+    """
+    from model_delivery.ledger import Quarantined, quarantine_message
+
+    try:
+        with rc.ledger.heartbeating(rc.model, rc.run_id):
+            result = {"target": rc.target.name, **rc.target.rollback(rc.run_id)}
+    except Exception as exc:
+        if not rc.last_try:
+            raise
+        held = rc.ledger.quarantine(rc.model, rc.run_id, rc.dag_id, f"the rollback failed: {exc}"[:1000])
+        raise Quarantined(f"{exc}\n{quarantine_message(rc.model, held['quarantine'])}") from exc
+    restored = _restore_aliases(rc)
+    if restored:
+        result["aliases"] = restored
+    if str(result.get("serving") or "").startswith("mixed"):
+        held = rc.ledger.quarantine(rc.model, rc.run_id, rc.dag_id, f"the rollback left {result['serving']}")
+        raise Quarantined(quarantine_message(rc.model, held["quarantine"]), result=result)
+    rc.ledger.release(rc.model, rc.run_id)
     return result
 
+
+def _restore_aliases(rc: ReleaseContext) -> dict[str, Any] | None:
+    """Put the registry aliases back as this run's promote journaled them, if it moved them."""
+    entries = [e for e in rc.ledger.journal(rc.model, target=REGISTRY, run_id=rc.run_id) if e["action"] == "aliases"]
+    if not entries:
+        return None
+    before = entries[0]["compensation"]
+    rc.registry.set_aliases(rc.model, before)
+    for entry in entries:
+        if entry["status"] != "undone":
+            rc.ledger.undone(entry["id"], "the rollback put the aliases back")
+    rc.log("registry aliases of %s put back: %s", rc.model, before)
+    return dict(before)

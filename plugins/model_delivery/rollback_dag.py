@@ -5,7 +5,9 @@ resolves the version (refusing an unknown model or version before anything chang
 stops early when that version already serves, and otherwise deploys it through the
 model's own target exactly like a release does: stage, smoke, shift, verify, promote, with
 automatic undo if any of that fails. It holds the same deploy lease as a release, so a
-rollback and a release never deploy the same model at once.
+rollback and a release never deploy the same model at once; rollbacks of different models
+run side by side. Once it holds the lease it checks that production is still the "from"
+version it resolved, and stops if another run changed it meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from model_delivery.dag_factory import START_DATE, deploy_chain
 from model_delivery.operators import ResolveRollbackOperator
 
 MODEL = "{{ params.model }}"
+ROLLBACKS_AT_ONCE = 8
 
 
 def is_a_change(target: dict[str, Any]) -> bool:
@@ -36,7 +39,7 @@ def rollback_dag(models: list[str]) -> DAG:
         schedule=None,
         start_date=START_DATE,
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=ROLLBACKS_AT_ONCE,  # serialized per model by the deploy lease, not across models
         tags=["model-delivery", "rollback"],
         params={
             "model": Param(models[0] if models else "", type="string", enum=models or [""], title="Model"),

@@ -8,6 +8,9 @@ Every setting has an embedded default that works on one machine with no services
 ``MODEL_DELIVERY_ARTIFACT_ROOT``   artifact store URI, default ``file://<home>/artifacts``;
                                    ``s3://bucket/prefix`` or ``gs://...`` with the provider
 ``MODEL_DELIVERY_TRACKING_URI``    MLflow tracking/registry URI, default SQLite under home
+``MODEL_DELIVERY_LEDGER_URL``      the deployment ledger (lease, serving state, journal), a
+                                   SQLAlchemy URL, default SQLite under home; or
+                                   ``MODEL_DELIVERY_LEDGER_CONN_ID``, an Airflow connection
 =================================  ==========================================================
 
 These are not secrets. Credentials for remote stores come from Airflow connections
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from model_delivery.artifacts import ArtifactStore
+    from model_delivery.ledger import Ledger
     from model_delivery.registry import Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -68,9 +72,15 @@ class Settings:
 
         return Registry(self.tracking_uri)
 
+    def open_ledger(self) -> Ledger:
+        """The deployment ledger every worker shares (``model_delivery.ledger``)."""
+        from model_delivery.ledger import open_ledger
+
+        return open_ledger(self.home)
+
 
 class OpensStores:
-    """Mixin: the artifact store and the registry of ``self.settings``, opened once per instance."""
+    """Mixin: the artifact store, the registry and the ledger of ``self.settings``, opened once per instance."""
 
     settings: Settings
 
@@ -81,6 +91,10 @@ class OpensStores:
     @cached_property
     def registry(self) -> Registry:
         return self.settings.open_registry()
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return self.settings.open_ledger()
 
 
 def get_settings() -> Settings:

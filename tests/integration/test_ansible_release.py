@@ -154,7 +154,7 @@ def test_first_release_delivers_to_every_host_behind_haproxy(fleet: Fleet) -> No
     shift = record["stages"]["deploy_production"]["result"]
     assert shift["url"] == fleet.lb.front_url
     assert shift["updated"] == ["host1", "host2", "host3"]
-    assert record["stages"]["promote"]["result"]["stopped"] == "host1"
+    assert record["stages"]["retire"]["result"]["stopped"] == "host1"
     assert served_digests(fleet.hosts) == {h.name: digest for h in fleet.hosts}
     assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
     assert fleet.front_digest() == digest
@@ -201,7 +201,7 @@ def test_rerunning_the_same_release_reports_changed_0(fleet: Fleet) -> None:
     assert "already serves" in staging["note"]
     shift = record["stages"]["deploy_production"]["result"]
     assert shift["changed"] == 0 and shift["updated"] == []
-    assert record["stages"]["promote"]["result"]["changed"] == 0
+    assert record["stages"]["retire"]["result"]["changed"] == 0
     assert host_files(fleet.hosts) == files
     assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
 
@@ -244,8 +244,8 @@ def test_a_dry_run_release_reports_per_host_changes_and_changes_nothing(fleet: F
     before = production()
     new_version(fleet, 0.1)  # a candidate the hosts have never seen
     files, statuses = host_files(fleet.hosts), fleet.lb.statuses()
-    state_path = get_settings().deploy_dir / MODEL / "state.json"
-    state = state_path.read_text()
+    ledger = get_settings().open_ledger()
+    state = ledger.state(MODEL, "ansible")
 
     dag_run = run_release(MODEL, {"reason": "what would the fleet change?", "dry_run": True})
 
@@ -265,7 +265,7 @@ def test_a_dry_run_release_reports_per_host_changes_and_changes_nothing(fleet: F
     assert host_files(fleet.hosts) == files
     assert fleet.lb.statuses() == statuses
     assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
-    assert state_path.read_text() == state
+    assert ledger.state(MODEL, "ansible") == state
     assert production().version == before.version
 
 
@@ -304,6 +304,9 @@ def test_secrets_from_connections_stay_out_of_logs_and_state(fleet: Fleet, monke
     assert not list((deploy_dir / "tmp").iterdir()), "the private temporary files were not removed"
     for path in deploy_dir.glob("*.json"):
         assert not any(line in path.read_text() for line in key_lines)
+    ledger = get_settings().open_ledger()
+    recorded = json.dumps([ledger.state(MODEL, "ansible"), ledger.journal(MODEL)])
+    assert not any(line in recorded for line in key_lines)
 
 
 def test_a_host_whose_key_is_not_known_is_refused_and_nothing_changes(fleet: Fleet,

@@ -32,9 +32,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path, vllm_python:
         yield models_dir
         from model_delivery.settings import get_settings
 
-        state_file = get_settings().deploy_dir / MODEL / "state.json"
-        if state_file.exists():
-            state = json.loads(state_file.read_text())
+        state = get_settings().open_ledger().state(MODEL, "local")
+        if state:
             for slot in [state.get("active"), state.get("standby"), *(state.get("candidates") or {}).values(),
                          state.get("front")]:
                 if slot and slot.get("pid"):

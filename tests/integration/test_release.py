@@ -155,8 +155,8 @@ def test_dry_run_checks_everything_and_changes_nothing(env: Path) -> None:
 
     before = production()
     edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.7))  # a new version
-    state_path = get_settings().deploy_dir / MODEL / "state.json"
-    state = state_path.read_text()
+    ledger = get_settings().open_ledger()
+    state = ledger.state(MODEL, "local")
     try:
         dag_run = run_release(MODEL, {"reason": "what would change?", "dry_run": True})
     finally:
@@ -181,10 +181,9 @@ def test_dry_run_checks_everything_and_changes_nothing(env: Path) -> None:
     assert xcom_values(dag_run)["deploy_staging.return_value"] == plan
     # Nothing moved: the registry alias, the deploy state, the server answering, and no lease held.
     assert production().version == before.version
-    assert state_path.read_text() == state
+    assert ledger.state(MODEL, "local") == state
     assert infer(env).headers["x-model-digest"] == before.digest
-    lease = get_settings().deploy_dir / MODEL / "lease.json"
-    assert not lease.exists() or json.loads(lease.read_text()).get("run_id") != dag_run.run_id
+    assert (ledger.holder(MODEL) or {}).get("run_id") != dag_run.run_id
 
 
 def test_smoke_failure_rolls_back_and_production_keeps_serving(env: Path) -> None:

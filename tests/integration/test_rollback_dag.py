@@ -122,17 +122,17 @@ def test_a_release_waits_while_a_rollback_holds_the_deploy_lease(env) -> None:
 
     models_dir, _ = env
     holder = ReleaseContext(model=MODEL, run_id="manual-rollback-in-flight", dag_id="model_rollback")
-    holder.lease.acquire(holder.run_id, holder.dag_id)
+    holder.ledger.acquire(MODEL, holder.run_id, holder.dag_id, alive=lambda lease: True)
     def release_once_the_release_waits() -> None:
         releases = holder.store.release_dir(MODEL, "x").parent
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not stop.is_set():
             for record in releases.glob("*/release.json"):
                 if '"status": "waiting"' in record.read_text():
-                    holder.lease.release(holder.run_id)
+                    holder.ledger.release(MODEL, holder.run_id)
                     return
             time.sleep(0.5)
-        holder.lease.release(holder.run_id)
+        holder.ledger.release(MODEL, holder.run_id)
 
     stop = threading.Event()
     timer = threading.Thread(target=release_once_the_release_waits, daemon=True)
@@ -144,11 +144,11 @@ def test_a_release_waits_while_a_rollback_holds_the_deploy_lease(env) -> None:
     finally:
         stop.set()
         timer.join(timeout=10)
-        holder.lease.release(holder.run_id)
+        holder.ledger.release(MODEL, holder.run_id)
 
     assert dag_run.state == "success"
     deploy = load_record(MODEL, dag_run.run_id)["stages"]["deploy_staging"]
     assert deploy["status"] == "success"
     assert deploy["waits"] >= 1, "deploy_staging never waited for the lease"
     assert time.monotonic() - started > 0
-    assert holder.lease.holder() is None
+    assert holder.ledger.holder(MODEL) is None

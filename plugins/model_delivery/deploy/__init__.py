@@ -58,7 +58,8 @@ def get_target(
         from model_delivery.deploy.local import LocalTarget
 
         assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
-        return LocalTarget(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store, spec.serving)
+        return LocalTarget(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store, spec.serving,
+                           settings.open_ledger())
     if spec.deploy.target == "ansible":
         from model_delivery.deploy.ansible import AnsibleTarget
 

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,14 +42,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import DeployFailed, InvalidModelSpec, ReleaseFailed, TamperedArtifact
+from model_delivery.procs import stop, tracked
 from model_delivery.records import now
 from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
-from model_delivery.statefile import locked_state, save_json
 from model_server.manifest import MANIFEST_NAME, parse_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
@@ -162,7 +163,7 @@ class AnsibleTarget:
         self.config = spec.deploy.ansible
         self.model_dir = settings.models_dir / spec.name
         self.state_dir = settings.deploy_dir / spec.name
-        self.state_path = self.state_dir / "state.json"
+        self.ledger = settings.open_ledger()
         self.store = store
         self.log: Callable[..., None] = log or _logger.info
         self.runtime = get_runtime(spec.serving.runtime)
@@ -179,18 +180,59 @@ class AnsibleTarget:
 
     # -- state -------------------------------------------------------------------------------
 
-    def _locked(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
-        """Hold the deploy lock and yield the state; it is saved atomically on exit (also on failure)."""
-        return locked_state(self.state_dir / "deploy.lock", self._read, self._save)
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the model's lock in the ledger, settle what a killed step left, and yield the state; it is
+        saved on exit (also on failure) and before each playbook."""
+        with self.ledger.locked_state(self.model, self.name) as state:
+            self._defaults(state)
+            self.recover(state)
+            try:
+                yield state
+            finally:
+                self._prune(state)
 
-    def _save(self, state: dict[str, Any]) -> None:
+    @staticmethod
+    def _prune(state: dict[str, Any]) -> None:
         runs = state["runs"]
         for old in sorted(runs, key=lambda r: runs[r].get("at", ""))[:-KEEP_RUNS]:
             del runs[old]
-        save_json(self.state_path, state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self._prune(state)
+        self.ledger.save_state(self.model, self.name, state)
 
     def _read(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        return self._defaults(self.ledger.state(self.model, self.name))
+
+    def recover(self, state: dict[str, Any]) -> list[str]:
+        """Settle every playbook the journal holds as running (its task was killed); what was done.
+
+        Its ``ansible-playbook`` is stopped if it still runs (SIGINT, then SIGKILL to its group), so a
+        retry never runs a second rollout beside it. A killed rolling update counts every host as
+        touched (any may have switched) and is ``interrupted``: the retry runs it to the end, or the
+        rollback puts every host back.
+        """
+        notes: list[str] = []
+        for entry in self.ledger.pending(self.model, self.name):
+            detail, run_id = entry["detail"], entry["run_id"]
+            stopped = stop(detail.get("pid"), "ansible-playbook", first=signal.SIGINT)
+            run = state["runs"].get(run_id)
+            note = f"run {run_id} was killed while {detail['playbook']} ran" + (
+                "; its ansible-playbook, still running, was stopped" if stopped else "")
+            if detail["playbook"] == "rollout.yml" and run is not None:
+                run["touched"] = sorted(set(run["touched"]) | set(run["before"]))
+                run["status"] = "interrupted"
+                note += "; every host it may have switched counts as touched"
+            self.ledger.undone(entry["id"], note)
+            self.log("ledger: %s", note)
+            notes.append(note)
+        if notes:
+            self._save(state)
+        return notes
+
+    @staticmethod
+    def _defaults(state: dict[str, Any]) -> dict[str, Any]:
         state.setdefault("hosts", {})
         state.setdefault("runs", {})
         state.setdefault("active", None)
@@ -325,8 +367,27 @@ class AnsibleTarget:
         )
         return env
 
-    def run_playbook(self, playbook: str, extra_vars: dict[str, Any], *, check: bool = False) -> PlaybookResult:
-        """Run one playbook, streaming its output into the log; return what the summary callback saw."""
+    def run_playbook(self, playbook: str, extra_vars: dict[str, Any], *, check: bool = False,
+                     run_id: str | None = None) -> PlaybookResult:
+        """Run one playbook, streaming its output into the log; return what the summary callback saw.
+
+        With ``run_id`` (every run that changes hosts), it is journaled before it starts, with its
+        pid once started, and confirmed when it exits: a killed task's playbook is found and stopped.
+        """
+        entry = None if run_id is None else self.ledger.intend(self.model, self.name, run_id, "playbook",
+                                                                {"playbook": playbook})
+        try:
+            result = self._run_playbook(playbook, extra_vars, check=check, entry=entry)
+        except BaseException as exc:
+            if entry is not None:
+                self.ledger.undone(entry, f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        if entry is not None:
+            self.ledger.done(entry, f"exit {result.returncode}")
+        return result
+
+    def _run_playbook(self, playbook: str, extra_vars: dict[str, Any], *, check: bool,
+                      entry: int | None) -> PlaybookResult:
         scratch = self.state_dir / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
         # SSH connections are shared within this run only (a master from an earlier run must not carry its
@@ -342,7 +403,7 @@ class AnsibleTarget:
             self.log("ansible: running %s%s on group %s (serial %s)", playbook, " in check mode" if check else "",
                      self.config.group, self.config.serial)
             started = time.monotonic()
-            returncode = self._stream(cmd, self._env(tmp, control_dir), secrets.masked)
+            returncode = self._stream(cmd, self._env(tmp, control_dir), secrets.masked, entry)
             summary_path = tmp / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         result = PlaybookResult(playbook, returncode, summary, time.monotonic() - started, check)
@@ -350,9 +411,15 @@ class AnsibleTarget:
                  result.changed, json.dumps(result.changed_by_host(), sort_keys=True))
         return result
 
-    def _stream(self, cmd: list[str], env: dict[str, str], masked: list[str]) -> int:
+    def _stream(self, cmd: list[str], env: dict[str, str], masked: list[str], entry: int | None) -> int:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=str(ANSIBLE_DIR), text=True, errors="replace", start_new_session=True)
+        if entry is not None:
+            self.ledger.amend(entry, {"pid": proc.pid})
+        with tracked(proc.pid, "ansible-playbook"):
+            return self._follow(proc, cmd, masked)
+
+    def _follow(self, proc: subprocess.Popen[str], cmd: list[str], masked: list[str]) -> int:
         timed_out = threading.Event()
 
         def kill() -> None:
@@ -430,7 +497,7 @@ class AnsibleTarget:
             delivered = [d for d in state["delivered"] if d != candidate.digest]
             state["delivered"] = [*delivered, candidate.digest]
             self._save(state)
-            result = self.run_playbook("stage.yml", release)
+            result = self.run_playbook("stage.yml", release, run_id=run_id)
             for host, custom in result.custom.items():
                 before = custom.get("md_before") or {}
                 if host not in run["before"]:  # the first thing seen is what served before this run
@@ -458,12 +525,12 @@ class AnsibleTarget:
         """The rolling update behind the load balancer; on any failure, put every touched host back."""
         with self._locked() as state:
             run = state["runs"].get(run_id)
-            if run is None or run.get("status") not in ("staged", "shifting", "shifted", "failed", "retired"):
+            if run is None or run.get("status") not in ("staged", "shifting", "shifted", "failed", "retired", "interrupted"):
                 raise DeployFailed(f"run {run_id} has no staged candidate for {self.model}: deploy_staging first")
             wanted = run["candidate"]
             run["status"] = "shifting"
             self._save(state)
-            result = self.run_playbook("rollout.yml", self._release_vars(wanted))
+            result = self.run_playbook("rollout.yml", self._release_vars(wanted), run_id=run_id)
             for host, custom in result.custom.items():
                 before = custom.get("md_before") or {}
                 if host not in run["before"]:
@@ -516,7 +583,7 @@ class AnsibleTarget:
         for host in run["touched"]:
             before = run["before"].get(host) or {}
             restore[host] = self._release_vars(before)["model_delivery_release"] if before.get("digest") else {}
-        result = self.run_playbook("rollback.yml", {"model_delivery_restore": restore})
+        result = self.run_playbook("rollback.yml", {"model_delivery_restore": restore}, run_id=run_id)
         self._record_serving(state, result)
         if not result.ok:
             run["status"] = "rollback-failed"
@@ -537,7 +604,7 @@ class AnsibleTarget:
                                        *[(b or {}).get("digest") for b in (run.get("before") or {}).values()],
                                        *[h.get("digest") for h in state["hosts"].values()],
                                        *state["delivered"][-KEEP_ARTIFACTS:]] if d})
-            result = self.run_playbook("retire.yml", {"model_delivery_keep": keep})
+            result = self.run_playbook("retire.yml", {"model_delivery_keep": keep}, run_id=run_id)
             if not result.ok:
                 raise DeployFailed(self._failure(f"retiring the staging instance of {self.model}", result))
             if run:

@@ -18,7 +18,8 @@ Waiting: a step polls for ``rollout.wait_in_task_seconds`` and then raises
 :class:`~model_delivery.deploy.k8s.rollout.RolloutPending`; ``DeployModelOperator`` defers to
 :class:`~model_delivery.deploy.k8s.trigger.RolloutTrigger` and, when it fires, runs the step
 again: every step is idempotent, so the second run re-applies nothing new and finds the rollout
-over. State and manifests are kept in the artifact store (:mod:`model_delivery.deploy.k8s.records`).
+over. State is kept in the deployment ledger and manifests in the artifact store
+(:mod:`model_delivery.deploy.k8s.records`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class KubernetesTarget:
         self.settings = settings
         self.store = store
         self.model = spec.name
-        self.records = DeployRecords(store, spec.name)
+        self.records = DeployRecords(store, spec.name, settings.open_ledger())
         self._cluster = cluster
         self._manifests: dict[str, dict[str, int]] = {}
 

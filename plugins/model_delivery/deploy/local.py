@@ -7,15 +7,18 @@ forwards each new connection to the active version. ``shift`` points the front a
 candidate once it is ready; the version it replaces stays warm as ``standby`` until
 ``retire`` (called on promotion), so a rollback is a switch back.
 
-State lives in ``<MODEL_DELIVERY_HOME>/deploy/<model>/state.json`` and is changed only
-under an exclusive file lock (the deploy lock), so a restarted Airflow, or a manual
-rollback running beside a release, sees and respects what is serving.
+State lives in the deployment ledger (``model_delivery.ledger``), changed only under the
+model's lock, so a restarted Airflow, another worker, or a manual rollback running beside a
+release, sees and respects what is serving. Every change of what serves (a server started,
+the front switched, a server stopped) is journaled before it is made and confirmed after;
+the next step that touches the model first finishes or undoes what a killed one left
+(:meth:`LocalTarget.recover`): a server started but never recorded is stopped, a switch
+that did not finish is put back, so the front serves what the ledger calls active.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -24,20 +27,23 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
+from model_delivery.procs import alive as _alive
+from model_delivery.procs import stop as _stop
 from model_delivery.records import now
 from model_delivery.settings import PROJECT_ROOT
-from model_delivery.statefile import locked_state, save_json
 from model_server.front import read_state, write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
+    from model_delivery.ledger import Ledger
     from model_delivery.spec import LocalTargetSpec, ServingSpec
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
@@ -50,41 +56,6 @@ def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _alive(pid: int | None, marker: str) -> bool:
-    """True when ``pid`` runs and its command line contains ``marker`` (guards against pid reuse)."""
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
-
-
-def _stop(pid: int | None, marker: str, timeout: float = 10.0) -> bool:
-    """Terminate a process we started (SIGTERM, then SIGKILL to its whole session); False if it was not running.
-
-    Servers are started in a session of their own (``_spawn``), so the SIGKILL also reaches the
-    processes a server started itself (vLLM's engine and workers).
-    """
-    if not _alive(pid, marker):
-        return False
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid, marker):
-        time.sleep(0.1)
-    if _alive(pid, marker):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return True
 
 
 def _serving_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -128,14 +99,17 @@ class LocalTarget:
 
     :param model: model name.
     :param config: the spec's ``deploy.local`` section.
-    :param state_dir: directory for state, logs and fetched artifacts.
+    :param state_dir: directory for logs and fetched artifacts.
     :param store: the artifact store to fetch from.
+    :param serving: the spec's serving section (default: our model server).
+    :param ledger: the deployment ledger (default: SQLite in ``state_dir``, for a target used alone).
     """
 
     name = "local"
 
     def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore,
-                 serving: ServingSpec | None = None) -> None:
+                 serving: ServingSpec | None = None, ledger: Ledger | None = None) -> None:
+        from model_delivery.ledger import Ledger
         from model_delivery.runtimes import get_runtime
 
         self.model = model
@@ -144,7 +118,7 @@ class LocalTarget:
         self.runtime_args = dict(serving.args) if serving else {}
         self.state_dir = state_dir
         self.store = store
-        self.state_path = state_dir / "state.json"
+        self.ledger = ledger or Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
         self.front_state = state_dir / "front.json"
 
     @property
@@ -154,19 +128,22 @@ class LocalTarget:
     # -- state -------------------------------------------------------------------------------
 
     def _reconcile(self, state: dict[str, Any]) -> str | None:
-        """Undo a switch that did not finish: the front points elsewhere than the recorded active version.
+        """The front serves the recorded active version: put it back there if it points elsewhere.
 
-        ``shift`` points the front at the candidate, then records it as active; a kill between the two
-        (the state is saved when the lock is let go) left the front on a version the state does not
-        call active, and a rollback then stopped it under the front (503s). Every step that touches
-        the model first puts the front back on the recorded active version, and says so.
+        After :meth:`recover` has settled the journal, the front may still point at a server the
+        ledger does not call active (a switch killed after the front moved). Every step that
+        touches the model puts it back first, and says so.
         """
         active = state["active"]
-        if not (self._front_alive(state) and self._slot_alive(active)):
+        if not self._front_alive(state):
             return None
-        assert active is not None
         with contextlib.suppress(OSError, ValueError):
             upstream = read_state(self.front_state)
+            if active is None or not self._slot_alive(active):
+                if upstream is not None and active is None:
+                    self._route(None)
+                    return f"the front of {self.model} pointed at a server no deploy finished; it has no upstream again"
+                return None
             if upstream is not None and (upstream.host, upstream.port) == (active["host"], active["port"]):
                 return None
         self._route(active)
@@ -175,20 +152,91 @@ class LocalTarget:
         _logger.warning(note)
         return note
 
-    def _locked(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
-        """Hold the deploy lock and yield the state; it is saved atomically on exit, also on failure."""
-        return locked_state(self.state_dir / "deploy.lock", self._read, lambda state: save_json(self.state_path, state))
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Hold the model's lock, settle what a killed step left, and yield the state; saved on exit, also on failure."""
+        with self.ledger.locked_state(self.model, self.name) as state:
+            self._adopt(_defaults(state))
+            state["recovered"] = self.recover(state)
+            try:
+                yield state
+            finally:
+                state.pop("recovered", None)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.ledger.save_state(self.model, self.name, {k: v for k, v in state.items() if k != "recovered"})
 
     def _read(self) -> dict[str, Any]:
-        if self.state_path.exists():
-            state: dict[str, Any] = json.loads(self.state_path.read_text())
-        else:
-            state = {}
-        state.setdefault("front", None)
-        state.setdefault("active", None)
-        state.setdefault("standby", None)
-        state.setdefault("candidates", {})
+        return self._adopt(_defaults(self.ledger.state(self.model, self.name)))
+
+    def _adopt(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Use the running front's state file, wherever the worker that started it keeps its files."""
+        recorded = (state["front"] or {}).get("state_file")
+        if recorded:
+            self.front_state = Path(recorded)
         return state
+
+    def recover(self, state: dict[str, Any]) -> list[str]:
+        """Finish or undo every change the journal holds as an intent (its step was killed); what was done.
+
+        - ``start``: a server started by a killed ``stage`` is stopped (found by its port when its pid
+          was never recorded), unless it had been recorded ready.
+        - ``switch``: done if the ledger already calls its server active; otherwise undone, and the
+          front is put back on the recorded active version (:meth:`_reconcile`).
+        - ``stop``: finished (the server is stopped).
+        """
+        notes: list[str] = []
+        for entry in self.ledger.pending(self.model, self.name):
+            detail, run_id = entry["detail"], entry["run_id"]
+            if entry["action"] == "start":
+                slot = state["candidates"].get(run_id)
+                if slot and slot.get("port") == detail["port"] and slot.get("ready") and self._slot_alive(slot):
+                    self.ledger.done(entry["id"], "the server was ready; its confirmation was lost")
+                    continue
+                self._stop_port(int(detail["port"]))
+                if slot and slot.get("port") == detail["port"]:
+                    del state["candidates"][run_id]
+                note = (f"run {run_id} was killed while it started version {detail['version']} on port "
+                        f"{detail['port']}; that server is stopped")
+                self.ledger.undone(entry["id"], note)
+            elif entry["action"] == "switch":
+                if (state["active"] or {}).get("pid") == (detail.get("to") or {}).get("pid") and detail.get("to"):
+                    self.ledger.done(entry["id"], "the ledger already calls its server active")
+                    continue
+                note = f"run {run_id} was killed while it switched the front to version {(detail.get('to') or {}).get('version')}; undone"
+                self.ledger.undone(entry["id"], note)
+            else:  # stop
+                _stop(detail.get("pid"), f"--port {detail['port']}")
+                note = f"run {run_id} was killed while it stopped version {detail.get('version')}; it is stopped"
+                self.ledger.done(entry["id"], note)
+            _logger.warning(note)
+            notes.append(note)
+        reconciled = self._reconcile(state)
+        if reconciled:
+            notes.append(reconciled)
+        if notes:
+            self._save(state)
+        return notes
+
+    def _stop_port(self, port: int) -> None:
+        """Stop any server of this target listening with ``--port port`` (its pid may never have been recorded)."""
+        import psutil
+
+        marker = f"--port {port}"
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if marker in cmdline and str(self.state_dir) in cmdline:
+                _stop(proc.info["pid"], marker)
+
+    def _journaled_stop(self, run_id: str, slot: dict[str, Any] | None) -> None:
+        """Stop a server, journaled: a kill half-way is finished by the next step."""
+        if not self._slot_alive(slot):
+            return
+        assert slot is not None
+        entry = self.ledger.intend(self.model, self.name, run_id, "stop",
+                                   {"pid": slot["pid"], "port": slot["port"], "version": slot["version"]})
+        self._stop_slot(slot)
+        self.ledger.done(entry)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -223,7 +271,8 @@ class LocalTarget:
             f"Log {log_path}:\n{_tail(log_path)}"
         )
 
-    def _start_server(self, candidate: Candidate, artifact_dir: Path, run_id: str) -> dict[str, Any]:
+    def _start_server(self, state: dict[str, Any], candidate: Candidate, artifact_dir: Path,
+                      run_id: str) -> dict[str, Any]:
         host = self.config.host
         port = free_port(host)
         log_path = self.state_dir / "logs" / f"v{candidate.version}-{port}.log"
@@ -231,11 +280,25 @@ class LocalTarget:
         cmd = self.runtime.command(python=self.runtime.python(), artifact=str(artifact_dir), digest=candidate.digest,
                                    model=self.model, version=candidate.version, host=host, port=port,
                                    args=self.runtime_args)
-        proc = _spawn(cmd, log_path, self.runtime.env(self.state_dir / "runtime"))
         url = f"http://{host}:{port}"
-        self._wait_ready(proc, url, log_path, candidate.digest)
-        return {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
-                "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now()}
+        entry = self.ledger.intend(self.model, self.name, run_id, "start",
+                                   {"version": candidate.version, "digest": candidate.digest, "port": port})
+        proc = _spawn(cmd, log_path, self.runtime.env(self.state_dir / "runtime"))
+        slot = {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
+                "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now(), "ready": False}
+        state["candidates"][run_id] = slot
+        self._save(state)  # recorded before it is waited for: a kill now leaves a server the ledger knows
+        try:
+            self._wait_ready(proc, url, log_path, candidate.digest)
+        except BaseException:
+            _stop(proc.pid, f"--port {port}")
+            state["candidates"].pop(run_id, None)
+            self.ledger.undone(entry, "it did not become ready; stopped")
+            raise
+        slot["ready"] = True
+        self._save(state)
+        self.ledger.done(entry)
+        return slot
 
     def _front_alive(self, state: dict[str, Any]) -> bool:
         front = state.get("front") or {}
@@ -253,6 +316,8 @@ class LocalTarget:
         if self._front_alive(state):
             return
         self._check_front_port_free()
+        self.front_state = self.state_dir / "front.json"  # this worker starts the front: its own file
+        self.front_state.parent.mkdir(parents=True, exist_ok=True)
         if not self.front_state.exists():
             write_state(self.front_state, None, None)
         log_path = self.state_dir / "logs" / "front.log"
@@ -264,7 +329,8 @@ class LocalTarget:
             if proc.poll() is not None:
                 raise DeployFailed(f"front proxy for {self.model} exited: {_tail(log_path)}")
             with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 1):
-                state["front"] = {"host": self.config.host, "port": self.config.port, "pid": proc.pid}
+                state["front"] = {"host": self.config.host, "port": self.config.port, "pid": proc.pid,
+                                  "state_file": str(self.front_state)}
                 return
             time.sleep(0.1)
         raise DeployFailed(f"front proxy for {self.model} did not listen on port {self.config.port} in 30 s")
@@ -321,35 +387,37 @@ class LocalTarget:
         artifact_dir = self.state_dir / "artifacts" / parse_digest(candidate.digest)
         self.store.fetch(self.model, candidate.digest, artifact_dir)
         with self._locked() as state:
-            self._reconcile(state)
             for slot in (state["candidates"].get(run_id), state["active"]):
                 if slot and slot["digest"] == candidate.digest and self._slot_alive(slot):
                     state["candidates"][run_id] = slot
                     return {**slot, "note": f"version {slot['version']} with this digest is already running"}
-            self._stop_slot(state["candidates"].pop(run_id, None))
-            slot = self._start_server(candidate, artifact_dir, run_id)
-            state["candidates"][run_id] = slot
+            self._journaled_stop(run_id, state["candidates"].pop(run_id, None))
+            slot = self._start_server(state, candidate, artifact_dir, run_id)
             return {**slot, "note": "started beside production, no traffic yet"}
 
     def shift(self, run_id: str) -> dict[str, Any]:
         """Send production traffic to this run's candidate; keep the old version warm."""
         with self._locked() as state:
-            self._reconcile(state)
             candidate = state["candidates"].get(run_id)
+            active = state["active"]
+            if candidate is None and active and active.get("run_id") == run_id and self._slot_alive(active):
+                candidate = active  # a retry of a shift that had finished (killed before it returned)
             if not self._slot_alive(candidate):
                 raise DeployFailed(f"run {run_id} has no running candidate for {self.model}: deploy_staging first")
-            active = state["active"]
             self._ensure_front(state)
             if active and active["pid"] == candidate["pid"]:
                 self._route(candidate)
                 return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
                         "note": "already serving"}
             if state["standby"] and state["standby"]["pid"] != (active or {}).get("pid"):
-                self._stop_slot(state["standby"])
+                self._journaled_stop(run_id, state["standby"])
+            entry = self.ledger.intend(self.model, self.name, run_id, "switch", {"to": candidate, "from": active})
             self._route(candidate, previous=active)
             state["standby"] = active if self._slot_alive(active) else None
             state["active"] = {**candidate, "shifted_at": now()}
             del state["candidates"][run_id]
+            self._save(state)
+            self.ledger.done(entry)
             standby = state["standby"]
             return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
                     "standby": standby["version"] if standby else None, "note": "front switched"}
@@ -357,36 +425,36 @@ class LocalTarget:
     def retire(self, run_id: str) -> dict[str, Any]:
         """After promotion: stop the previous version kept warm for rollback."""
         with self._locked() as state:
-            self._reconcile(state)
             standby = state["standby"]
-            state["standby"] = None
             if standby and standby["pid"] != (state["active"] or {}).get("pid"):
-                self._stop_slot(standby)
+                self._journaled_stop(run_id, standby)
+                state["standby"] = None
                 return {"stopped": standby["version"]}
+            state["standby"] = None
             return {"stopped": None}
 
     def rollback(self, run_id: str) -> dict[str, Any]:
         """Put back what served before this run; stop this run's candidate."""
         with self._locked() as state:
-            recovered = self._reconcile(state)
+            recovered = {"recovered": "; ".join(state["recovered"])} if state["recovered"] else {}
             active, standby = state["active"], state["standby"]
             if active and active.get("run_id") == run_id:
-                if standby and self._slot_alive(standby):
-                    self._route(standby, previous=active)
-                    action = "switched-back"
-                else:
-                    self._route(None)
-                    action = "stopped-no-standby"  # nothing warm to go back to (first release, or retired)
-                self._stop_slot(active)
-                state["active"], state["standby"] = (standby if action == "switched-back" else None), None
-                restored = state["active"]
-                return {"action": action, "serving": restored["version"] if restored else None}
+                back = standby if standby and self._slot_alive(standby) else None
+                entry = self.ledger.intend(self.model, self.name, run_id, "switch", {"to": back, "from": active})
+                self._route(back, previous=active)
+                # nothing warm to go back to: the first release, or the standby was retired
+                action = "switched-back" if back else "stopped-no-standby"
+                state["active"], state["standby"] = back, None
+                self._save(state)
+                self.ledger.done(entry)
+                self._journaled_stop(run_id, active)
+                return {"action": action, "serving": back["version"] if back else None, **recovered}
             candidate = state["candidates"].pop(run_id, None)
             serving = active["version"] if active else None
             if candidate is None or (active and candidate["pid"] == active["pid"]):
-                return {"action": "none", "serving": serving}
-            self._stop_slot(candidate)
-            return {"action": "stopped-candidate", "serving": serving, **({"recovered": recovered} if recovered else {})}
+                return {"action": "none", "serving": serving, **recovered}
+            self._journaled_stop(run_id, candidate)
+            return {"action": "stopped-candidate", "serving": serving, **recovered}
 
     def status(self) -> dict[str, Any]:
         """What runs now, with liveness."""
@@ -398,3 +466,10 @@ class LocalTarget:
             "standby": state["standby"],
             "candidates": state["candidates"],
         }
+
+
+def _defaults(state: dict[str, Any]) -> dict[str, Any]:
+    for key in ("front", "active", "standby"):
+        state.setdefault(key, None)
+    state.setdefault("candidates", {})
+    return state

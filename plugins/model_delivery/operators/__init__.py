@@ -8,6 +8,7 @@ from model_delivery.operators.gate import GateModelOperator
 from model_delivery.operators.promote import PromoteModelOperator
 from model_delivery.operators.record import RecordReleaseOperator
 from model_delivery.operators.resolve import ResolveRollbackOperator
+from model_delivery.operators.retire import RetireModelOperator
 from model_delivery.operators.rollback import RollbackModelOperator
 from model_delivery.operators.smoke import SmokeTestModelOperator
 from model_delivery.operators.validate import ValidateDataOperator
@@ -21,6 +22,7 @@ __all__ = [
     "PromoteModelOperator",
     "RecordReleaseOperator",
     "ResolveRollbackOperator",
+    "RetireModelOperator",
     "RollbackModelOperator",
     "SmokeTestModelOperator",
     "ValidateDataOperator",

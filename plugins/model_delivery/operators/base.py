@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from model_delivery.release import ReleaseContext
 
 
+FIRST_STAGES = ("build", "resolve")
+"""The first stage of a release and of a rollback: a run restarted there clears its old outcome."""
+
+
 class ReleaseStageOperator(BaseOperator):
     """Base of the stage operators: subclasses implement :meth:`run`.
 
@@ -35,13 +39,25 @@ class ReleaseStageOperator(BaseOperator):
         from model_delivery.release import ReleaseContext
 
         params = context.get("params") or {}
+        ti = context["ti"]
         return ReleaseContext(
             model=self.model,
             run_id=context["run_id"],
             dag_id=self.dag_id,
             conf={key: params[key] for key in params},
             log=self.log.info,
+            dagrun_state=getattr(ti, "get_dagrun_state", None),
+            last_try=ti.try_number > getattr(ti, "max_tries", 0),
         )
+
+    def on_kill(self) -> None:
+        """The task is being killed (marked failed, timed out): stop the process groups it started
+        (a build, ``ansible-playbook``), SIGINT then SIGKILL, so a retry never runs beside them."""
+        from model_delivery.procs import stop_running
+
+        stopped = stop_running()
+        if stopped:
+            self.log.warning("stopped the process group(s) this task had started: %s", stopped)
 
     def run(self, rc: ReleaseContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -54,7 +70,10 @@ class ReleaseStageOperator(BaseOperator):
 
         rc = self.release_context(context)
         entry: dict[str, Any] = {"started_at": now(), "try": context["ti"].try_number}
-        earlier = rc.record.load().get("stages", {}).get(self.task_id) or {}
+        record = rc.record.load()
+        if self.task_id in FIRST_STAGES and record.get("outcome") is not None:  # a cleared run starts over
+            rc.record.update(outcome=None, finished_at=None)
+        earlier = record.get("stages", {}).get(self.task_id) or {}
         if earlier.get("status") == "waiting":  # rescheduled while another run held the deploy lease
             entry.update(waits=earlier.get("waits", 1), waiting_since=earlier.get("waiting_since"))
         start = time.monotonic()

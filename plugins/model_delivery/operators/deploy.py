@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.operators.base import ReleaseStageOperator
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
 STEPS = ("staging", "production")
 BUSY_RETRY_SECONDS = 10
+LEASE_WAIT = timedelta(hours=1)
 
 
 class DeployModelOperator(ReleaseStageOperator):
@@ -24,17 +26,19 @@ class DeployModelOperator(ReleaseStageOperator):
     :param model: the model.
     :param candidate: the build stage's result (templated).
     :param step: ``staging`` starts the candidate without traffic; ``production`` shifts traffic to it.
+    :param wait_timeout: how long ``staging`` waits for another run's deploy lease before it fails.
     """
 
     template_fields = ("model", "candidate")
     ui_color = "#d5f5e3"
 
-    def __init__(self, *, candidate: Any, step: str, **kwargs: Any) -> None:
+    def __init__(self, *, candidate: Any, step: str, wait_timeout: timedelta = LEASE_WAIT, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}, got {step!r}")
         self.candidate = candidate
         self.step = step
+        self.wait_timeout = wait_timeout
 
     def run(self, rc: ReleaseContext) -> dict[str, Any]:
         from model_delivery.deploy.k8s.rollout import RolloutPending
@@ -57,15 +61,20 @@ class DeployModelOperator(ReleaseStageOperator):
 
         if self.step == "production":
             return deploy_production(rc)
-        from datetime import timedelta
-
         from airflow.sdk.exceptions import AirflowRescheduleException
         from airflow.sdk.timezone import utcnow
 
-        from model_delivery.lease import DeployBusy
+        from model_delivery.exceptions import DeployFailed
+        from model_delivery.ledger import DeployBusy
+        from model_delivery.metrics import parse_time
 
         try:
             return deploy_staging(rc, self.candidate)
         except DeployBusy as busy:
             self.log.warning("%s", busy)
+            since = parse_time((rc.record.load().get("stages", {}).get(self.task_id) or {}).get("waiting_since"))
+            if since is not None and (utcnow() - since).total_seconds() > self.wait_timeout.total_seconds():
+                raise DeployFailed(f"{busy} Gave up after waiting {self.wait_timeout} (the deploy's lease_wait). "
+                                   "Fix: let that run end, or mark it failed in the UI (its lease is then taken "
+                                   "over), and trigger this release again.") from None
             raise AirflowRescheduleException(utcnow() + timedelta(seconds=BUSY_RETRY_SECONDS)) from None

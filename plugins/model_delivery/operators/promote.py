@@ -1,4 +1,4 @@
-"""PromoteModelOperator: move the registry aliases; retire the previous deployment."""
+"""PromoteModelOperator: tag the version with its run's lineage, then move the registry aliases."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - the registry (MLflow): versions, the ``production``/``previous`` aliases, ``metric.*`` tags;
 - the release records in the artifact store: gate verdicts, metrics against the champion,
   deployments, reports;
-- the deploy state (``<home>/deploy/<model>/state.json`` for the local target): what serves now;
+- the deploy state (the local target's serving state in the deployment ledger): what serves now;
 - the latest delivery metrics (``<artifact root>/_delivery_metrics/latest.json``).
 
 Plain data in, plain JSON-able dicts out; no web framework here.
@@ -11,7 +11,6 @@ Plain data in, plain JSON-able dicts out; no web framework here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -138,14 +137,13 @@ def version_rows(versions: list[Any], records: list[dict[str, Any]], serving: di
 
 
 def deploy_state(spec: ModelSpec | None, settings: Settings) -> dict[str, Any]:
-    """What the deploy target says serves now (the local target's state file; others: the target's name)."""
+    """What the deploy target says serves now (the local target's state in the ledger; others: the target's name)."""
     if spec is None:
         return {"target": None, "slots": {}}
     target = spec.deploy.target
     if target != "local" or spec.deploy.local is None:
         return {"target": target, "slots": {}, "note": f"the {target} target's state is not read by the page"}
-    path = settings.deploy_dir / spec.name / "state.json"
-    state = json.loads(path.read_text()) if path.is_file() else {}
+    state = settings.open_ledger().state(spec.name, "local")
     front = f"http://{spec.deploy.local.host}:{spec.deploy.local.port}"
     slots = {}
     for role in ("active", "standby"):

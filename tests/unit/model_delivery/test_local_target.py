@@ -359,7 +359,7 @@ def test_a_tampered_local_copy_is_never_served(
 ) -> None:
     target = make_target()
     fetched = state_dir / "artifacts" / parse_digest(v1.digest)
-    state_dir.mkdir(parents=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, Any] = {}
 
     def stage() -> None:

@@ -242,7 +242,7 @@ def test_a_release_that_changed_nothing_in_production_is_not_a_deployment() -> N
     same = {**RELEASED, "run_id": "r1b", "gate": {"verdict": "no-change"}}  # production served this artifact already
     new = {**RELEASED, "gate": {"verdict": "passed"}}
     runs = [run_from_record(same), run_from_record(new)]
-    assert [(r.outcome, r.switched, r.deployed) for r in runs] == [("released", False, False), ("released", True, True)]
+    assert [(r.outcome, r.deployed) for r in runs] == [("released", False), ("released", True)]
     result = figures(runs, end=datetime(2026, 3, 2, tzinfo=UTC), days=7)
     assert result["outcomes"] == {"release:released": 2}
     assert result["deployments"] == 1 and result["changes_deployed"] == 1 and result["lead_time_seconds"]["count"] == 1

@@ -1,12 +1,13 @@
-"""What the kubernetes target applied, kept in the artifact store so rollback never depends on the cluster.
+"""What the kubernetes target applied, kept outside the cluster so rollback never depends on it.
+
+The state is the model's ``kubernetes`` serving state in the deployment ledger
+(:mod:`model_delivery.ledger`, shared by every worker): ``serving``, the version the
+production Deployment was last applied with, and where its manifests are recorded;
+``previous``, the one it replaced at the last promotion; ``runs``, per release run, what it
+staged and shifted (with the version it replaced) and how it was rolled back.
 
 Under ``<store>/<model>/kubernetes/``:
 
-``state.json``
-    ``serving``: the version the production Deployment was last applied with, and where its
-    manifests are recorded; ``previous``: the one it replaced at the last promotion; ``runs``:
-    per release run, what it staged and shifted (with the version it replaced) and how it was
-    rolled back.
 ``versions/v<version>-<hex12>.json``
     The exact objects applied for that version's production Deployment (and the shared
     objects), re-applied as they are by a rollback.
@@ -28,26 +29,27 @@ if TYPE_CHECKING:
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.k8s.manifests import Release
+    from model_delivery.ledger import Ledger
 
 
 class DeployRecords:
     """Read and write one model's kubernetes deploy records in the store."""
 
-    def __init__(self, store: ArtifactStore, model: str) -> None:
+    def __init__(self, store: ArtifactStore, model: str, ledger: Ledger) -> None:
         self.store = store
         self.model = model
+        self.ledger = ledger
         self.root = store.root / model / "kubernetes"
-        self.state_path = self.root / "state.json"
 
     def load(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        state = self.ledger.state(self.model, "kubernetes")
         state.setdefault("serving", None)
         state.setdefault("previous", None)
         state.setdefault("runs", {})
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        self.store.write_json(self.state_path, state)
+        self.ledger.save_state(self.model, "kubernetes", state)
 
     @staticmethod
     def version_ref(release: Release) -> str:

@@ -1,0 +1,71 @@
+"""Processes a task starts: alive checks that survive pid reuse, stopping a whole process group,
+and the groups a task is running now (what ``on_kill`` stops)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+_RUNNING: dict[int, str] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+def alive(pid: int | None, marker: str) -> bool:
+    """True when ``pid`` runs and its command line contains ``marker`` (guards against pid reuse)."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def stop(pid: int | None, marker: str, timeout: float = 10.0, first: int = signal.SIGTERM) -> bool:
+    """Stop a process we started (``first``, then SIGKILL to its whole session); False if it was not running.
+
+    Processes are started in a session of their own, so the SIGKILL also reaches what they
+    started themselves (vLLM's engine and workers, Ansible's forks and SSH connections).
+    """
+    if not alive(pid, marker):
+        return False
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, first)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid, marker):
+        time.sleep(0.1)
+    if alive(pid, marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+@contextlib.contextmanager
+def tracked(pid: int, marker: str) -> Iterator[None]:
+    """While the block runs, ``pid`` (a session leader) is one of this process's running children."""
+    with _RUNNING_LOCK:
+        _RUNNING[pid] = marker
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.pop(pid, None)
+
+
+def stop_running(timeout: float = 10.0) -> list[int]:
+    """Stop every tracked child group (SIGINT, then SIGKILL): what a killed task must not leave behind."""
+    with _RUNNING_LOCK:
+        running = dict(_RUNNING)
+    return [pid for pid, marker in running.items() if stop(pid, marker, timeout, first=signal.SIGINT)]
