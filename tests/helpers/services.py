@@ -46,8 +46,11 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, seconds: flo
 
 
 @contextmanager
-def postgres(base: Path, database: str = "airflow") -> Iterator[str]:
-    """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL for ``database`` (user airflow, trust auth)."""
+def postgres(base: Path, database: str = "airflow", also: tuple[str, ...] = ()) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields a SQLAlchemy URL for ``database`` (user airflow, trust auth).
+
+    ``also`` names more databases created on the same server (the team stack's ledger).
+    """
     initdb = ensure_installed("/usr/lib/postgresql/*/bin/initdb", "postgresql")
     bin_dir = Path(initdb).parent
     base.mkdir(parents=True, exist_ok=True)
@@ -69,8 +72,9 @@ def postgres(base: Path, database: str = "airflow") -> Iterator[str]:
     try:
         _wait_port(port, proc, log)
         time.sleep(1)
-        subprocess.run([*run_as, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow",
-                        database], check=True, capture_output=True, timeout=60)
+        for name in (database, *also):
+            subprocess.run([*run_as, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow",
+                            name], check=True, capture_output=True, timeout=60)
         yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/{database}"
     finally:
         proc.terminate()

@@ -37,7 +37,8 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
     edit_spec(models / "breast_cancer", lambda spec: spec.update(trigger_on=None, schedule=None))
     bin_dir = Path(sys.executable).parent
     api_port = free_port()
-    with postgres(base / "pg") as db_url, redis(base / "redis", secrets.token_hex(8)) as broker:
+    with postgres(base / "pg", also=("model_delivery",)) as db_url, redis(base / "redis", secrets.token_hex(8)) as broker:
+        ledger_url = db_url.rsplit("/", 1)[0] + "/model_delivery"  # its own database on the same server
         env = {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -59,6 +60,8 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "MODEL_DELIVERY_HOME": str(base / "md"),
             "MODEL_DELIVERY_MODELS_DIR": str(models),
+            "MODEL_DELIVERY_LEDGER_CONN_ID": "model_delivery_ledger",
+            "AIRFLOW_CONN_MODEL_DELIVERY_LEDGER": ledger_url.replace("postgresql+psycopg2://", "postgresql://"),
         }
         (base / "airflow").mkdir()
         migrate = subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, capture_output=True,
@@ -91,6 +94,14 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
         assert result.returncode == 0, result.stdout + result.stderr + _tails(base, "scheduler", "worker", "api-server")
         assert "release released" in result.stdout
         assert "release__breast_cancer" in (base / "worker.log").read_text()  # the Celery worker ran the tasks
+        # The deployment ledger is the PostgreSQL one, through the Airflow connection; no local file.
+        from model_delivery.ledger import Ledger
+
+        ledger = Ledger(ledger_url)
+        assert ledger.state("breast_cancer", "local")["active"]["version"] == "1"
+        assert {e["action"] for e in ledger.journal("breast_cancer")} >= {"start", "switch", "aliases"}
+        assert ledger.holder("breast_cancer") is None  # given back by retire
+        assert not (base / "md" / "ledger.db").exists()
 
 
 def _wait_healthy(url: str, procs: dict, base: Path) -> None:
