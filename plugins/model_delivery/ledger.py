@@ -326,6 +326,7 @@ class Ledger:
             lease = {"run_id": run_id, "dag_id": dag_id, "since": now(), "heartbeat": time.time(), "ttl": ttl,
                      "took_over": held["run_id"] if held else None, "quarantine": None}
             self._put_lease(model, lease)
+            lease["took_over_dag"] = held["dag_id"] if held else None
             if held:
                 entry = self.intend(model, "lease", run_id, "takeover",
                                     {"from_run": held["run_id"], "from_dag": held["dag_id"], "since": held["since"]})

@@ -445,10 +445,29 @@ def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, A
         rc.log("dry run on %s: %s", plan["target"], plan.get("note", ""))
         raise DryRunComplete(f"dry run on the {plan['target']} target: {plan.get('note', '')}; nothing was changed. "
                              "Trigger again without dry_run to deliver.", result=plan)
-    rc.ledger.acquire(rc.model, rc.run_id, rc.dag_id, alive=rc.holder_alive)
+    lease = rc.ledger.acquire(rc.model, rc.run_id, rc.dag_id, alive=rc.holder_alive)
+    settled = settle_dead_holder(rc, lease["took_over"], lease.get("took_over_dag")) if lease.get("took_over") else None
     check_decisions(rc, candidate)
     with rc.ledger.heartbeating(rc.model, rc.run_id):
-        return {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
+        staged = {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}
+    return {**staged, "took_over": settled} if settled else staged
+
+
+def settle_dead_holder(rc: ReleaseContext, run_id: str, dag_id: str | None) -> dict[str, Any]:
+    """Complete the journal of a run whose lease was taken over (killed, lost, marked failed), before
+    this run changes anything: if its promote moved the aliases, it released, and only its retire is
+    done here; otherwise its deployment is rolled back and the aliases put back as they were."""
+    dead = ReleaseContext(model=rc.model, run_id=run_id, dag_id=dag_id or "", settings=rc.settings, log=rc.log)
+    moved = [e for e in rc.ledger.journal(rc.model, target=REGISTRY, run_id=run_id) if e["action"] == "aliases"]
+    if moved and moved[-1]["status"] == "done":
+        result = {"run_id": run_id, "finished": "retire", **rc.target.retire(run_id)}
+    else:
+        result = {"run_id": run_id, "finished": "rollback", **rc.target.rollback(run_id)}
+        aliases = _restore_aliases(dead)
+        if aliases:
+            result["aliases"] = aliases
+    rc.log("took over the deploy lease of %s run %s, which no longer runs; settled it: %s", dag_id, run_id, result)
+    return result
 
 
 def check_decisions(rc: ReleaseContext, candidate: dict[str, Any]) -> None:

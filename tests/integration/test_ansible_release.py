@@ -269,6 +269,70 @@ def test_a_dry_run_release_reports_per_host_changes_and_changes_nothing(fleet: F
     assert production().version == before.version
 
 
+KILLED_MID_ROLLOUT = """
+import os, signal, sys
+from pathlib import Path
+from model_delivery.deploy import Candidate
+from model_delivery.deploy.ansible import AnsibleTarget
+from model_delivery.settings import get_settings
+from model_delivery.spec import load_spec
+
+spec = load_spec(Path(sys.argv[1]))
+seen = {"rolling": False}
+
+def log(fmt, *args):
+    line = fmt % args if args else fmt
+    print(line, flush=True)
+    seen["rolling"] = seen["rolling"] or "PLAY [Roll the candidate out" in line
+    if seen["rolling"] and "host2" in line:  # host1's batch is switched; host2's begins: kill -9 the task
+        os.kill(os.getpid(), signal.SIGKILL)
+
+settings = get_settings()
+target = AnsibleTarget(spec, settings, settings.open_store(), log=log)
+target.stage(Candidate(spec.name, sys.argv[2], sys.argv[3]), "killed-run")
+target.shift("killed-run")
+"""
+
+
+def test_a_task_killed_mid_rollout_leaves_no_playbook_and_the_rollback_restores_every_host(fleet: Fleet) -> None:
+    """kill -9 of the deploy task while ansible-playbook rolls out (host1 switched, host2 starting): its
+    playbook runs on as an orphan. The rollback task stops it first, counts every host as touched and
+    puts every host back; HAProxy, the hosts and the ledger agree, and no ansible-playbook survives."""
+    import os
+
+    import psutil
+
+    from model_delivery.registry import Registry
+    from model_delivery.settings import get_settings
+
+    before = production()
+    registry = Registry(get_settings().tracking_uri)
+    other = next(v for v in reversed(registry.versions(MODEL)) if v.version != before.version)
+    project = Path(__file__).resolve().parents[2]
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_ROLLOUT, str(fleet.model_dir), other.version,
+                             other.digest], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHONPATH": f"{project / 'plugins'}:{project / 'include' / 'serving'}"})
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    ledger = get_settings().open_ledger()
+    orphan = [e for e in ledger.pending(MODEL, "ansible") if e["detail"]["playbook"] == "rollout.yml"]
+    assert orphan and orphan[0]["detail"].get("pid"), ledger.pending(MODEL, "ansible")
+
+    lines: list[str] = []
+    result = _target(fleet, lines).rollback("killed-run")
+
+    assert not psutil.pid_exists(orphan[0]["detail"]["pid"]) or psutil.Process(
+        orphan[0]["detail"]["pid"]).status() == psutil.STATUS_ZOMBIE, "the orphaned ansible-playbook still runs"
+    settled = next(e for e in ledger.journal(MODEL, target="ansible") if e["id"] == orphan[0]["id"])
+    assert settled["status"] == "undone" and "counts as touched" in settled["note"], settled
+    assert result["action"] == "rolled-back" and result["serving"] == before.version, result
+    assert set(result["hosts"]) == {"host1", "host2", "host3"}
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+    assert fleet.lb.statuses() == {h.name: "UP" for h in fleet.hosts}
+    assert fleet.front_digest() == before.digest
+    assert ledger.pending(MODEL, "ansible") == []
+    assert {h["digest"] for h in ledger.state(MODEL, "ansible")["hosts"].values()} == {before.digest}
+
+
 def _target(fleet: Fleet, lines: list[str]):
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.ansible import AnsibleTarget

@@ -224,3 +224,72 @@ def test_second_model_releases_through_the_same_spec_contract(env: Path) -> None
     assert response.status_code == 200
     proba = {o["name"]: o for o in response.json()["outputs"]}["predict_proba"]
     assert proba["shape"] == [1, 3]
+
+
+KILLED_RELEASE = """
+import sys
+from tests.helpers.release import run_release
+run_release(sys.argv[1], {"reason": "killed mid-release"})
+"""
+
+
+def test_a_release_killed_after_its_switch_and_marked_failed_is_settled_by_the_next(env: Path, tmp_path: Path) -> None:
+    """The whole release process is killed (-9) after its shift, before verify and promote: the front
+    serves an unverified version the registry does not call production. The run is marked failed (as
+    in the UI). The next release takes its lease over, rolls it back first, then releases."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from model_delivery.settings import get_settings
+
+    before = production()
+    ledger = get_settings().open_ledger()
+    known = {e["run_id"] for e in ledger.journal(MODEL)}
+    edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.35))  # a new version
+    project = Path(__file__).resolve().parents[2]
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_RELEASE, MODEL], cwd=project, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": f"{project}:{project / 'plugins'}:"
+                                                                 f"{project / 'include' / 'serving'}"})
+    killed_run = None
+    deadline = time.monotonic() + 600
+    while killed_run is None and time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        switched = [e for e in ledger.journal(MODEL, target="local")
+                    if e["action"] == "switch" and e["status"] == "done" and e["run_id"] not in known]
+        killed_run = switched[-1]["run_id"] if switched else None
+        time.sleep(0.1)
+    assert killed_run, "the release never switched"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    unverified = infer(env).headers["x-model-digest"]
+    assert unverified != before.digest and production().version == before.version  # the inconsistency left
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # what "mark failed" in the UI does to the run
+        session.query(DagRun).filter(DagRun.run_id == killed_run).one().state = "failed"
+
+    dag_run = run_release(MODEL, {"reason": "after the killed release"})
+
+    assert dag_run.state == "success", task_states(dag_run)
+    record = load_record(MODEL, dag_run.run_id)
+    settled = record["stages"]["deploy_staging"]["result"]["took_over"]
+    assert settled["run_id"] == killed_run and settled["finished"] == "rollback", settled
+    now = production()
+    state = ledger.state(MODEL, "local")
+    assert infer(env).headers["x-model-digest"] == now.digest == state["active"]["digest"] == unverified
+    assert ledger.pending(MODEL, "local") == [] and ledger.holder(MODEL) is None
+    named = {slot["pid"] for slot in [state["front"], state["active"], state["standby"],
+                                      *state["candidates"].values()] if slot}
+    deploy_dir = str(get_settings().deploy_dir / MODEL)
+    running = {p.pid for p in psutil.process_iter(["cmdline"]) if deploy_dir in " ".join(p.info["cmdline"] or [])}
+    assert running <= named, f"orphans: {running - named}"
+    edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=1.0))

@@ -14,9 +14,11 @@ docs/deploy-ansible.md). This module only decides what to run and remembers what
 * ``rollback``: ``rollback.yml`` on every host this run touched, with the artifact each one
   served before.
 
-State (``<MODEL_DELIVERY_HOME>/deploy/<model>/state.json``) records, per host, what it
-serves and, per run, what each host served before it. It is changed only under the deploy
-lock (an exclusive ``flock``), so a restarted Airflow knows the previous version per host.
+State (the model's ``ansible`` state in the deployment ledger) records, per host, what it
+serves and, per run, what each host served before it. It is changed only under the model's
+lock in the ledger, so a restarted Airflow, or another worker, knows the previous version per
+host. Each playbook is journaled with the pid of its ``ansible-playbook``: a killed task's
+playbook is stopped by the next step (:meth:`AnsibleTarget.recover`).
 
 Commands, inventories and variable files are built from data (lists, ``json.dumps``,
 ``yaml.safe_dump``). Secrets from Airflow connections go to 0600 files in a private

@@ -129,8 +129,10 @@ def _run_point(point: Point, base: Path, builds: Builds) -> dict:
     state_dir, port = base / "deploy" / MODEL, free_port()
     v1, v2 = Candidate(MODEL, "1", builds.v1.digest), Candidate(MODEL, "2", builds.v2.digest)
     target = _target(state_dir, port, builds)
+    started = time.perf_counter()
     target.stage(v1, "run-1")
     target.shift("run-1")
+    deploy_s = time.perf_counter() - started  # a cold deploy, for scale (bench/bench_ledger.py)
     if point.step in ("shift", "retire", "rollback"):
         target.stage(v2, "run-2")
     if point.step in ("retire", "rollback"):
@@ -155,9 +157,11 @@ def _run_point(point: Point, base: Path, builds: Builds) -> dict:
     ledger = Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
     state = ledger.state(MODEL, "local")
     served = infer(port)
-    row = {"point": f"{point.step}:{point.kill}", "then": point.then, "front": served[1], "ledger": state["active"]["digest"],
+    row = {"point": f"{point.step}:{point.kill}", "then": point.then, "front": served[1],
+           "ledger": state["active"]["digest"],
            "production": production.digest, "orphans": _orphans(state_dir, state),
-           "pending": [e["action"] for e in ledger.pending(MODEL, "local")], "recovered_s": recovered_in}
+           "pending": [e["action"] for e in ledger.pending(MODEL, "local")], "recovered_s": recovered_in,
+           "deploy_s": deploy_s}
     # the next release goes through
     nxt = v1 if production is v2 else v2
     after.stage(nxt, "run-3")
@@ -169,10 +173,10 @@ def _run_point(point: Point, base: Path, builds: Builds) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'point':<24} {'then':<9} {'consistent':<11} {'orphans':<8} {'recovery s':>10}"]
+    lines = [f"{'point':<24} {'then':<9} {'consistent':<11} {'orphans':<8} {'recovery s':>10} {'cold deploy s':>13}"]
     for r in rows:
         lines.append(f"{r['point']:<24} {r['then']:<9} {r['consistent']!s:<11} {len(r['orphans']):<8} "
-                     f"{r['recovered_s']:>10.2f}")
+                     f"{r['recovered_s']:>10.2f} {r['deploy_s']:>13.2f}")
     lines.append(f"{len(rows)} points, {sum(not r['consistent'] for r in rows)} inconsistent")
     return "\n".join(lines)
 
