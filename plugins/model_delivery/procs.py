@@ -31,10 +31,11 @@ def alive(pid: int | None, marker: str) -> bool:
 
 
 def stop(pid: int | None, marker: str, timeout: float = 10.0, first: int = signal.SIGTERM) -> bool:
-    """Stop a process we started (``first``, then SIGKILL to its whole session); False if it was not running.
+    """Stop a process we started (``first``, then SIGKILL to its whole group); False if it was not running.
 
-    Processes are started in a session of their own, so the SIGKILL also reaches what they
-    started themselves (vLLM's engine and workers, Ansible's forks and SSH connections).
+    Processes are started in a session of their own, so the group is what they started
+    themselves (vLLM's engine and workers, Ansible's forks and SSH connections, a build's
+    children): what is left of it once the leader has stopped, or after ``timeout``, is killed.
     """
     if not alive(pid, marker):
         return False
@@ -44,12 +45,24 @@ def stop(pid: int | None, marker: str, timeout: float = 10.0, first: int = signa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(pid, marker):
         time.sleep(0.1)
-    if alive(pid, marker):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:  # still the leader of its own group (not a reused pid)
             os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
+    _kill_group_left(pid)
+    with contextlib.suppress(ProcessLookupError):
+        if alive(pid, marker):
             os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _kill_group_left(pgid: int) -> None:
+    """SIGKILL what is left of the process group ``pgid`` once its leader has exited."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if proc.info["pid"] != pgid and os.getpgid(proc.info["pid"]) == pgid:
+                os.kill(proc.info["pid"], signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,17 @@ SERVICES = {
 
 
 def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None:
+    """Then a second release, and a release and a rollback triggered at the same moment: serialized by
+    the lease in the PostgreSQL ledger, each promotion decided against the production the last one left."""
+    from tests.helpers.processes import kill_matching
+
+    try:
+        _team_stack(tmp_path)
+    finally:
+        kill_matching(str(tmp_path / "md"))  # the model servers the worker started
+
+
+def _team_stack(tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
     base = tmp_path
@@ -83,6 +95,8 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
             result = subprocess.run([str(bin_dir / "model-delivery"), "release", "breast_cancer", "--reason",
                                      "team stack", "--unpause", "--wait", "--timeout", "600"],
                                     env=client_env, capture_output=True, text=True, timeout=700)
+            assert result.returncode == 0, result.stdout + result.stderr + _tails(base, "scheduler", "worker")
+            at_once = _release_and_rollback_at_once(url, json.loads(password)["admin"], models, client_env, bin_dir)
         finally:
             for proc in procs.values():
                 os.killpg(proc.pid, 15)
@@ -102,6 +116,65 @@ def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None
         assert {e["action"] for e in ledger.journal("breast_cancer")} >= {"start", "switch", "aliases"}
         assert ledger.holder("breast_cancer") is None  # given back by retire
         assert not (base / "md" / "ledger.db").exists()
+        _check_serialized(ledger, at_once, base)
+        assert httpx.post(_front(models), json=_golden(models), timeout=10).headers["x-model-digest"] == (
+            ledger.state("breast_cancer", "local")["active"]["digest"])
+
+
+def _release_and_rollback_at_once(url: str, password: str, models: Path, client_env: dict[str, str],
+                                  bin_dir: Path) -> dict[str, tuple[str, str]]:
+    """Release a second version, then trigger a third release and a rollback in the same moment."""
+    from model_delivery import ci
+
+    edit_spec(models / "breast_cancer", lambda spec: spec["build"]["params"].update(C=0.5))
+    second = subprocess.run([str(bin_dir / "model-delivery"), "release", "breast_cancer", "--reason", "v2",
+                             "--wait", "--timeout", "600"], env=client_env, capture_output=True, text=True, timeout=700)
+    assert second.returncode == 0, second.stdout + second.stderr
+    edit_spec(models / "breast_cancer", lambda spec: spec["build"]["params"].update(C=0.3))
+    client = ci._client(url, None, "admin", password)
+    runs = {"release": ("release__breast_cancer", ci.trigger(client, "release__breast_cancer",
+                                                             {"reason": "at once"}, unpause=False)),
+            "rollback": ("model_rollback", ci.trigger(client, "model_rollback",
+                                                      {"model": "breast_cancer", "reason": "at once"}, unpause=True))}
+    for dag_id, run_id in runs.values():
+        ci.wait(client, dag_id, run_id, timeout=600, out=open(os.devnull, "w"))  # noqa: SIM115
+    return runs
+
+
+def _front(models: Path) -> str:
+    import yaml
+
+    port = yaml.safe_load((models / "breast_cancer" / "model.yaml").read_text())["deploy"]["local"]["port"]
+    return f"http://127.0.0.1:{port}/v2/models/breast_cancer/infer"
+
+
+def _golden(models: Path) -> dict[str, Any]:
+    import json
+
+    return {"inputs": json.loads((models / "breast_cancer" / "golden.json").read_text())[0]["inputs"]}
+
+
+def _record(base: Path, run_id: str) -> dict[str, Any]:
+    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.records import ReleaseRecord
+
+    return ReleaseRecord(ArtifactStore(f"file://{base / 'md' / 'artifacts'}"), "breast_cancer", run_id).load()
+
+
+def _check_serialized(ledger: Any, runs: dict[str, tuple[str, str]], base: Path) -> None:
+    """Every promotion was decided against the production the one before it left, one run at a time."""
+    promotions = [e for e in ledger.journal("breast_cancer", target="registry") if e["action"] == "aliases"]
+    assert all(e["status"] == "done" for e in promotions), promotions
+    for earlier, later in zip(promotions, promotions[1:], strict=False):
+        assert later["compensation"]["production"] == earlier["detail"]["to"], (earlier, later)
+    assert not [e for e in ledger.journal("breast_cancer", target="lease") if e["action"] == "takeover"]
+    ours = {e["run_id"] for e in promotions}
+    for name, (_dag_id, run_id) in runs.items():
+        stages = _record(base, run_id)["stages"]
+        if run_id not in ours:  # it lost the race: stopped at deploy_staging, with why, deploying nothing
+            assert "another run changed production meanwhile" in stages["deploy_staging"]["error"], (name, stages)
+    state = ledger.state("breast_cancer", "local")
+    assert state["active"]["version"] == promotions[-1]["detail"]["to"]
 
 
 def _wait_healthy(url: str, procs: dict, base: Path) -> None:

@@ -194,3 +194,45 @@ def test_every_kill_point_leaves_production_consistent(builds: Builds, tmp_path:
         print("\n" + table(rows))
     bad = [r for r in rows if not r["consistent"]]
     assert not bad, table(rows) + "\n" + "\n".join(map(str, bad))
+
+
+def test_a_rollback_that_fails_on_its_last_try_quarantines_the_model(builds: Builds, tmp_path: Path) -> None:
+    """The rollback cannot put the front back (its state file is gone, a directory in its place): on an
+    early try it fails and may be retried; on its last try the model is quarantined, the lease kept,
+    and nothing deploys it until a person unlocks it."""
+    from model_delivery.ledger import Quarantined
+    from model_delivery.release import ReleaseContext, rollback
+
+    state_dir, port = tmp_path / "deploy" / MODEL, free_port()
+    v1, v2 = Candidate(MODEL, "1", builds.v1.digest), Candidate(MODEL, "2", builds.v2.digest)
+    target = _target(state_dir, port, builds)
+    try:
+        for run_id, version in (("run-1", v1), ("run-2", v2)):
+            target.stage(version, run_id)
+            target.shift(run_id)
+        ledger = target.ledger
+        ledger.acquire(MODEL, "run-2", "release__breast_cancer", alive=lambda lease: True)
+        front_file = target.front_state
+        front_file.unlink()
+        front_file.mkdir()  # a real failure: the front's state can no longer be written
+        rc = ReleaseContext(model=MODEL, run_id="run-2", dag_id="release__breast_cancer", last_try=False)
+        rc.__dict__.update(target=target, ledger=ledger)
+
+        with pytest.raises(OSError):
+            rollback(rc)
+        assert ledger.holder(MODEL)["quarantine"] is None  # a retry may still succeed
+
+        rc.last_try = True
+        with pytest.raises(Quarantined) as quarantined:
+            rollback(rc)
+        assert f"model-delivery unlock {MODEL} --reason" in str(quarantined.value)
+        assert ledger.holder(MODEL)["quarantine"]["run_id"] == "run-2"
+        assert ledger.release(MODEL, "run-2") is False  # record cannot give it back either
+        with pytest.raises(Quarantined):
+            ledger.acquire(MODEL, "run-3", "model_rollback", alive=lambda lease: False)
+
+        front_file.rmdir()  # a person repairs it, then unlocks
+        ledger.unlock(MODEL, by="test", reason="front state file restored")
+        assert ledger.acquire(MODEL, "run-3", "model_rollback", alive=lambda lease: False)["run_id"] == "run-3"
+    finally:
+        kill_matching(str(state_dir))
