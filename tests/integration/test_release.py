@@ -250,8 +250,9 @@ def test_a_release_killed_after_its_switch_and_marked_failed_is_settled_by_the_n
     before = production()
     ledger = get_settings().open_ledger()
     known = {e["run_id"] for e in ledger.journal(MODEL)}
-    edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.35))  # a new version
     project = Path(__file__).resolve().parents[2]
+    (env / MODEL / "golden.json").write_text((project / "include" / "models" / MODEL / "golden.json").read_text())
+    edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.35))  # a new version
     log = tmp_path / "killed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", KILLED_RELEASE, MODEL], cwd=project, stdout=out,
