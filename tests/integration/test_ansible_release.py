@@ -331,6 +331,8 @@ def test_a_task_killed_mid_rollout_leaves_no_playbook_and_the_rollback_restores_
     assert fleet.front_digest() == before.digest
     assert ledger.pending(MODEL, "ansible") == []
     assert {h["digest"] for h in ledger.state(MODEL, "ansible")["hosts"].values()} == {before.digest}
+    left = [Path(d) for d in orphan[0]["detail"]["private_dirs"] if Path(d).exists()]
+    assert not left, f"the killed playbook's private files (secrets) were left: {left}"
 
 
 def _target(fleet: Fleet, lines: list[str]):

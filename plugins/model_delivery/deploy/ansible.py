@@ -211,7 +211,8 @@ class AnsibleTarget:
         """Settle every playbook the journal holds as running (its task was killed); what was done.
 
         Its ``ansible-playbook`` is stopped if it still runs (SIGINT, then SIGKILL to its group), so a
-        retry never runs a second rollout beside it. A killed rolling update counts every host as
+        retry never runs a second rollout beside it, and its private directories (variables, secret
+        files, SSH control sockets) are removed. A killed rolling update counts every host as
         touched (any may have switched) and is ``interrupted``: the retry runs it to the end, or the
         rollback puts every host back.
         """
@@ -219,6 +220,8 @@ class AnsibleTarget:
         for entry in self.ledger.pending(self.model, self.name):
             detail, run_id = entry["detail"], entry["run_id"]
             stopped = stop(detail.get("pid"), "ansible-playbook", first=signal.SIGINT)
+            for private in detail.get("private_dirs") or []:  # its variables file and secret files
+                shutil.rmtree(private, ignore_errors=True)
             run = state["runs"].get(run_id)
             note = f"run {run_id} was killed while {detail['playbook']} ran" + (
                 "; its ansible-playbook, still running, was stopped" if stopped else "")
@@ -399,6 +402,8 @@ class AnsibleTarget:
                 tempfile.TemporaryDirectory(prefix="md-ssh-") as control_dir:
             tmp = Path(tmp_name)
             os.chmod(tmp, 0o700)
+            if entry is not None:  # a killed task leaves these behind: the next step removes them (secrets)
+                self.ledger.amend(entry, {"private_dirs": [tmp_name, control_dir]})
             vars_file = _write_private(tmp / "vars.json", json.dumps({**self._base_vars(), **extra_vars}))
             secrets = self._secrets(tmp)
             cmd = self.build_command(playbook, self._inventory(tmp), vars_file, check=check, secret_args=secrets.args)
