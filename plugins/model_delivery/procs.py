@@ -45,10 +45,15 @@ def stop(pid: int | None, marker: str, timeout: float = 10.0, first: int = signa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(pid, marker):
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(pid) == pid:  # still the leader of its own group (not a reused pid)
+    try:
+        leads = os.getpgid(pid) == pid  # still (or a zombie) the leader of its own group, not a reused pid
+    except ProcessLookupError:
+        leads = False
+    if leads:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-    _kill_group_left(pid)
+    else:  # the leader is gone: what is left of its group is found one by one
+        _kill_group_left(pid)
     with contextlib.suppress(ProcessLookupError):
         if alive(pid, marker):
             os.kill(pid, signal.SIGKILL)

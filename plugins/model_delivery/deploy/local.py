@@ -120,6 +120,7 @@ class LocalTarget:
         self.store = store
         self.ledger = ledger or Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
         self.front_state = state_dir / "front.json"
+        self.recovered: list[str] = []  # what the last locked step settled first (:meth:`recover`)
 
     @property
     def front_url(self) -> str:
@@ -157,14 +158,11 @@ class LocalTarget:
         """Hold the model's lock, settle what a killed step left, and yield the state; saved on exit, also on failure."""
         with self.ledger.locked_state(self.model, self.name) as state:
             self._adopt(_defaults(state))
-            state["recovered"] = self.recover(state)
-            try:
-                yield state
-            finally:
-                state.pop("recovered", None)
+            self.recovered = self.recover(state)
+            yield state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.ledger.save_state(self.model, self.name, {k: v for k, v in state.items() if k != "recovered"})
+        self.ledger.save_state(self.model, self.name, state)
 
     def _read(self) -> dict[str, Any]:
         return self._adopt(_defaults(self.ledger.state(self.model, self.name)))
@@ -436,7 +434,7 @@ class LocalTarget:
     def rollback(self, run_id: str) -> dict[str, Any]:
         """Put back what served before this run; stop this run's candidate."""
         with self._locked() as state:
-            recovered = {"recovered": "; ".join(state["recovered"])} if state["recovered"] else {}
+            recovered = {"recovered": "; ".join(self.recovered)} if self.recovered else {}
             active, standby = state["active"], state["standby"]
             if active and active.get("run_id") == run_id:
                 back = standby if standby and self._slot_alive(standby) else None
