@@ -42,7 +42,7 @@ STATE = {"front": {"host": "127.0.0.1", "port": 8000, "pid": 1, "state_file": "/
 
 
 def ledger_release(ledger: object, model: str, run_id: str) -> None:
-    """The ledger calls of one local release, in order (see deploy/local.py and release.py)."""
+    """The ledger calls of one local release, in order (see deploy/local/target.py and release.py)."""
     from model_delivery.ledger import Ledger
 
     assert isinstance(ledger, Ledger)

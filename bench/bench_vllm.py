@@ -96,7 +96,7 @@ def main() -> int:
     tokens, repeats = (32, 5) if args.quick else (64, 15)
     started = time.perf_counter()
     from model_delivery.artifacts import ArtifactStore
-    from model_delivery.deploy.local import free_port
+    from model_delivery.deploy.local.target import free_port
     from model_delivery.runtimes import get_runtime
 
     with workdir("vllm") as work:

@@ -75,8 +75,8 @@ def summary(model: str) -> int:
 
 def render_k8s(model: str, version: str | None, digest: str | None, parts: str, candidate: bool) -> int:
     """Print the Kubernetes manifests of a model version as YAML."""
-    from model_delivery.deploy.k8s.manifests import CANDIDATE, STABLE, to_yaml
-    from model_delivery.deploy.kubernetes import render
+    from model_delivery.deploy.kubernetes.manifests import CANDIDATE, STABLE, to_yaml
+    from model_delivery.deploy.kubernetes.target import render
     from model_delivery.spec import load_spec
 
     settings = get_settings()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from model_delivery.deploy.k8s.build import build_operator
+from model_delivery.container_build import build_operator
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.notify import ReleaseNotifier
 from model_delivery.operators import (

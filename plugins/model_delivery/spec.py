@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
-from model_delivery.deploy.kubernetes_spec import BuildContainerSpec, KubernetesTargetSpec
+from model_delivery.deploy import DEFAULT_TARGET, TARGETS
+from model_delivery.deploy.kubernetes.spec import DNS_LABEL, ResourcesSpec, Toleration
 from model_delivery.exceptions import InvalidModelSpec
+
+if TYPE_CHECKING:
+    from model_delivery.deploy.ansible.spec import AnsibleTargetSpec
+    from model_delivery.deploy.kubernetes.spec import KubernetesTargetSpec
+    from model_delivery.deploy.local.spec import LocalTargetSpec
 
 SPEC_FILE = "model.yaml"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
@@ -39,6 +52,38 @@ class _FieldError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BuildContainerSpec(_Strict):
+    """Run the build entrypoint in a container image (with GPUs if asked) instead of on the Airflow worker."""
+
+    image: str = Field(
+        min_length=1,
+        description="Build image: Python, the build's libraries, fsspec for the store, and the model folder at "
+        "model_dir.",
+    )
+    runner: Literal["kubernetes", "docker"] = Field(
+        "kubernetes", description="`kubernetes`: a pod through KubernetesPodOperator; `docker`: DockerOperator."
+    )
+    model_dir: str = Field("/workspace/model", pattern=r"^/", description="Where the image holds the model folder.")
+    namespace: str = Field("default", pattern=DNS_LABEL, description="Namespace of the build pod (kubernetes).")
+    conn_id: str | None = Field(
+        None, description="Airflow connection: Kubernetes (default kubernetes_default) or Docker (default: local)."
+    )
+    store_uri: str | None = Field(
+        None, description="Artifact store root as the build container sees it; empty: MODEL_DELIVERY_ARTIFACT_ROOT."
+    )
+    credentials_secret: str | None = Field(
+        None, pattern=DNS_LABEL, description="Secret whose keys become the build pod's environment (store access)."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=lambda: ResourcesSpec.model_validate(
+            {"cpu_request": "1", "memory_request": "2Gi", "memory_limit": "4Gi"}),
+        description="Resources of the build container, GPUs included. Default: 1 CPU and 2Gi memory requested, "
+        "4Gi memory limit.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the build pod must run on.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the build pod tolerates.")
 
 
 class BuildSpec(_Strict):
@@ -269,34 +314,41 @@ class ServingSpec(_Strict):
         return value
 
 
-class LocalTargetSpec(_Strict):
-    """Blue-green on this machine: one process per version behind a stable front port."""
-
-    host: str = Field("127.0.0.1", description="Address the front and the servers bind to.")
-    port: int = Field(ge=1024, le=65535, description="Stable front port that clients use.")
-    ready_timeout_seconds: float = Field(
-        120.0, gt=0, description="How long a new server may take to become ready."
-    )
-
-
-class DeploySpec(_Strict):
+class _Deploy(_Strict):
     """Where and how the model is served."""
 
-    target: Literal["local", "ansible", "kubernetes"] = Field(
-        "local",
-        description="Deploy target: `local` (blue-green on this machine), `ansible` (rolling, a fleet of hosts "
-        "behind a load balancer) or `kubernetes` (a rolling Deployment).",
-    )
-    local: LocalTargetSpec | None = Field(None, description="Settings of the `local` target.")
-    ansible: AnsibleTargetSpec | None = Field(None, description="Settings of the `ansible` target.")
-    kubernetes: KubernetesTargetSpec | None = Field(None, description="Settings of the `kubernetes` target.")
+    if TYPE_CHECKING:  # for the type checker only: DeploySpec's fields are made from TARGETS (below)
+        target: str
+        local: LocalTargetSpec | None
+        ansible: AnsibleTargetSpec | None
+        kubernetes: KubernetesTargetSpec | None
 
     @model_validator(mode="after")
-    def _target_settings(self) -> DeploySpec:
+    def _target_settings(self) -> _Deploy:
         if getattr(self, self.target) is None:
-            hint = "with at least 'port'" if self.target == "local" else "(see docs/model-spec.md)"
+            hint = TARGETS[self.target].section_hint
             raise ValueError(f"target {self.target!r} needs a '{self.target}:' section {hint}")
         return self
+
+
+def _deploy_spec() -> type[_Deploy]:
+    """DeploySpec from the registry of targets: ``target`` is one of its names, and each target has its
+    optional section, of the spec class its entry names (``model_delivery.deploy.TARGETS``)."""
+    names = list(TARGETS)
+    listed = [f"`{name}` ({TARGETS[name].description})" for name in names]
+    choices = f"{', '.join(listed[:-1])} or {listed[-1]}" if len(listed) > 1 else listed[0]
+    fields: dict[str, Any] = {
+        "target": (Literal[tuple(names)], Field(DEFAULT_TARGET, description=f"Deploy target: {choices}.")),
+    }
+    for name, entry in TARGETS.items():
+        fields[name] = (entry.load_spec() | None, Field(None, description=f"Settings of the `{name}` target."))
+    return create_model("DeploySpec", __base__=_Deploy, __doc__=_Deploy.__doc__, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:
+    DeploySpec = _Deploy
+else:
+    DeploySpec = _deploy_spec()
 
 
 class ModelSpec(_Strict):

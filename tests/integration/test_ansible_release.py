@@ -273,7 +273,7 @@ KILLED_MID_ROLLOUT = """
 import os, signal, sys
 from pathlib import Path
 from model_delivery.deploy import Candidate
-from model_delivery.deploy.ansible import AnsibleTarget
+from model_delivery.deploy.ansible.target import AnsibleTarget
 from model_delivery.settings import get_settings
 from model_delivery.spec import load_spec
 
@@ -337,7 +337,7 @@ def test_a_task_killed_mid_rollout_leaves_no_playbook_and_the_rollback_restores_
 
 def _target(fleet: Fleet, lines: list[str]):
     from model_delivery.artifacts import ArtifactStore
-    from model_delivery.deploy.ansible import AnsibleTarget
+    from model_delivery.deploy.ansible.target import AnsibleTarget
     from model_delivery.settings import get_settings
     from model_delivery.spec import load_spec
 

@@ -26,7 +26,7 @@ import yaml
 
 from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
-from model_delivery.deploy.ansible import AnsibleTarget
+from model_delivery.deploy.ansible.target import AnsibleTarget
 from model_delivery.runtimes import get_runtime
 from model_delivery.settings import Settings
 from model_delivery.spec import load_spec

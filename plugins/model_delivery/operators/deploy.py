@@ -41,7 +41,7 @@ class DeployModelOperator(ReleaseStageOperator):
         self.wait_timeout = wait_timeout
 
     def run(self, rc: ReleaseContext) -> dict[str, Any]:
-        from model_delivery.deploy.k8s.rollout import RolloutPending
+        from model_delivery.deploy.kubernetes.rollout import RolloutPending
 
         try:
             return self._run(rc)

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import get_target
-from model_delivery.deploy.ansible import AnsibleTarget, PlaybookResult
-from model_delivery.deploy.ansible_spec import AnsibleTargetSpec
+from model_delivery.deploy.ansible.spec import AnsibleTargetSpec
+from model_delivery.deploy.ansible.target import AnsibleTarget, PlaybookResult
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.settings import Settings
 from model_delivery.spec import load_spec

@@ -23,10 +23,14 @@ import pytest
 
 from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
-from model_delivery.deploy.k8s import manifests as m
-from model_delivery.deploy.k8s.client import KubernetesConflict, KubernetesForbidden, KubernetesUnavailable
-from model_delivery.deploy.k8s.rollout import RolloutPending
-from model_delivery.deploy.kubernetes import KubernetesTarget, RolloutFailed
+from model_delivery.deploy.kubernetes import manifests as m
+from model_delivery.deploy.kubernetes.client import (
+    KubernetesConflict,
+    KubernetesForbidden,
+    KubernetesUnavailable,
+)
+from model_delivery.deploy.kubernetes.rollout import RolloutPending
+from model_delivery.deploy.kubernetes.target import KubernetesTarget, RolloutFailed
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.settings import Settings
 from tests.helpers.k8s_apiserver import ApiServer, connection_env, running

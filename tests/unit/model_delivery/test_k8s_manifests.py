@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from model_delivery.cli import main as cli
-from model_delivery.deploy.k8s import manifests as m
-from model_delivery.deploy.kubernetes import render
+from model_delivery.deploy.kubernetes import manifests as m
+from model_delivery.deploy.kubernetes.target import render
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, load_spec
@@ -309,7 +309,7 @@ def test_the_weights_volume_and_the_startup_budget_are_sized_from_the_artifact()
 def test_an_lm_with_a_pickle_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
-    from model_delivery.deploy.kubernetes import KubernetesTarget
+    from model_delivery.deploy.kubernetes.target import KubernetesTarget
     from model_delivery.exceptions import TamperedArtifact
 
     model = tmp_path / "model"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from model_delivery.deploy.k8s.rollout import (
+from model_delivery.deploy.kubernetes.rollout import (
     COMPLETE,
     CRASH_LOOPING,
     DEADLINE_EXCEEDED,
@@ -85,7 +85,7 @@ def test_label_selector_is_sorted_and_the_pending_signal_builds_its_trigger() ->
     pending = RolloutPending("waiting", conn_id="k", namespace="ns", deployment="d", pod_selector={"a": "1"},
                              deadline=2_000_000_000.0, poll_interval=5, max_restarts=2)
     classpath, kwargs = pending.trigger().serialize()
-    assert classpath == "model_delivery.deploy.k8s.trigger.RolloutTrigger"
+    assert classpath == "model_delivery.deploy.kubernetes.trigger.RolloutTrigger"
     assert kwargs == {"conn_id": "k", "namespace": "ns", "deployment": "d", "pod_selector": {"a": "1"},
                       "deadline": 2_000_000_000.0, "poll_interval": 5.0, "max_restarts": 2, "not_before": None}
     assert pending.timeout.total_seconds() > 0

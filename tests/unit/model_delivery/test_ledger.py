@@ -174,9 +174,9 @@ WORKER = """
 import sys
 from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
-from model_delivery.deploy.local import LocalTarget
+from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.settings import get_settings
-from model_delivery.spec import LocalTargetSpec
+from model_delivery.deploy.local.spec import LocalTargetSpec
 model, port, store, step, version, digest = sys.argv[1:7]
 settings = get_settings()
 target = LocalTarget(model, LocalTargetSpec(port=int(port), ready_timeout_seconds=60), settings.deploy_dir / model,
@@ -189,8 +189,8 @@ print(getattr(target, step)(*args)["version"])
 def test_stage_on_one_worker_and_shift_on_another(postgres_url: str, builds: Builds, tmp_path: Path) -> None:
     """Two workers with their own MODEL_DELIVERY_HOME share one PostgreSQL ledger and one store: the
     candidate one of them staged is found, and shifted to, by the other."""
-    from model_delivery.deploy.local import LocalTarget
-    from model_delivery.spec import LocalTargetSpec
+    from model_delivery.deploy.local.spec import LocalTargetSpec
+    from model_delivery.deploy.local.target import LocalTarget
     from tests.helpers.models import free_port
     from tests.helpers.processes import kill_matching
     from tests.unit.model_delivery.test_local_target import MODEL, infer

@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from model_delivery.deploy import Candidate
-from model_delivery.deploy.local import LocalTarget
+from model_delivery.deploy.local.spec import LocalTargetSpec
+from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.ledger import Ledger
-from model_delivery.spec import LocalTargetSpec
 from tests.helpers.models import free_port
 from tests.helpers.processes import kill_matching
 from tests.unit.model_delivery.test_local_target import MODEL, infer
@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 STEP = """
 import os, signal, sys
 from pathlib import Path
-import model_delivery.deploy.local as local
+import model_delivery.deploy.local.target as local
 from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.ledger import Ledger
-from model_delivery.spec import LocalTargetSpec
+from model_delivery.deploy.local.spec import LocalTargetSpec
 
 model, port, state_dir, store, step, kill, version, digest = sys.argv[1:9]
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from model_delivery.deploy import Candidate, get_target
-from model_delivery.deploy.local import LocalTarget
+from model_delivery.deploy.local.spec import LocalTargetSpec
+from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.settings import get_settings
-from model_delivery.spec import LocalTargetSpec, load_spec
+from model_delivery.spec import load_spec
 from model_server.manifest import MANIFEST_NAME, parse_digest, verify_directory
 from tests.helpers.models import PROJECT, copy_models, free_port
 from tests.helpers.processes import gone, kill_matching
@@ -407,7 +408,7 @@ def test_state_is_saved_even_when_a_step_fails_half_way(make_target: Callable[[]
 
 def test_a_failed_start_reports_the_first_errors_of_the_log_not_only_its_tail(tmp_path: Path) -> None:
     """vLLM's last words are a wrapper's traceback ("See root cause above"); the cause is further up."""
-    from model_delivery.deploy.local import _tail
+    from model_delivery.deploy.local.target import _tail
 
     log = tmp_path / "server.log"
     log.write_text("\n".join(["INFO starting", "(EngineCore pid=7) ERROR EngineCore failed to start.",
@@ -427,9 +428,9 @@ def test_a_failed_start_reports_the_first_errors_of_the_log_not_only_its_tail(tm
 KILLED_MID_SWITCH = """
 import os, signal, sys
 from pathlib import Path
-import model_delivery.deploy.local as local
+import model_delivery.deploy.local.target as local
 from model_delivery.artifacts import ArtifactStore
-from model_delivery.spec import LocalTargetSpec
+from model_delivery.deploy.local.spec import LocalTargetSpec
 
 write_state = local.write_state
 

@@ -1,7 +1,7 @@
 """Spec section of the ``kubernetes`` deploy target (``deploy.kubernetes`` in model.yaml).
 
-Also the container build (``build.container``), which runs the build entrypoint in an image
-through KubernetesPodOperator or DockerOperator instead of on the Airflow worker.
+``ResourcesSpec`` and ``Toleration`` are also those of a container build (``build.container``,
+``model_delivery.spec.BuildContainerSpec``).
 """
 
 from __future__ import annotations
@@ -257,34 +257,3 @@ class KubernetesTargetSpec(_Strict):
                 raise ValueError(f"{url!r}: only {{name}}, {{namespace}} and {{port}} may be used ({exc})") from None
         return self
 
-
-class BuildContainerSpec(_Strict):
-    """Run the build entrypoint in a container image (with GPUs if asked) instead of on the Airflow worker."""
-
-    image: str = Field(
-        min_length=1,
-        description="Build image: Python, the build's libraries, fsspec for the store, and the model folder at "
-        "model_dir.",
-    )
-    runner: Literal["kubernetes", "docker"] = Field(
-        "kubernetes", description="`kubernetes`: a pod through KubernetesPodOperator; `docker`: DockerOperator."
-    )
-    model_dir: str = Field("/workspace/model", pattern=r"^/", description="Where the image holds the model folder.")
-    namespace: str = Field("default", pattern=DNS_LABEL, description="Namespace of the build pod (kubernetes).")
-    conn_id: str | None = Field(
-        None, description="Airflow connection: Kubernetes (default kubernetes_default) or Docker (default: local)."
-    )
-    store_uri: str | None = Field(
-        None, description="Artifact store root as the build container sees it; empty: MODEL_DELIVERY_ARTIFACT_ROOT."
-    )
-    credentials_secret: str | None = Field(
-        None, pattern=DNS_LABEL, description="Secret whose keys become the build pod's environment (store access)."
-    )
-    resources: ResourcesSpec = Field(
-        default_factory=lambda: ResourcesSpec.model_validate(
-            {"cpu_request": "1", "memory_request": "2Gi", "memory_limit": "4Gi"}),
-        description="Resources of the build container, GPUs included. Default: 1 CPU and 2Gi memory requested, "
-        "4Gi memory limit.",
-    )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the build pod must run on.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the build pod tolerates.")

@@ -20,8 +20,7 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
-from model_delivery.dag_factory import release_dag
-from model_delivery.deploy.k8s.build import (
+from model_delivery.container_build import (
     ContainerBuildOperator,
     build_operator,
     container_args,
@@ -32,6 +31,7 @@ from model_delivery.deploy.k8s.build import (
     quantity_cpus,
     staging_uris,
 )
+from model_delivery.dag_factory import release_dag
 from model_delivery.exceptions import BuildFailed
 from model_delivery.operators import BuildModelOperator
 from model_delivery.release import ReleaseContext, build

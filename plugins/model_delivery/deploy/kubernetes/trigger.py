@@ -2,7 +2,7 @@
 
 It reads the Deployment and the pods of its new template every ``poll_interval`` seconds
 through the provider's ``AsyncKubernetesHook`` (same connection as the task), judges them
-with :func:`~model_delivery.deploy.k8s.rollout.rollout_state`, and fires once the rollout is
+with :func:`~model_delivery.deploy.kubernetes.rollout.rollout_state`, and fires once the rollout is
 complete (and ``not_before`` has passed: a canary's bake time), has failed, or ``deadline``
 (epoch seconds) has passed. The task then runs its step again and decides.
 """
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from model_delivery.deploy.k8s.client import KubernetesUnavailable, aget, object_path
-from model_delivery.deploy.k8s.rollout import COMPLETE, TIMEOUT, label_selector, rollout_state
+from model_delivery.deploy.kubernetes.client import KubernetesUnavailable, aget, object_path
+from model_delivery.deploy.kubernetes.rollout import COMPLETE, TIMEOUT, label_selector, rollout_state
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -22,7 +22,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.build_env import LAUNCHER, declare
-from model_delivery.deploy.k8s.manifests import (
+from model_delivery.deploy.kubernetes.manifests import (
     base_name,
     container_security,
     resources,
@@ -121,7 +121,7 @@ def pod_operator(spec: ModelSpec, task_id: str, upload_to: str) -> Any:
 
 def container_security_for_build() -> dict[str, Any]:
     """The build container's security context: non-root, no privilege escalation, read-only root (/out, /tmp)."""
-    from model_delivery.deploy.kubernetes_spec import KubernetesTargetSpec
+    from model_delivery.deploy.kubernetes.spec import KubernetesTargetSpec
 
     return container_security(KubernetesTargetSpec.model_validate({"image": "unused"}))
 

@@ -39,12 +39,14 @@ from model_server.front import read_state, write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
+    from model_delivery.deploy.local.spec import LocalTargetSpec
     from model_delivery.ledger import Ledger
-    from model_delivery.spec import LocalTargetSpec, ServingSpec
+    from model_delivery.settings import Settings
+    from model_delivery.spec import ModelSpec, ServingSpec
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
 EXIT_TAMPERED = 3
@@ -121,6 +123,14 @@ class LocalTarget:
         self.ledger = ledger or Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
         self.front_state = state_dir / "front.json"
         self.recovered: list[str] = []  # what the last locked step settled first (:meth:`recover`)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
+                  log: Callable[..., None] | None = None) -> LocalTarget:
+        """The target of ``spec``'s ``deploy.local`` section, its state in ``settings.deploy_dir / model``."""
+        assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
+        return cls(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store, spec.serving,
+                   settings.open_ledger())
 
     @property
     def front_url(self) -> str:

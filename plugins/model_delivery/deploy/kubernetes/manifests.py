@@ -30,7 +30,7 @@ from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
-    from model_delivery.deploy.kubernetes_spec import KubernetesTargetSpec, ResourcesSpec, Toleration
+    from model_delivery.deploy.kubernetes.spec import KubernetesTargetSpec, ResourcesSpec, Toleration
 
 STATIC_DIR = PROJECT_ROOT / "include" / "kubernetes"
 FETCH_SCRIPT = "fetch_artifact.py"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from model_delivery.artifacts import ArtifactStore
-    from model_delivery.deploy.k8s.manifests import Release
+    from model_delivery.deploy.kubernetes.manifests import Release
     from model_delivery.ledger import Ledger
 
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model_delivery.deploy.k8s.trigger import RolloutTrigger
+    from model_delivery.deploy.kubernetes.trigger import RolloutTrigger
 
 PROGRESSING = "progressing"
 COMPLETE = "complete"
@@ -174,7 +174,7 @@ class RolloutPending(Exception):  # noqa: N818 - a signal, not an error
         }
 
     def trigger(self) -> RolloutTrigger:
-        from model_delivery.deploy.k8s.trigger import RolloutTrigger
+        from model_delivery.deploy.kubernetes.trigger import RolloutTrigger
 
         return RolloutTrigger(**self.trigger_kwargs)
 

@@ -176,6 +176,12 @@ class AnsibleTarget:
                 "or correct the name."
             )
 
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
+                  log: Callable[..., None] | None = None) -> AnsibleTarget:
+        """The target of ``spec``'s ``deploy.ansible`` section."""
+        return cls(spec, settings, store, log=log)
+
     @property
     def front_url(self) -> str:
         return self.config.load_balancer.front_url.rstrip("/")

@@ -15,11 +15,11 @@
 =================  ==========================================================================
 
 Waiting: a step polls for ``rollout.wait_in_task_seconds`` and then raises
-:class:`~model_delivery.deploy.k8s.rollout.RolloutPending`; ``DeployModelOperator`` defers to
-:class:`~model_delivery.deploy.k8s.trigger.RolloutTrigger` and, when it fires, runs the step
+:class:`~model_delivery.deploy.kubernetes.rollout.RolloutPending`; ``DeployModelOperator`` defers to
+:class:`~model_delivery.deploy.kubernetes.trigger.RolloutTrigger` and, when it fires, runs the step
 again: every step is idempotent, so the second run re-applies nothing new and finds the rollout
 over. State is kept in the deployment ledger and manifests in the artifact store
-(:mod:`model_delivery.deploy.k8s.records`).
+(:mod:`model_delivery.deploy.kubernetes.records`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from model_delivery.deploy.k8s import manifests as m
-from model_delivery.deploy.k8s.records import DeployRecords
-from model_delivery.deploy.k8s.rollout import (
+from model_delivery.deploy.kubernetes import manifests as m
+from model_delivery.deploy.kubernetes.records import DeployRecords
+from model_delivery.deploy.kubernetes.rollout import (
     COMPLETE,
     INVALID,
     RolloutPending,
@@ -41,9 +41,11 @@ from model_delivery.exceptions import DeployFailed, ReleaseFailed, TamperedArtif
 from model_delivery.records import now
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
-    from model_delivery.deploy.k8s.client import Cluster
+    from model_delivery.deploy.kubernetes.client import Cluster
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
 
@@ -75,12 +77,18 @@ class KubernetesTarget:
         self._cluster = cluster
         self._manifests: dict[str, dict[str, int]] = {}
 
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
+                  log: Callable[..., None] | None = None) -> KubernetesTarget:
+        """The target of ``spec``'s ``deploy.kubernetes`` section, through ``KubernetesHook(conn_id)``."""
+        return cls(spec, settings, store)
+
     # -- helpers ------------------------------------------------------------------------------
 
     @property
     def cluster(self) -> Cluster:
         if self._cluster is None:
-            from model_delivery.deploy.k8s.client import Cluster
+            from model_delivery.deploy.kubernetes.client import Cluster
 
             self._cluster = Cluster.connect(self.k8s.conn_id, model=self.model, field_manager=self.k8s.field_manager,
                                             force=self.k8s.force_conflicts)
@@ -236,7 +244,7 @@ class KubernetesTarget:
 
     def _check_canary(self, release: m.Release, staged: dict[str, Any]) -> dict[str, Any]:
         """Bake, then judge the canary: still healthy, and its error ratio within budget."""
-        from model_delivery.deploy.k8s.canary import error_ratio
+        from model_delivery.deploy.kubernetes.canary import error_ratio
 
         canary = self.k8s.canary
         assert canary is not None
