@@ -125,10 +125,19 @@ def _engine(url: str) -> Engine:
 
                 @event.listens_for(engine, "connect")
                 def _wal(dbapi_conn: Any, _record: Any) -> None:
+                    # The busy timeout first: switching a new file to WAL takes a lock another
+                    # process may hold. pysqlite's own BEGIN is turned off for the one below.
+                    dbapi_conn.isolation_level = None
                     cursor = dbapi_conn.cursor()
-                    cursor.execute("PRAGMA journal_mode=WAL")
                     cursor.execute("PRAGMA busy_timeout=60000")
+                    cursor.execute("PRAGMA journal_mode=WAL")
                     cursor.close()
+
+                @event.listens_for(engine, "begin")
+                def _immediate(conn: Any) -> None:
+                    # Take the write lock at BEGIN: a read-then-write transaction (amend) would
+                    # otherwise fail with SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 engine = create_engine(url, pool_pre_ping=True)
             _ENGINES[url] = engine
@@ -146,7 +155,10 @@ class Ledger:
         self.engine = _engine(url)
         self.meta, self.lease_t, self.state_t, self.journal_t = _tables()
         if url not in _CREATED:
-            self.meta.create_all(self.engine)
+            # Under the ledger's own lock: workers opening a new ledger at once each ran
+            # CREATE TABLE, and all but one failed with "table md_lease already exists".
+            with self.exclusive("_ledger", "schema"):
+                self.meta.create_all(self.engine)
             _CREATED.add(url)
 
     @cached_property

@@ -127,6 +127,30 @@ def test_changes_from_several_processes_are_serialized(url: str, model: str) -> 
     assert Ledger(url).state(model, "local")["count"] == 80
 
 
+OPENER = """
+import sys
+from model_delivery.ledger import Ledger
+ledger = Ledger(sys.argv[1])
+ledger.save_state(sys.argv[2], "local", {"by": sys.argv[3]})
+entry = ledger.intend(sys.argv[2], "local", sys.argv[3], "start", {})
+ledger.amend(entry, {"pid": 1})
+ledger.done(entry)
+"""
+
+
+def test_workers_opening_a_new_sqlite_ledger_at_once_all_get_it(tmp_path: Path) -> None:
+    """Six processes open a ledger that does not exist yet, at once, five times over: each creates the
+    tables only if no other did (it raised "table md_lease already exists" before), and writes."""
+    env = {"PYTHONPATH": f"{PROJECT_ROOT / 'plugins'}:{PROJECT_ROOT / 'include' / 'serving'}", "PATH": "/usr/bin:/bin"}
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path / f'ledger-{attempt}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, url, "m", f"run-{n}"], env=env,
+                                  stderr=subprocess.PIPE, text=True) for n in range(6)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, "\n".join(e for e in errors if e)[-3000:]
+        assert len(Ledger(url).journal("m")) == 6
+
+
 def test_a_killed_holder_does_not_keep_the_lock(url: str, model: str) -> None:
     """kill -9 of a process inside the model's lock: the next one gets it (flock, or PostgreSQL's
     advisory lock, is freed with the process or its connection)."""
