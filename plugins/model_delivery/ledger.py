@@ -268,6 +268,18 @@ class Ledger:
         """The change was not made, or was reversed by its compensation."""
         self._end(entry_id, UNDONE, note)
 
+    @contextlib.contextmanager
+    def change(self, model: str, target: str, run_id: str | None, action: str, detail: dict[str, Any],
+               compensation: dict[str, Any] | None = None) -> Iterator[int]:
+        """Journal the change the block makes: intended before it, done after it, undone if it raises."""
+        entry = self.intend(model, target, run_id, action, detail, compensation)
+        try:
+            yield entry
+        except BaseException as exc:
+            self.undone(entry, f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        self.done(entry)
+
     def journal(self, model: str, *, target: str | None = None, run_id: str | None = None,
                 status: str | None = None) -> list[dict[str, Any]]:
         """Journal entries of ``model``, oldest first, optionally of one target, run or status."""

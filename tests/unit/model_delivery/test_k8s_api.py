@@ -358,6 +358,64 @@ def test_a_failed_production_rollout_is_rolled_back_from_the_recorded_manifests(
     assert make_target(settings).status()["active"]["version"] == "1"
 
 
+KILLED_SHIFT = """
+import os, signal, sys
+from pathlib import Path
+from model_delivery.deploy.kubernetes.client import Cluster
+from model_delivery.settings import Settings
+from tests.unit.model_delivery.test_k8s_api import make_target
+
+original = Cluster.apply
+def apply(self, obj, **kwargs):
+    if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "breast-cancer":  # the shared objects went
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, obj, **kwargs)
+Cluster.apply = apply
+home, models, store = sys.argv[1:4]
+settings = Settings(home=Path(home), models_dir=Path(models), artifact_root=store, artifact_conn_id=None,
+                    tracking_uri="sqlite:////nonexistent")
+make_target(settings).shift("run-2")
+"""
+
+
+@pytest.mark.parametrize(("then", "serving"), [("rollback", V1), ("retry", V2)])
+def test_a_shift_killed_during_its_apply_is_settled_by_the_next_step(server: ApiServer, settings: Settings,
+                                                                     then: str, serving: str) -> None:
+    """kill -9 of the step's process between the shared objects' apply and the Deployment's: the ledger
+    says version 2 serves, the cluster still runs 1, and the apply is journaled as intended. The next
+    step (the rollback task, or the retry) settles the entry first, then leaves the cluster as it says."""
+    project = Path(__file__).resolve().parents[3]
+    release(make_target(settings), "1", V1, "run-1")
+    make_target(settings).retire("run-1")
+    make_target(settings).stage(candidate("2", V2), "run-2")
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_SHIFT, str(settings.home), str(settings.models_dir),
+                             settings.artifact_root], capture_output=True, text=True, timeout=300, cwd=project,
+                            env={**os.environ, "PYTHONPATH": f"{project}:{project / 'plugins'}:"
+                                                             f"{project / 'include' / 'serving'}"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    ledger = settings.open_ledger()
+    [pending] = ledger.pending("breast_cancer", "kubernetes")
+    assert pending["action"] == "apply" and pending["detail"]["step"] == "production", pending
+    annotations = server.stored("deployments", "breast-cancer", NAMESPACE)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["model-delivery.io/digest"] == V1  # not applied yet
+
+    target = make_target(settings)
+    result = target.rollback("run-2") if then == "rollback" else target.shift("run-2")
+
+    assert ledger.pending("breast_cancer", "kubernetes") == []
+    settled = next(e for e in ledger.journal("breast_cancer", target="kubernetes") if e["id"] == pending["id"])
+    assert settled["status"] == "undone" and "killed during its apply" in settled["note"], settled
+    production = server.stored("deployments", "breast-cancer", NAMESPACE)
+    assert production["spec"]["template"]["metadata"]["annotations"]["model-delivery.io/digest"] == serving
+    assert make_target(settings).status()["active"]["digest"] == serving
+    assert server.stored("deployments", "breast-cancer-candidate", NAMESPACE) is None
+    assert result["action" if then == "rollback" else "version"] == ("reapplied-previous" if then == "rollback"
+                                                                    else "2"), result
+    actions = [(e["action"], e["status"]) for e in ledger.journal("breast_cancer", target="kubernetes")]
+    assert ("apply", "done") in actions and ("delete", "done") in actions, actions
+
+
 def test_rollback_after_a_successful_shift_puts_the_previous_version_back(server: ApiServer,
                                                                           settings: Settings) -> None:
     target = make_target(settings)

@@ -24,6 +24,7 @@ over. State is kept in the deployment ledger and manifests in the artifact store
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from model_delivery.exceptions import DeployFailed, ReleaseFailed, TamperedArtif
 from model_delivery.records import now
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
@@ -73,7 +74,8 @@ class KubernetesTarget:
         self.settings = settings
         self.store = store
         self.model = spec.name
-        self.records = DeployRecords(store, spec.name, settings.open_ledger())
+        self.ledger = settings.open_ledger()
+        self.records = DeployRecords(store, spec.name, self.ledger)
         self._cluster = cluster
         self._manifests: dict[str, dict[str, int]] = {}
 
@@ -127,9 +129,31 @@ class KubernetesTarget:
         """What a step applies, in order: the shared objects, then the track's Deployment."""
         return [*m.shared_objects(self.k8s, self.model), m.deployment(self.k8s, release, track)]
 
-    def _apply(self, objects: list[dict[str, Any]]) -> None:
-        for obj in objects:
-            self.cluster.apply(obj)
+    def _apply(self, objects: list[dict[str, Any]], run_id: str, step: str, release: m.Release) -> None:
+        """Server-side apply of ``objects``, journaled (a kill half-way is settled by the next step)."""
+        detail = {"step": step, "version": release.version, "digest": release.digest,
+                  "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in objects]}
+        with self.ledger.change(self.model, self.name, run_id, "apply", detail):
+            for obj in objects:
+                self.cluster.apply(obj)
+
+    def _delete(self, track: str, run_id: str) -> bool:
+        """Delete the track's Deployment, journaled; whether it existed."""
+        name = m.deployment_name(self.model, track)
+        with self.ledger.change(self.model, self.name, run_id, "delete", {"deployment": name}):
+            return self.cluster.delete_deployment(self.k8s.namespace, name)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the model's lock in the ledger for a step, and settle first what a killed step left."""
+        with self.ledger.exclusive(self.model):
+            for entry in self.ledger.pending(self.model, self.name):
+                # Applies and deletes are declarative: what the state names is applied again by the step that
+                # runs next (a retry re-applies the same objects; a rollback re-applies the recorded previous).
+                self.ledger.undone(entry["id"], f"run {entry['run_id']} was killed during its {entry['action']} of "
+                                                f"{entry['detail'].get('objects') or entry['detail'].get('deployment')};"
+                                                " the next step applies what the state names")
+            yield
 
     def read_rollout(self, release: m.Release, track: str) -> RolloutStatus:
         name = m.deployment_name(self.model, track)
@@ -173,8 +197,8 @@ class KubernetesTarget:
                 )
             time.sleep(max(0.0, min(rollout.poll_interval_seconds, budget_end - time.monotonic())))
 
-    def _remove_candidate(self) -> bool:
-        return self.cluster.delete_deployment(self.k8s.namespace, m.deployment_name(self.model, m.CANDIDATE))
+    def _remove_candidate(self, run_id: str) -> bool:
+        return self._delete(m.CANDIDATE, run_id)
 
     def _summary(self, release: m.Release, url: str, status: RolloutStatus | None, note: str) -> dict[str, Any]:
         return {"url": url, "version": release.version, "digest": release.digest, "namespace": self.k8s.namespace,
@@ -208,6 +232,10 @@ class KubernetesTarget:
         The runtime first judges the artifact by its manifest (vLLM refuses pickles), before
         anything is applied; the pods' init container then verifies every byte against the digest.
         """
+        with self._locked():
+            return self._stage(candidate, run_id)
+
+    def _stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
         from model_delivery.runtimes import get_runtime
 
         files = self._files(candidate.digest)
@@ -228,7 +256,7 @@ class KubernetesTarget:
                                       "canary": self.k8s.canary is not None}
         self.records.save(state)  # before the apply: a rollback must know this run touched the cluster
         objects = self.objects(release, m.CANDIDATE)
-        self._apply(objects)
+        self._apply(objects, run_id, "staging", release)
         self.records.save_run_copy(run_id, "staging", objects)
         what = f"{'canary' if self.k8s.canary else 'staging'} rollout of {self.model} version {release.version}"
         status = self._await(release, m.CANDIDATE, what=what,
@@ -261,6 +289,10 @@ class KubernetesTarget:
 
     def shift(self, run_id: str) -> dict[str, Any]:
         """Roll the production Deployment to the staged candidate; remove the candidate Deployment."""
+        with self._locked():
+            return self._shift(run_id)
+
+    def _shift(self, run_id: str) -> dict[str, Any]:
         state = self.records.load()
         run = state["runs"].get(run_id) or {}
         staged = run.get("staged")
@@ -278,11 +310,11 @@ class KubernetesTarget:
                             "since": now()}
         state["runs"][run_id] = run
         self.records.save(state)
-        self._apply(objects)
+        self._apply(objects, run_id, "production", release)
         self.records.save_run_copy(run_id, "production", objects)
         status = self._await(release, m.STABLE, what=f"production rollout of {self.model} version {release.version}",
                              deadline=run["shifted"]["applied_at"] + self.k8s.rollout.timeout_seconds)
-        removed = self._remove_candidate()
+        removed = self._remove_candidate(run_id)
         replaced = run["shifted"]["replaced"]
         result = self._summary(release, self.production_url, status, "rolled out; candidate Deployment removed"
                                if removed else "rolled out")
@@ -293,9 +325,13 @@ class KubernetesTarget:
 
     def retire(self, run_id: str) -> dict[str, Any]:
         """After promotion: the controller already scaled the old ReplicaSet to 0; keep its record as previous."""
+        with self._locked():
+            return self._retire(run_id)
+
+    def _retire(self, run_id: str) -> dict[str, Any]:
         state = self.records.load()
         replaced = ((state["runs"].get(run_id) or {}).get("shifted") or {}).get("replaced")
-        self._remove_candidate()
+        self._remove_candidate(run_id)
         if replaced:
             state["previous"] = replaced
             self.records.save(state)
@@ -304,6 +340,10 @@ class KubernetesTarget:
 
     def rollback(self, run_id: str) -> dict[str, Any]:
         """Put back what served before this run, from the recorded manifests; remove the candidate."""
+        with self._locked():
+            return self._rollback(run_id)
+
+    def _rollback(self, run_id: str) -> dict[str, Any]:
         state = self.records.load()
         run = state["runs"].get(run_id)
         serving = state["serving"]
@@ -313,22 +353,22 @@ class KubernetesTarget:
             replaced = shifted.get("replaced")
             if replaced:
                 objects = self.records.load_version(replaced["record"])
-                self._apply(objects)
+                release = self.release(replaced["version"], replaced["digest"])
+                self._apply(objects, run_id, "rollback", release)
                 self.records.save_run_copy(run_id, "rollback", objects)
                 state["serving"] = serving = replaced
                 self.records.save(state)
-                release = self.release(replaced["version"], replaced["digest"])
                 rollout = self._await(release, m.STABLE, what=f"rollback of {self.model} to version "
                                       f"{replaced['version']}", deadline=time.time() + self.k8s.rollout.timeout_seconds,
                                       defer=False).message
                 action = "reapplied-previous"
             else:
-                self.cluster.delete_deployment(self.k8s.namespace, m.deployment_name(self.model, m.STABLE))
+                self._delete(m.STABLE, run_id)
                 state["serving"] = serving = None
                 action = "removed-no-previous"
-            self._remove_candidate()
+            self._remove_candidate(run_id)
         elif staged and not staged.get("reused_production"):
-            self._remove_candidate()
+            self._remove_candidate(run_id)
             action = "aborted-canary" if staged.get("canary") else "removed-candidate"
         else:
             return {"action": "none", "serving": serving["version"] if serving else None}
