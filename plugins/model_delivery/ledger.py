@@ -341,6 +341,10 @@ class Ledger:
             if held and held["run_id"] == run_id:
                 held["heartbeat"] = time.time()
                 self._put_lease(model, held)
+                if held.get("took_over"):  # not settled yet (see settled): a retry settles it again
+                    takeovers = [e for e in self.journal(model, target="lease", run_id=run_id)
+                                 if e["action"] == "takeover"]
+                    held["took_over_dag"] = takeovers[-1]["detail"]["from_dag"] if takeovers else None
                 return held
             if held and alive(held):
                 raise DeployBusy(
@@ -356,6 +360,14 @@ class Ledger:
                                     {"from_run": held["run_id"], "from_dag": held["dag_id"], "since": held["since"]})
                 self.done(entry, f"{held['dag_id']} run {held['run_id']} no longer runs")
             return lease
+
+    def settled(self, model: str, run_id: str) -> None:
+        """The holder ``run_id`` has settled the run it took the lease over from: its retries need not again."""
+        from sqlalchemy import update
+
+        t = self.lease_t
+        with self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.model == model, t.c.run_id == run_id).values(took_over=None))
 
     def heartbeat(self, model: str, run_id: str) -> bool:
         """Renew the lease's heartbeat if ``run_id`` holds it; False if it does not (it was taken over)."""

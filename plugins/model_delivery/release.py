@@ -446,7 +446,10 @@ def deploy_staging(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, A
         raise DryRunComplete(f"dry run on the {plan['target']} target: {plan.get('note', '')}; nothing was changed. "
                              "Trigger again without dry_run to deliver.", result=plan)
     lease = rc.ledger.acquire(rc.model, rc.run_id, rc.dag_id, alive=rc.holder_alive)
-    settled = settle_dead_holder(rc, lease["took_over"], lease.get("took_over_dag")) if lease.get("took_over") else None
+    settled = None
+    if lease.get("took_over"):  # once: a retry of this task after it settled the dead run does not again
+        settled = settle_dead_holder(rc, lease["took_over"], lease.get("took_over_dag"))
+        rc.ledger.settled(rc.model, rc.run_id)
     check_decisions(rc, candidate)
     with rc.ledger.heartbeating(rc.model, rc.run_id):
         staged = {"target": rc.target.name, **rc.target.stage(rc.candidate(candidate), rc.run_id)}

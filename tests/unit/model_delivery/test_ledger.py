@@ -58,6 +58,11 @@ def test_one_run_holds_the_lease_and_a_dead_holder_is_taken_over(url: str, model
     takeover = [e for e in ledger.journal(model, target="lease") if e["action"] == "takeover"]
     assert takeover[-1]["detail"]["from_run"] == "run-a" and takeover[-1]["status"] == "done"
     assert ledger.heartbeat(model, "run-a") is False  # the old holder learns it lost the lease
+    # A retry of the taking task before it settled run-a settles it again; once settled, retries do not.
+    again = ledger.acquire(model, "run-b", "model_rollback", alive=lambda lease: True)
+    assert again["took_over"] == "run-a" and again["took_over_dag"] == "release__m"
+    ledger.settled(model, "run-b")
+    assert ledger.acquire(model, "run-b", "model_rollback", alive=lambda lease: True)["took_over"] is None
     assert ledger.release(model, "run-b") is True and ledger.holder(model) is None
 
 
