@@ -13,6 +13,7 @@ same launcher as a container build (``include/build/launch.py``), in the environ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -102,7 +103,8 @@ def run_build(
         with tracked(proc.pid, str(LAUNCHER)):  # the operator's on_kill stops it and its group
             code = proc.wait(timeout=spec.build.timeout_seconds)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # tracked has stopped it on the way out
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise BuildFailed(
             f"build of {spec.name!r} exceeded build.timeout_seconds={spec.build.timeout_seconds} and was killed. "

@@ -72,11 +72,19 @@ def _kill_group_left(pgid: int) -> None:
 
 @contextlib.contextmanager
 def tracked(pid: int, marker: str) -> Iterator[None]:
-    """While the block runs, ``pid`` (a session leader) is one of this process's running children."""
+    """While the block runs, ``pid`` (a session leader) is one of this process's running children.
+
+    The block waits for it; if the wait is interrupted by an exception (Airflow's
+    ``execution_timeout`` raises one in the task, and calls ``on_kill`` only after it has left
+    this block), the group is stopped on the way out: it never outlives the task.
+    """
     with _RUNNING_LOCK:
         _RUNNING[pid] = marker
     try:
         yield
+    except BaseException:
+        stop(pid, marker, first=signal.SIGINT)
+        raise
     finally:
         with _RUNNING_LOCK:
             _RUNNING.pop(pid, None)
