@@ -7,13 +7,14 @@
    atomic JSON write, the lease file). Both run here, on this disk; SQLite is the embedded
    default. RATIO = ledger / files, per release; the absolute figure is what matters: it
    should be noise beside a release (seconds).
-2. **Recovery.** The fault suite (``tests/unit/model_delivery/test_local_faults.py``) kills the
-   step's process with SIGKILL at each point, then runs what Airflow runs next; it prints, per
-   point, the seconds from the kill to consistent production (when the next task starts at
+2. **Recovery.** The fault suites of the local target (``tests/unit/model_delivery/test_local_faults.py``)
+   and the Ansible target (``tests/integration/test_ansible_faults.py``, two SSH hosts behind HAProxy)
+   kill the step's process with SIGKILL at each point, then run what Airflow runs next; this prints,
+   per point, the seconds from the kill to consistent production (when the next task starts at
    once; Airflow's retry delay comes on top), and a cold deploy of the same model for scale.
-   RATIO = median recovery / median cold deploy.
+   RATIO = median recovery / median cold deploy, per target.
 
-    .venv/bin/python bench/bench_ledger.py [--quick] [--releases N]
+    .venv/bin/python bench/bench_ledger.py [--quick] [--releases N] [--targets local ansible]
 """
 
 from __future__ import annotations
@@ -132,19 +133,33 @@ def overhead(work: Path, releases: int) -> dict[str, float]:
             "journal_entries_per_release": len(ledger.journal("m")) / releases}
 
 
-def recovery() -> list[dict[str, str]]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-           "tests/unit/model_delivery/test_local_faults.py"]
-    out = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=1800)
-    print(out.stdout[-4000:])
+SUITES = {  # target: the fault suite, and its table's row (point, then, consistent, ..., recovery s, ...)
+    "local": ("tests/unit/model_delivery/test_local_faults.py",
+              r"^(?P<point>\S+:\S+)\s+(?P<then>\w+)\s+(?P<consistent>True|False)\s+\d+\s+(?P<recovery_s>[\d.]+)"
+              r"\s+(?P<deploy_s>[\d.]+)$"),
+    "ansible": ("tests/integration/test_ansible_faults.py",
+                r"^(?P<point>\S+:\S+)\s+(?P<then>\w+)\s+(?P<consistent>True|False)\s+(?P<next>True|False|None)\s+"
+                r"(?P<recovery_s>[\d.]+)$"),
+}
+COLD = {"local": None, "ansible": r"a cold release of \d+ hosts: ([\d.]+) s"}
+
+
+def recovery(target: str) -> list[dict[str, str]]:
+    """Run the target's fault suite; its rows, each with the cold deploy it is set against (``deploy_s``)."""
+    path, row = SUITES[target]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", path]
+    out = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
-        raise SystemExit(f"the fault suite failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
+        raise SystemExit(f"the {target} fault suite failed:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
+    cold = re.search(COLD[target], out.stdout) if COLD[target] else None
     rows = []
     for line in out.stdout.splitlines():
-        match = re.match(r"^(\S+:\S+)\s+(\w+)\s+(True|False)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", line.strip())
+        match = re.match(row, line.strip())
         if match:
-            rows.append(dict(zip(("point", "then", "consistent", "orphans", "recovery_s", "deploy_s"),
-                                 match.groups(), strict=True)))
+            found = match.groupdict()
+            if cold:
+                found["deploy_s"] = cold.group(1)
+            rows.append({"target": target, **found})
     return rows
 
 
@@ -152,6 +167,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer releases, no fault suite")
     parser.add_argument("--releases", type=int, default=None)
+    parser.add_argument("--targets", nargs="+", choices=sorted(SUITES), default=sorted(SUITES),
+                        help="the fault suites to run (the Ansible one starts an SSH fleet: minutes)")
     args = parser.parse_args()
     started = time.perf_counter()
     with workdir("ledger") as work:
@@ -162,13 +179,19 @@ def main() -> int:
                         f"ledger {figures['ledger_ms']:.1f} ms per release against state files "
                         f"{figures['files_ms']:.2f} ms; {figures['journal_entries_per_release']:.0f} journal "
                         "entries each")]
-    rows: list[dict[str, str]] = [] if args.quick else recovery()
-    if rows:
-        rec = median([float(r["recovery_s"]) for r in rows])
-        cold = median([float(r["deploy_s"]) for r in rows])
-        lines.append(ratio_line("kill_to_consistent", rec / cold,
-                                f"median {rec:.2f} s from a SIGKILL to consistent production over {len(rows)} points "
-                                f"({sum(r['consistent'] != 'True' for r in rows)} inconsistent), against a cold "
+    rows: list[dict[str, str]] = []
+    for target in [] if args.quick else args.targets:
+        found = recovery(target)
+        rows += found
+        print(f"\n{target}: from a SIGKILL to consistent production, per kill point")
+        print(table(["point", "then", "consistent", "recovery s", "cold deploy s"],
+                    [[r["point"], r["then"], r["consistent"], r["recovery_s"], r["deploy_s"]] for r in found]))
+        rec = median([float(r["recovery_s"]) for r in found])
+        cold = median([float(r["deploy_s"]) for r in found])
+        lines.append(ratio_line(f"kill_to_consistent_{target}", rec / cold,
+                                f"{target}: median {rec:.2f} s (max {max(float(r['recovery_s']) for r in found):.2f} s) "
+                                f"from a SIGKILL to consistent production over {len(found)} points "
+                                f"({sum(r['consistent'] != 'True' for r in found)} inconsistent), against a cold "
                                 f"deploy of {cold:.2f} s"))
     return finish("ledger", {**figures, "recovery": rows}, lines, time.perf_counter() - started)
 

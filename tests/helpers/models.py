@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from model_delivery.artifacts import ArtifactStore
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -34,3 +38,27 @@ def edit_spec(model_dir: Path, change: Any) -> dict[str, Any]:
     change(spec)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec
+
+
+@dataclass(frozen=True)
+class Built:
+    """One real build of a demo model, stored in an artifact store."""
+
+    digest: str
+    model_dir: Path  # the build's local output (no MANIFEST)
+    eval_csv: Path
+    train_csv: Path
+
+
+def build_and_store(base: Path, store: ArtifactStore, params: dict[str, float] | None,
+                    model: str = "breast_cancer") -> Built:
+    """Build ``model`` for real (its train.py run by run_build) with ``params`` over its spec's, and store it."""
+    from model_delivery.build import run_build
+    from model_delivery.spec import load_spec
+
+    model_dir = copy_models(base / "models", (model,)) / model
+    if params:
+        edit_spec(model_dir, lambda spec: spec["build"]["params"].update(params))
+    outputs = run_build(load_spec(model_dir), model_dir, base / "scratch", log=lambda line: None)
+    stored = store.put_directory(model, outputs.model_dir)
+    return Built(stored.digest, outputs.model_dir, outputs.data["eval"], outputs.data["train"])

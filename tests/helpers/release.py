@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tests.helpers.models import copy_models
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -86,3 +87,53 @@ def rolled_back_record(dag_run: Any, failed: str, not_run: str) -> dict[str, Any
     record = load_record(dag_run.dag_id.removeprefix("release__"), dag_run.run_id)
     assert record["outcome"] == "rolled-back", record.get("reasons")
     return record
+
+
+KILLED_RELEASE = """
+import json, sys
+from tests.helpers.release import run_release
+run_release(sys.argv[1], json.loads(sys.argv[2]))
+"""
+
+
+def kill_release_when(model: str, conf: dict[str, Any], log: Path, killed_run: Callable[[], str | None],
+                      timeout: float = 900) -> str:
+    """Run ``release__<model>`` with ``dag.test()`` in a process of its own (its output in ``log``); once
+    ``killed_run()`` names a run, SIGKILL the process and its group, as a lost worker, and return that run.
+
+    What the release started in sessions of their own (``ansible-playbook``, model servers) runs on.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[2]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_RELEASE, model, json.dumps(conf)], cwd=project,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": f"{project}:{project / 'plugins'}:"
+                                                                 f"{project / 'include' / 'serving'}"})
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            run_id = killed_run()
+            if run_id:
+                return run_id
+            time.sleep(0.2)
+        raise AssertionError(f"the release never reached the kill point in {timeout:g} s:\n{log.read_text()[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def mark_failed(run_id: str) -> None:
+    """What "mark failed" in the UI does to a DagRun that no longer runs."""
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.run_id == run_id).one().state = "failed"

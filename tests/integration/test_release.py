@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release, task_states, xcom_values
+from tests.helpers.release import (
+    kill_release_when,
+    load_record,
+    mark_failed,
+    release_env,
+    run_release,
+    task_states,
+    xcom_values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -226,23 +234,10 @@ def test_second_model_releases_through_the_same_spec_contract(env: Path) -> None
     assert proba["shape"] == [1, 3]
 
 
-KILLED_RELEASE = """
-import sys
-from tests.helpers.release import run_release
-run_release(sys.argv[1], {"reason": "killed mid-release"})
-"""
-
-
 def test_a_release_killed_after_its_switch_and_marked_failed_is_settled_by_the_next(env: Path, tmp_path: Path) -> None:
     """The whole release process is killed (-9) after its shift, before verify and promote: the front
     serves an unverified version the registry does not call production. The run is marked failed (as
     in the UI). The next release takes its lease over, rolls it back first, then releases."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import psutil
 
     from model_delivery.settings import get_settings
@@ -253,30 +248,16 @@ def test_a_release_killed_after_its_switch_and_marked_failed_is_settled_by_the_n
     project = Path(__file__).resolve().parents[2]
     (env / MODEL / "golden.json").write_text((project / "include" / "models" / MODEL / "golden.json").read_text())
     edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.35))  # a new version
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", KILLED_RELEASE, MODEL], cwd=project, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": f"{project}:{project / 'plugins'}:"
-                                                                 f"{project / 'include' / 'serving'}"})
-    killed_run = None
-    deadline = time.monotonic() + 600
-    while killed_run is None and time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        switched = [e for e in ledger.journal(MODEL, target="local")
-                    if e["action"] == "switch" and e["status"] == "done" and e["run_id"] not in known]
-        killed_run = switched[-1]["run_id"] if switched else None
-        time.sleep(0.1)
-    assert killed_run, "the release never switched"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def switched() -> str | None:
+        done = [e for e in ledger.journal(MODEL, target="local")
+                if e["action"] == "switch" and e["status"] == "done" and e["run_id"] not in known]
+        return done[-1]["run_id"] if done else None
+
+    killed_run = kill_release_when(MODEL, {"reason": "killed mid-release"}, tmp_path / "killed.log", switched)
     unverified = infer(env).headers["x-model-digest"]
     assert unverified != before.digest and production().version == before.version  # the inconsistency left
-    from airflow.models import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:  # what "mark failed" in the UI does to the run
-        session.query(DagRun).filter(DagRun.run_id == killed_run).one().state = "failed"
+    mark_failed(killed_run)
 
     dag_run = run_release(MODEL, {"reason": "after the killed release"})
 

@@ -15,9 +15,7 @@ import httpx
 import pytest
 
 from model_delivery.artifacts import ArtifactStore
-from model_delivery.build import run_build
-from model_delivery.spec import load_spec
-from tests.helpers.models import copy_models, edit_spec, free_port
+from tests.helpers.models import Built, build_and_store, free_port
 from tests.helpers.processes import serving_env, stop_processes
 
 if TYPE_CHECKING:
@@ -26,16 +24,6 @@ if TYPE_CHECKING:
 
 MODEL = "breast_cancer"
 READY_DEADLINE = 60.0
-
-
-@dataclass(frozen=True)
-class Built:
-    """One real build of the breast_cancer demo, stored in the session's artifact store."""
-
-    digest: str
-    model_dir: Path  # the build's local output (no MANIFEST)
-    eval_csv: Path
-    train_csv: Path
 
 
 @dataclass(frozen=True)
@@ -49,23 +37,14 @@ class Builds:
         return ArtifactStore(self.store_root)
 
 
-def _build(base: Path, store: ArtifactStore, params: dict[str, float] | None) -> Built:
-    model_dir = copy_models(base / "models", (MODEL,)) / MODEL
-    if params:
-        edit_spec(model_dir, lambda spec: spec["build"]["params"].update(params))
-    outputs = run_build(load_spec(model_dir), model_dir, base / "scratch", log=lambda line: None)
-    stored = store.put_directory(MODEL, outputs.model_dir)
-    return Built(stored.digest, outputs.model_dir, outputs.data["eval"], outputs.data["train"])
-
-
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     """Two real builds of breast_cancer (train.py run by run_build), stored with put_directory."""
     base = tmp_path_factory.mktemp("builds")
     root = f"file://{base}/store"
     store = ArtifactStore(root)
-    v1 = _build(base / "v1", store, None)
-    v2 = _build(base / "v2", store, {"C": 0.5})
+    v1 = build_and_store(base / "v1", store, None)
+    v2 = build_and_store(base / "v2", store, {"C": 0.5})
     assert v1.digest != v2.digest
     return Builds(root, v1, v2)
 

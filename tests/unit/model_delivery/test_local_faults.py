@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psutil
@@ -22,6 +21,7 @@ from model_delivery.deploy import Candidate
 from model_delivery.deploy.local.spec import LocalTargetSpec
 from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.ledger import Ledger
+from tests.helpers.faults import Point
 from tests.helpers.models import free_port
 from tests.helpers.processes import kill_matching
 from tests.unit.model_delivery.test_local_target import MODEL, infer
@@ -87,13 +87,6 @@ else:
 """
 
 
-@dataclass(frozen=True)
-class Point:
-    step: str  # the step killed: stage, shift, retire, rollback
-    kill: str  # where in it
-    then: str  # what Airflow does next: "rollback" (the rollback task), or "retry" (the step again, then on)
-
-
 POINTS = [
     Point("stage", "before-spawn", "rollback"),
     Point("stage", "after-spawn", "rollback"),
@@ -143,7 +136,7 @@ def _run_point(point: Point, base: Path, builds: Builds) -> dict:
     assert killed.returncode == -9, (point, killed.stderr[-3000:])
     killed_at = time.perf_counter()
     after = _target(state_dir, port, builds)  # a new process: what the retry or the rollback task has
-    if point.then == "rollback" or point.step == "rollback":
+    if point.rolls_back:
         after.rollback("run-2")
         production = v1
     else:

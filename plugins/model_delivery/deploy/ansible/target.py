@@ -238,6 +238,16 @@ class AnsibleTarget:
             self.ledger.undone(entry["id"], note)
             self.log("ledger: %s", note)
             notes.append(note)
+        for run_id, run in state["runs"].items():
+            # shift holds the model's lock from "shifting" to its end: a run still "shifting" here was killed
+            # after its playbook ended (its entry is done), before it saved which hosts switched.
+            if run.get("status") == "shifting":
+                run["touched"] = sorted(set(run["touched"]) | set(run["before"]))
+                run["status"] = "interrupted"
+                note = f"run {run_id} was killed after its rolling update, before it was recorded; every host " \
+                       "counts as touched"
+                self.log("ledger: %s", note)
+                notes.append(note)
         if notes:
             self._save(state)
         return notes
@@ -385,17 +395,10 @@ class AnsibleTarget:
         With ``run_id`` (every run that changes hosts), it is journaled before it starts, with its
         pid once started, and confirmed when it exits: a killed task's playbook is found and stopped.
         """
-        entry = None if run_id is None else self.ledger.intend(self.model, self.name, run_id, "playbook",
-                                                                {"playbook": playbook})
-        try:
-            result = self._run_playbook(playbook, extra_vars, check=check, entry=entry)
-        except BaseException as exc:
-            if entry is not None:
-                self.ledger.undone(entry, f"{type(exc).__name__}: {exc}"[:500])
-            raise
-        if entry is not None:
-            self.ledger.done(entry, f"exit {result.returncode}")
-        return result
+        if run_id is None:
+            return self._run_playbook(playbook, extra_vars, check=check, entry=None)
+        with self.ledger.change(self.model, self.name, run_id, "playbook", {"playbook": playbook}) as entry:
+            return self._run_playbook(playbook, extra_vars, check=check, entry=entry)
 
     def _run_playbook(self, playbook: str, extra_vars: dict[str, Any], *, check: bool,
                       entry: int | None) -> PlaybookResult:
@@ -542,6 +545,8 @@ class AnsibleTarget:
                 raise DeployFailed(f"run {run_id} has no staged candidate for {self.model}: deploy_staging first")
             wanted = run["candidate"]
             run["status"] = "shifting"
+            if "active_before" not in run:  # what a rollback makes active again
+                run["active_before"] = state["active"]
             self._save(state)
             result = self.run_playbook("rollout.yml", self._release_vars(wanted), run_id=run_id)
             for host, custom in result.custom.items():
@@ -606,7 +611,7 @@ class AnsibleTarget:
         run["restored"] = sorted(restore)
         run["unstaged"] = any(c.get("md_unstaged") for c in result.custom.values())
         if state["active"] and state["active"].get("run_id") == run_id:
-            state["active"] = None
+            state["active"] = run.get("active_before")
         return sorted(restore)
 
     def retire(self, run_id: str) -> dict[str, Any]:
