@@ -54,6 +54,10 @@ class DeployBusy(ModelDeliveryError):
     """Another run holds the deploy lease of this model; retrying later will succeed."""
 
 
+class LeaseWaitExpired(ReleaseFailed):
+    """A run waited ``deploy.lease_wait_seconds`` for the deploy lease; not retried (a retry would wait again)."""
+
+
 class Quarantined(ReleaseFailed):
     """The model is locked after a failed rollback or a mixed fleet; a person must check and unlock it."""
 

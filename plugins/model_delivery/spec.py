@@ -317,6 +317,11 @@ class ServingSpec(_Strict):
 class _Deploy(_Strict):
     """Where and how the model is served."""
 
+    lease_wait_seconds: float = Field(
+        3600.0, gt=0, le=7 * 86400,
+        description="How long deploy_staging waits for the model's deploy lease while another run (a release or "
+        "a rollback) holds it, retrying every 10 s; then it fails, naming that run.")
+
     if TYPE_CHECKING:  # for the type checker only: DeploySpec's fields are made from TARGETS (below)
         target: str
         local: LocalTargetSpec | None

@@ -152,3 +152,34 @@ def test_a_release_waits_while_a_rollback_holds_the_deploy_lease(env) -> None:
     assert deploy["waits"] >= 1, "deploy_staging never waited for the lease"
     assert time.monotonic() - started > 0
     assert holder.ledger.holder(MODEL) is None
+
+
+def test_a_rollback_waiting_longer_than_lease_wait_fails_naming_the_holder_and_changes_nothing(env) -> None:
+    """deploy.lease_wait_seconds bounds the wait: past it, deploy_staging fails, naming the run that holds the
+    lease and what to do; production, the aliases and the holder's lease are as they were."""
+    import time
+
+    from model_delivery.release import ReleaseContext
+
+    models_dir, _ = env
+    edit_spec(models_dir / MODEL, lambda spec: spec["deploy"].update(lease_wait_seconds=12))
+    holder = ReleaseContext(model=MODEL, run_id="release-in-flight", dag_id="release__breast_cancer")
+    holder.ledger.acquire(MODEL, holder.run_id, holder.dag_id, alive=lambda lease: True)
+    before, served = aliases(), serving(models_dir)
+    started = time.monotonic()
+    try:
+        dag_run = rollback({"model": MODEL, "version": "1", "reason": "while a release deploys"})
+        waited = time.monotonic() - started
+        held = holder.ledger.holder(MODEL)
+    finally:
+        holder.ledger.release(MODEL, holder.run_id)
+        edit_spec(models_dir / MODEL, lambda spec: spec["deploy"].pop("lease_wait_seconds"))
+
+    assert dag_run.state == "failed"
+    deploy = load_record(MODEL, dag_run.run_id)["stages"]["deploy_staging"]
+    assert deploy["status"] == "failed" and deploy["waits"] >= 1 and deploy["try"] == 1, deploy  # not retried
+    assert "release__breast_cancer run release-in-flight is deploying" in deploy["error"], deploy["error"]
+    assert "Gave up after waiting 0:00:12 (deploy.lease_wait_seconds)" in deploy["error"], deploy["error"]
+    assert waited >= 12
+    assert held is not None and held["run_id"] == "release-in-flight"  # the failed waiter left it alone
+    assert aliases() == before and serving(models_dir) == served

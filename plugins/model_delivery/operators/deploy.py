@@ -26,7 +26,8 @@ class DeployModelOperator(ReleaseStageOperator):
     :param model: the model.
     :param candidate: the build stage's result (templated).
     :param step: ``staging`` starts the candidate without traffic; ``production`` shifts traffic to it.
-    :param wait_timeout: how long ``staging`` waits for another run's deploy lease before it fails.
+    :param wait_timeout: how long ``staging`` waits for another run's deploy lease before it fails (by
+        default the spec's ``deploy.lease_wait_seconds``).
     """
 
     template_fields = ("model", "candidate")
@@ -64,8 +65,7 @@ class DeployModelOperator(ReleaseStageOperator):
         from airflow.sdk.exceptions import AirflowRescheduleException
         from airflow.sdk.timezone import utcnow
 
-        from model_delivery.exceptions import DeployFailed
-        from model_delivery.ledger import DeployBusy
+        from model_delivery.ledger import DeployBusy, LeaseWaitExpired
         from model_delivery.metrics import parse_time
 
         try:
@@ -73,8 +73,10 @@ class DeployModelOperator(ReleaseStageOperator):
         except DeployBusy as busy:
             self.log.warning("%s", busy)
             since = parse_time((rc.record.load().get("stages", {}).get(self.task_id) or {}).get("waiting_since"))
-            if since is not None and (utcnow() - since).total_seconds() > self.wait_timeout.total_seconds():
-                raise DeployFailed(f"{busy} Gave up after waiting {self.wait_timeout} (the deploy's lease_wait). "
+            wait = self.wait_timeout if self.wait_timeout != LEASE_WAIT else timedelta(
+                seconds=rc.spec.deploy.lease_wait_seconds)
+            if since is not None and (utcnow() - since).total_seconds() > wait.total_seconds():
+                raise LeaseWaitExpired(f"{busy} Gave up after waiting {wait} (deploy.lease_wait_seconds). "
                                    "Fix: let that run end, or mark it failed in the UI (its lease is then taken "
                                    "over), and trigger this release again.") from None
             raise AirflowRescheduleException(utcnow() + timedelta(seconds=BUSY_RETRY_SECONDS)) from None
