@@ -31,8 +31,9 @@ SERVICES = {
 
 
 def test_a_release_succeeds_on_postgres_redis_and_celery(tmp_path: Path) -> None:
-    """Then a second release, and a release and a rollback triggered at the same moment: serialized by
-    the lease in the PostgreSQL ledger, each promotion decided against the production the last one left."""
+    """Then a second release, and three times over a release and a rollback triggered at the same moment:
+    serialized by the lease in the PostgreSQL ledger, each promotion decided against the production the
+    last one left; a run that lost the race says why and deployed nothing."""
     from tests.helpers.processes import kill_matching
 
     try:
@@ -120,23 +121,31 @@ def _team_stack(tmp_path: Path) -> None:
             ledger.state("breast_cancer", "local")["active"]["digest"])
 
 
+ROUNDS = (0.3, 0.4, 0.6)
+"""The C of each round's release: a new version each time, released as a rollback is triggered."""
+
+
 def _release_and_rollback_at_once(url: str, password: str, models: Path, client_env: dict[str, str],
                                   bin_dir: Path) -> dict[str, tuple[str, str]]:
-    """Release a second version, then trigger a third release and a rollback in the same moment."""
+    """Release a second version, then, several times over, trigger a release and a rollback in the same moment."""
     from model_delivery import ci
 
     edit_spec(models / "breast_cancer", lambda spec: spec["build"]["params"].update(C=0.5))
     second = subprocess.run([str(bin_dir / "model-delivery"), "release", "breast_cancer", "--reason", "v2",
                              "--wait", "--timeout", "600"], env=client_env, capture_output=True, text=True, timeout=700)
     assert second.returncode == 0, second.stdout + second.stderr
-    edit_spec(models / "breast_cancer", lambda spec: spec["build"]["params"].update(C=0.3))
     client = ci._client(url, None, "admin", password)
-    runs = {"release": ("release__breast_cancer", ci.trigger(client, "release__breast_cancer",
-                                                             {"reason": "at once"}, unpause=False)),
-            "rollback": ("model_rollback", ci.trigger(client, "model_rollback",
-                                                      {"model": "breast_cancer", "reason": "at once"}, unpause=True))}
-    for dag_id, run_id in runs.values():
-        ci.wait(client, dag_id, run_id, timeout=600, out=open(os.devnull, "w"))  # noqa: SIM115
+    runs = {}
+    for n, c in enumerate(ROUNDS, start=1):
+        edit_spec(models / "breast_cancer", lambda spec, c=c: spec["build"]["params"].update(C=c))
+        now = {f"release-{n}": ("release__breast_cancer", ci.trigger(client, "release__breast_cancer",
+                                                                     {"reason": f"at once, round {n}"}, unpause=False)),
+               f"rollback-{n}": ("model_rollback", ci.trigger(client, "model_rollback",
+                                                             {"model": "breast_cancer", "reason": f"at once, round {n}"},
+                                                             unpause=True))}
+        for dag_id, run_id in now.values():
+            ci.wait(client, dag_id, run_id, timeout=600, out=open(os.devnull, "w"))  # noqa: SIM115
+        runs.update(now)
     return runs
 
 
