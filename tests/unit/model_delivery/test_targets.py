@@ -31,7 +31,7 @@ def test_the_spec_offers_exactly_the_registered_targets_with_their_sections() ->
     target = DeploySpec.model_fields["target"]
     assert typing.get_args(target.annotation) == tuple(TARGETS)
     assert target.default == DEFAULT_TARGET in TARGETS
-    assert list(DeploySpec.model_fields) == ["target", *TARGETS]
+    assert list(DeploySpec.model_fields) == ["lease_wait_seconds", "target", *TARGETS]  # one common field
     for name, entry in TARGETS.items():
         section = DeploySpec.model_fields[name]
         assert typing.get_args(section.annotation) == (entry.load_spec(), type(None)), name
