@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 STEPS = ("staging", "production")
 BUSY_RETRY_SECONDS = 10
-LEASE_WAIT = timedelta(hours=1)
 
 
 class DeployModelOperator(ReleaseStageOperator):
@@ -33,7 +32,7 @@ class DeployModelOperator(ReleaseStageOperator):
     template_fields = ("model", "candidate")
     ui_color = "#d5f5e3"
 
-    def __init__(self, *, candidate: Any, step: str, wait_timeout: timedelta = LEASE_WAIT, **kwargs: Any) -> None:
+    def __init__(self, *, candidate: Any, step: str, wait_timeout: timedelta | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}, got {step!r}")
@@ -73,8 +72,7 @@ class DeployModelOperator(ReleaseStageOperator):
         except DeployBusy as busy:
             self.log.warning("%s", busy)
             since = parse_time((rc.record.load().get("stages", {}).get(self.task_id) or {}).get("waiting_since"))
-            wait = self.wait_timeout if self.wait_timeout != LEASE_WAIT else timedelta(
-                seconds=rc.spec.deploy.lease_wait_seconds)
+            wait = self.wait_timeout or timedelta(seconds=rc.spec.deploy.lease_wait_seconds)
             if since is not None and (utcnow() - since).total_seconds() > wait.total_seconds():
                 raise LeaseWaitExpired(f"{busy} Gave up after waiting {wait} (deploy.lease_wait_seconds). "
                                    "Fix: let that run end, or mark it failed in the UI (its lease is then taken "
