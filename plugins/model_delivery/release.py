@@ -213,6 +213,7 @@ def has_changes(build: dict[str, Any], params: dict[str, Any]) -> bool:
 
 
 def _download(uri: str, dest: Path) -> Path:
+    """Copy a file of the store to ``dest`` in fixed-size chunks: never whole in memory, whatever its size."""
     from airflow.sdk import ObjectStoragePath
 
     from model_server.manifest import hash_stream
@@ -229,20 +230,30 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
     summary (and the exception's ``result``) names each failed expectation, column,
     unexpected count and sample values, and every feature's drift statistic and threshold.
     """
-    from model_delivery.validation.data import ValidationFailed, load_suite, read_table, validate_dataset
+    from model_delivery.validation.data import (
+        ValidationFailed,
+        data_suffix,
+        load_suite,
+        summarize_reference,
+        validate_dataset,
+    )
 
     spec = rc.spec
     config = spec.validation
     suite = load_suite(rc.model_dir / config.suite)
-    reference = read_table(rc.model_dir / config.reference, f"reference data {config.reference}")
     categorical = [*config.categorical, *([spec.evaluation.label] if spec.task == "classification" else [])]
+    reference = summarize_reference(rc.model_dir / config.reference, f"reference data {config.reference}",
+                                    categorical=categorical, exclude=config.drift.exclude)
     scratch = rc.settings.scratch_dir / spec.name
     scratch.mkdir(parents=True, exist_ok=True)
     reports = {}
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        for name in ("train", "eval"):
-            frame = read_table(_download(candidate["data"][name]["uri"], Path(tmp) / f"{name}.csv"), f"{name}.csv")
-            report = validate_dataset(f"{name}.csv", frame, reference, suite, config, categorical=categorical)
+        for name in ("train", "eval"):  # one data set on local disk at a time, read in bounded batches
+            uri = candidate["data"][name]["uri"]
+            local = _download(uri, Path(tmp) / f"{name}{data_suffix(uri)}")
+            report = validate_dataset(local.name, local, reference, suite, config, categorical=categorical,
+                                      workdir=Path(tmp))
+            local.unlink()
             rc.store.write_json(rc.record.dir / "validation" / f"{name}.gx.json", report.gx_result)
             reports[name] = report
     problems = [line for report in reports.values() for line in report.problems()]

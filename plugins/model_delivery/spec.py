@@ -180,8 +180,8 @@ class ValidationSpec(_Strict):
         "the evaluation data."
     )
     reference: str = Field(
-        description="CSV in the model folder with the reference data: the expected columns and types, and "
-        "the distributions drift is measured against."
+        description="CSV or Parquet (.parquet) file in the model folder with the reference data: the expected "
+        "columns and types, and the distributions drift is measured against."
     )
     categorical: list[str] = Field(
         default_factory=list,

@@ -3,6 +3,12 @@
 GX is used directly with an ephemeral context (the GX Airflow provider does not install
 with Airflow 3.3). A suite is GX 1.x JSON (``{"name", "expectations": [{"type", "kwargs"}]}``),
 kept in the model folder and named by the spec's ``validation.suite``.
+
+A data set is a CSV or a Parquet file (by its ``.parquet`` suffix), read in batches of at most
+:data:`CHUNK_ROWS` rows and about :data:`BATCH_BYTES` bytes, so that memory does not grow with
+the data: GX runs on each batch and the results are merged (``validation.suite``), and the
+schema and drift checks count each batch against a summary of the reference
+(``validation.drift``).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import InvalidModelSpec, ReleaseFailed
-from model_delivery.validation.drift import drift_report, schema_changes
+from model_delivery.validation.drift import ColumnKinds, DriftCounts, ReferenceSummary, compare_schemas
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     import pandas as pd
@@ -22,25 +29,128 @@ if TYPE_CHECKING:
     from model_delivery.spec import ValidationSpec
 
 SAMPLE_VALUES = 5
+CHUNK_ROWS = 250_000
+"""Most rows in one batch."""
+BATCH_BYTES = 64 * 2**20
+"""About how much memory one batch takes as a frame: wide rows make smaller batches."""
+FIRST_ROWS = 10_000
+"""Rows of the first batch of a CSV, which sizes the following ones."""
+PARQUET_SUFFIX = ".parquet"
+PARQUET_BUFFER = 64 * 2**10
+"""Read buffer per column of a Parquet file (without one, Arrow reads a whole column chunk at once)."""
 
 
 class ValidationFailed(ReleaseFailed):
     """The data failed its expectations, its schema changed, or it drifted."""
 
 
-def read_table(path: Path, name: str) -> pd.DataFrame:
-    """Read a CSV table; an empty file or a file that is not a table raises ``ValidationFailed``."""
+def data_suffix(uri: str) -> str:
+    """``.parquet`` for a Parquet data file, else ``.csv``."""
+    return PARQUET_SUFFIX if uri.lower().endswith(PARQUET_SUFFIX) else ".csv"
+
+
+def _rows_per_batch(batch: pd.DataFrame, chunk_rows: int) -> int:
+    """As many rows as fit in BATCH_BYTES at this batch's size per row, at most ``chunk_rows``."""
+    per_row = max(1, int(batch.memory_usage(deep=True).sum()) // max(1, len(batch)))
+    return max(1, min(chunk_rows, BATCH_BYTES // per_row))
+
+
+def _csv_batches(path: Path, name: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     import pandas as pd
 
-    if not path.exists() or path.stat().st_size == 0:
-        raise ValidationFailed(f"{name}: the file is empty. Fix the build so that it writes the data it used.")
     try:
-        frame = pd.read_csv(path)
+        with pd.read_csv(path, chunksize=chunk_rows) as reader:
+            rows = min(chunk_rows, FIRST_ROWS)
+            while True:
+                try:
+                    batch = reader.get_chunk(rows)
+                except StopIteration:
+                    return
+                if batch.empty:
+                    return
+                yield batch
+                rows = _rows_per_batch(batch, chunk_rows)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise ValidationFailed(f"{name}: not a readable CSV table ({type(exc).__name__}: {str(exc)[:200]}).") from None
-    if frame.empty:
+
+
+def _parquet_batches(path: Path, name: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Batches of a Parquet file, read an eighth of a batch at a time through a small buffer per column.
+
+    Arrow holds a few times what it reads at once, plus its read buffers: small reads keep
+    that below the size of a batch, however large the file's row groups are.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def frame(table: pa.Table, start: int) -> pd.DataFrame:
+        batch = table.to_pandas()
+        batch.index = pd.RangeIndex(start, start + len(batch))
+        return batch
+
+    try:
+        with pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER) as parquet:
+            meta = parquet.metadata
+            size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            rows = max(1, min(chunk_rows, BATCH_BYTES // max(1, size // max(1, meta.num_rows))))
+            start, pieces, have = 0, [], 0
+            for piece in parquet.iter_batches(batch_size=-(-rows // 8)):
+                pieces.append(piece)
+                have += piece.num_rows
+                if have >= rows:
+                    table = pa.Table.from_batches(pieces, schema=parquet.schema_arrow)
+                    batch, rest = frame(table.slice(0, rows), start), table.slice(rows)
+                    del table, pieces
+                    pieces, have, start = rest.to_batches(), rest.num_rows, start + rows
+                    yield batch
+            if have:
+                yield frame(pa.Table.from_batches(pieces, schema=parquet.schema_arrow), start)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValidationFailed(f"{name}: not a readable Parquet file ({type(exc).__name__}: {str(exc)[:200]}).") from None
+
+
+def iter_table(path: Path, name: str, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The rows of a CSV or Parquet file in bounded batches, indexed by their row numbers in the file.
+
+    An empty file, a file that is not a table, or a table without rows raises ``ValidationFailed``.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        raise ValidationFailed(f"{name}: the file is empty. Fix the build so that it writes the data it used.")
+    parquet = path.suffix.lower() == PARQUET_SUFFIX
+    empty = True
+    for batch in (_parquet_batches if parquet else _csv_batches)(path, name, chunk_rows):
+        empty = False
+        yield batch
+    if empty:
+        raise ValidationFailed(f"{name}: the table has {'columns' if parquet else 'a header'} but no rows.")
+
+
+def table_batches(data: Path | pd.DataFrame, name: str, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Batches of a data file (:func:`iter_table`), or of a frame already in memory (slices of ``chunk_rows``)."""
+    import pandas as pd
+
+    if not isinstance(data, pd.DataFrame):
+        yield from iter_table(data, name, chunk_rows=chunk_rows)
+        return
+    if data.empty:
         raise ValidationFailed(f"{name}: the table has a header but no rows.")
-    return frame
+    for start in range(0, len(data), chunk_rows):
+        yield data.iloc[start:start + chunk_rows]
+
+
+def read_table(path: Path, name: str) -> pd.DataFrame:
+    """Read a whole CSV or Parquet table (small files: the stage itself reads in batches)."""
+    import pandas as pd
+
+    return pd.concat(list(iter_table(path, name)))
+
+
+def summarize_reference(reference: Path | pd.DataFrame, name: str, *, categorical: Sequence[str],
+                        exclude: Sequence[str] = (), chunk_rows: int = CHUNK_ROWS) -> ReferenceSummary:
+    """The reference data's columns, kinds, numeric values (or a seeded sample) and category counts."""
+    return ReferenceSummary.build(lambda: table_batches(reference, name, chunk_rows=chunk_rows),
+                                  categorical=categorical, exclude=exclude)
 
 
 def load_suite(path: Path) -> dict[str, Any]:
@@ -82,7 +192,7 @@ def failed_expectations(gx_result: dict[str, Any]) -> list[dict[str, Any]]:
         config = item.get("expectation_config", {})
         kwargs = config.get("kwargs", {})
         result = item.get("result") or {}
-        exception = (item.get("exception_info") or {}).get("exception_message")
+        exception = _exception_message(item.get("exception_info"))
         failures.append(
             {
                 "expectation": config.get("type"),
@@ -95,6 +205,15 @@ def failed_expectations(gx_result: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return failures
+
+
+def _exception_message(info: Any) -> str | None:
+    """The message of a result's exception: GX keeps it flat, or per metric that raised."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("exception_message"):
+        return str(info["exception_message"])
+    return next((m for m in map(_exception_message, info.values()) if m), None)
 
 
 def _plain(value: Any) -> Any:
@@ -163,21 +282,39 @@ class DatasetReport:
 
 
 def validate_dataset(
-    name: str, frame: pd.DataFrame, reference: pd.DataFrame, suite: dict[str, Any], config: ValidationSpec,
-    *, categorical: list[str],
+    name: str, data: Path | pd.DataFrame, reference: ReferenceSummary | Path | pd.DataFrame, suite: dict[str, Any],
+    config: ValidationSpec, *, categorical: list[str], chunk_rows: int = CHUNK_ROWS, workdir: Path | None = None,
 ) -> DatasetReport:
-    """Run the suite, the schema check and the drift check on one data set."""
-    gx_result = run_suite(frame, suite, name=name)
-    drift = drift_report(
-        frame, reference, categorical=categorical, ks_max=config.drift.ks_max, psi_max=config.drift.psi_max,
-        per_feature=config.drift.per_feature, exclude=config.drift.exclude,
-    )
+    """Run the suite, the schema check and the drift check on one data set, batch by batch.
+
+    :param name: the data set's name in messages (``train.csv``).
+    :param data: a CSV or Parquet file, or a frame; read in batches of at most ``chunk_rows`` rows.
+    :param reference: the reference's summary (:func:`summarize_reference`), or the reference file or frame.
+    :param suite: GX 1.x suite JSON.
+    :param config: the spec's ``validation`` section (drift thresholds and exclusions).
+    :param categorical: the features tested with PSI.
+    :param chunk_rows: most rows per batch.
+    :param workdir: where scratch files (uniqueness counts) go; the system's temporary directory if None.
+    """
+    from model_delivery.validation.suite import BatchedSuite
+
+    if not isinstance(reference, ReferenceSummary):
+        reference = summarize_reference(reference, "reference data", categorical=categorical,
+                                        exclude=config.drift.exclude, chunk_rows=chunk_rows)
+    kinds, drift = ColumnKinds(), DriftCounts(reference)
+    with BatchedSuite(suite, name=name, workdir=workdir) as gx_run:
+        for batch in table_batches(data, name, chunk_rows=chunk_rows):
+            gx_run.add(batch)
+            kinds.add(batch)
+            drift.add(batch)
+        gx_result = gx_run.result()
+    found = drift.report(ks_max=config.drift.ks_max, psi_max=config.drift.psi_max, per_feature=config.drift.per_feature)
     return DatasetReport(
         name=name,
-        rows=len(frame),
-        schema_changes=schema_changes(frame, reference),
+        rows=gx_run.rows,
+        schema_changes=compare_schemas(kinds, reference.kinds),
         failed_expectations=failed_expectations(gx_result),
         expectations_evaluated=len(gx_result.get("results", [])),
-        drift=[d.to_dict() for d in drift],
+        drift=[d.to_dict() for d in found],
         gx_result=gx_result,
     )
