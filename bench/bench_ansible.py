@@ -57,11 +57,11 @@ def build(models: Path, work: Path, c: float) -> Path:
 
 
 def rollout(n: int, work: Path, wheels: Path, builds: list[Path]) -> dict[str, float | int]:
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.deploy.ansible.target import AnsibleTarget
     from model_delivery.settings import get_settings
     from model_delivery.spec import load_spec
+    from model_delivery.store import ArtifactStore
 
     base = work / f"fleet-{n}"
     os.environ["MODEL_DELIVERY_HOME"] = str(base / "home")

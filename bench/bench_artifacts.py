@@ -12,7 +12,7 @@ Ours, each in its own fresh Python process:
 
 Time of ours is the operation alone, timed inside the child after its imports; the
 Python + Airflow import constant is reported on its own (``idle``: a process that only
-imports ``model_delivery.artifacts``). Peak RSS is the VmHWM of each process's own
+imports ``model_delivery.store``). Peak RSS is the VmHWM of each process's own
 address space (see ``_common.vm_hwm_kib`` for why not ``wait4``'s ru_maxrss); ours is
 read by the child at the end, sha256sum's by polling /proc. The streaming claim is
 checked by the peak-RSS delta of each operation over the idle import, against the file size.
@@ -62,7 +62,7 @@ OPS = ("put", "verify", "fetch")
 def child(args: argparse.Namespace) -> int:
     """Import, run one operation, write timing and own peak RSS as JSON."""
     result: dict[str, Any] = {"op": args.child}
-    import model_delivery.artifacts as artifacts
+    import model_delivery.store as artifacts
 
     result["import_hwm_kib"] = vm_hwm_kib()
     if args.child != "idle":
@@ -256,7 +256,7 @@ def main() -> int:
     rows = []
     for name, label in (("sha256sum", "sha256sum (baseline)"), ("openssl", "openssl dgst -sha256 (information)"),
                         ("cp", "cp (information: in-kernel copy)"),
-                        ("idle", "python: import model_delivery.artifacts"), ("put", "put_directory (copy+hash)"),
+                        ("idle", "python: import model_delivery.store"), ("put", "put_directory (copy+hash)"),
                         ("verify", "verify (re-hash store copy)"), ("fetch", "fetch (copy out+verify)")):
         if name not in s:
             continue

@@ -95,9 +95,9 @@ def main() -> int:
     args = parser.parse_args()
     tokens, repeats = (32, 5) if args.quick else (64, 15)
     started = time.perf_counter()
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.local.target import free_port
     from model_delivery.runtimes import get_runtime
+    from model_delivery.store import ArtifactStore
 
     with workdir("vllm") as work:
         store = ArtifactStore(f"file://{work}/store")

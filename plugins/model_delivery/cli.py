@@ -6,6 +6,11 @@
     model-delivery lease <model>      who holds the model's deploy lease, and its journal's last entries
     model-delivery unlock <model> --reason R
                                       end a quarantine (after a failed rollback), recorded with who and why
+    model-delivery store migrate      move a store of the legacy layout (files beside manifests) into blobs
+    model-delivery store gc [--keep-last N] [--grace-hours H] [--dry-run]
+                                      remove artifacts outside the retention rule and unreferenced blobs
+    model-delivery store verify <model> <digest>
+                                      re-hash a stored artifact on every core; exit 3 if it does not match
 """
 
 from __future__ import annotations
@@ -13,21 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from model_delivery.settings import get_settings
-
-
-def _latest_record(artifact_root: str, model: str) -> dict | None:
-    from airflow.sdk import ObjectStoragePath
-
-    releases = ObjectStoragePath(artifact_root) / model / "releases"
-    if not releases.exists():
-        return None
-    records = [p / "release.json" for p in releases.iterdir() if (p / "release.json").exists()]
-    if not records:
-        return None
-    newest = max(records, key=lambda p: json.loads(p.read_text()).get("finished_at") or "")
-    return json.loads(newest.read_text())
 
 
 def summary(model: str) -> int:
@@ -35,11 +28,12 @@ def summary(model: str) -> int:
     from model_delivery.deploy import get_target
     from model_delivery.smoke import load_golden
     from model_delivery.spec import load_spec
+    from model_delivery.store.records import latest_record
 
     settings = get_settings()
     spec = load_spec(settings.models_dir / model)
     status = get_target(spec, settings, settings.open_store()).status()
-    record = _latest_record(settings.artifact_root, model)
+    record = latest_record(settings.open_store(), model)
     print()
     if record:
         print(f"Release {record['run_id']}: {record.get('outcome', 'in progress')}")
@@ -128,6 +122,71 @@ def unlock(model: str, reason: str) -> int:
     return 0
 
 
+def protected_digests(models: list[str]) -> dict[str, set[str]]:
+    """What garbage collection must keep: every registry alias, and every digest the ledger names.
+
+    The ledger holds what each target serves, stages or keeps warm, and every lease and journal
+    entry of a run in flight; any ``sha256:<hex>`` in it is kept.
+    """
+    import re
+
+    from model_delivery.deploy import TARGETS
+    from model_delivery.registry import PREVIOUS, PRODUCTION
+
+    settings = get_settings()
+    registry, ledger = settings.open_registry(), settings.open_ledger()
+    keep: dict[str, set[str]] = {}
+    for model in models:
+        found = keep.setdefault(model, set())
+        for alias in (PRODUCTION, PREVIOUS):
+            version = registry.alias(model, alias)
+            if version is not None:
+                found.add(version.digest)
+        named = [ledger.holder(model), ledger.journal(model), *(ledger.state(model, t) for t in TARGETS)]
+        found.update(re.findall(r"sha256:[0-9a-f]{64}", json.dumps(named, default=str)))
+    return keep
+
+
+def store_command(args: argparse.Namespace) -> int:
+    """``store migrate``, ``store gc`` and ``store verify``."""
+    from model_delivery.exceptions import TamperedArtifact
+
+    store = get_settings().open_store()
+
+    def say(fmt: str, *values: object) -> None:
+        print(fmt % values, flush=True)
+
+    if args.store_command == "migrate":
+        print(json.dumps(store.migrate(log=say)))
+        return 0
+    if args.store_command == "verify":
+        try:
+            manifest = store.verify(args.model, args.digest, log=say)
+        except (TamperedArtifact, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        print(f"{args.model} {args.digest}: {len(manifest['files'])} file(s) verified")
+        return 0
+    report = store.collect_garbage(protected_digests(store.layout.models()), keep_last=args.keep_last,
+                                   grace_seconds=args.grace_hours * 3600, dry_run=args.dry_run)
+    print(json.dumps({"dry_run": args.dry_run, **report.to_dict()}, indent=2))
+    return 0
+
+
+def _store_parser(sub: Any) -> None:
+    store_cmd = sub.add_parser("store", help="the artifact store: migrate its layout, collect garbage, verify")
+    store_sub = store_cmd.add_subparsers(dest="store_command", required=True)
+    store_sub.add_parser("migrate", help="move legacy artifacts' files into blobs (verified; idempotent)")
+    gc_cmd = store_sub.add_parser("gc", help="remove artifacts outside the retention rule, then unreferenced blobs")
+    gc_cmd.add_argument("--keep-last", type=int, default=5, help="newest artifacts kept per model (default 5)")
+    gc_cmd.add_argument("--grace-hours", type=float, default=24.0,
+                        help="anything younger is kept: a put in flight uploads blobs before its manifest")
+    gc_cmd.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+    verify_cmd = store_sub.add_parser("verify", help="re-hash a stored artifact against its manifest")
+    verify_cmd.add_argument("model")
+    verify_cmd.add_argument("digest")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="model-delivery", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     unlock_cmd = sub.add_parser("unlock", help="end a model's quarantine after a person checked what serves")
     unlock_cmd.add_argument("model")
     unlock_cmd.add_argument("--reason", required=True, help="what was checked or fixed (recorded in the journal)")
+    _store_parser(sub)
     from model_delivery.ci import add_parser, release
 
     add_parser(sub)
@@ -160,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return lease(args.model)
     if args.command == "unlock":
         return unlock(args.model, args.reason)
+    if args.command == "store":
+        return store_command(args)
     if args.command == "render-k8s":
         return render_k8s(args.model, args.version, args.digest, args.parts or "all", args.candidate)
     return 2  # pragma: no cover - argparse rejects unknown commands

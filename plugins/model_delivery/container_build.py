@@ -69,7 +69,7 @@ def container_args(spec: ModelSpec, upload_to: str | None) -> list[str]:
 
 def staging_uris(spec: ModelSpec, settings: Settings, run_id: str, try_number: int) -> tuple[str, str]:
     """The build's staging directory: as Airflow reads it, and as the build container writes it."""
-    from model_delivery.artifacts import safe_segment
+    from model_delivery.store import safe_segment
 
     assert spec.build.container is not None
     rel = f"{spec.name}/.builds/{safe_segment(run_id)}-try{try_number}"

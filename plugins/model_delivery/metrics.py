@@ -28,13 +28,12 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.store import ArtifactStore
 
 WINDOWS = (7, 30, 90)
 DAY = 86_400.0
 FAILURE_OUTCOMES = frozenset({"failed", "rolled-back"})
 RESTORING_OUTCOMES = frozenset({"released", "reverted"})
-METRICS_DIR = "_delivery_metrics"
 LATEST = "latest.json"
 HISTORY = "history.csv"
 ASSET_URI = "model-delivery://metrics/delivery"
@@ -424,26 +423,14 @@ def _rollback_run(run: Run, stages: dict[str, dict[str, Any]]) -> Run:
 
 def read_records(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
     """Every ``release.json`` of a model in the store (unreadable ones are skipped)."""
-    from model_delivery.records import RECORD
+    from model_delivery.store.records import read_records as read
 
-    releases = store.root / model / "releases"
-    if not releases.exists():
-        return []
-    records = []
-    for run_dir in releases.iterdir():
-        path = run_dir / RECORD
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return records
+    return read(store, model)
 
 
 def store_models(store: ArtifactStore) -> list[str]:
     """Model names that have a folder in the store (a retired model's history still counts)."""
-    if not store.root.exists():
-        return []
-    return sorted(p.name for p in store.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return store.layout.models()
 
 
 def git_commit_time(sha: str) -> datetime | None:
@@ -638,7 +625,7 @@ def history_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def metrics_dir(store: ArtifactStore) -> ObjectStoragePath:
-    return store.root / METRICS_DIR
+    return store.layout.metrics()
 
 
 def write_outputs(store: ArtifactStore, document: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from model_delivery.report import render_html, render_markdown
 
 if TYPE_CHECKING:
-    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.store import ArtifactStore
 
 RECORD = "release.json"
 REPORT = "report.md"

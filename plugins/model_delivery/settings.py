@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.ledger import Ledger
     from model_delivery.registry import Registry
+    from model_delivery.store import ArtifactStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ class Settings:
 
     def open_store(self) -> ArtifactStore:
         """The artifact store at ``artifact_root`` (through ``artifact_conn_id`` when set)."""
-        from model_delivery.artifacts import ArtifactStore
+        from model_delivery.store import ArtifactStore
 
         return ArtifactStore(self.artifact_root, self.artifact_conn_id)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
+from model_delivery.store import ArtifactStore
 from tests.helpers.api_server import ApiServer, api_server
 from tests.helpers.models import edit_spec
 from tests.helpers.processes import kill_matching

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from model_delivery.artifacts import ArtifactStore
+    from model_delivery.store import ArtifactStore
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -53,8 +53,8 @@ def run_release(model: str, conf: dict[str, Any] | None = None) -> Any:
 
 
 def load_record(model: str, run_id: str) -> dict[str, Any]:
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.settings import get_settings
+    from model_delivery.store import ArtifactStore
 
     store = ArtifactStore(get_settings().artifact_root)
     return json.loads((store.release_dir(model, run_id) / "release.json").read_text())

@@ -313,10 +313,10 @@ def test_a_release_killed_mid_rollout_and_marked_failed_is_settled_by_the_next(f
 
 
 def _target(fleet: Fleet, lines: list[str]):
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.ansible.target import AnsibleTarget
     from model_delivery.settings import get_settings
     from model_delivery.spec import load_spec
+    from model_delivery.store import ArtifactStore
 
     settings = get_settings()
     return AnsibleTarget(load_spec(fleet.model_dir), settings, ArtifactStore(settings.artifact_root),

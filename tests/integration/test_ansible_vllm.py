@@ -24,12 +24,12 @@ import httpx
 import pytest
 import yaml
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.deploy.ansible.target import AnsibleTarget
 from model_delivery.runtimes import get_runtime
 from model_delivery.settings import Settings
 from model_delivery.spec import load_spec
+from model_delivery.store import ArtifactStore
 from tests.helpers.ansible_fleet import (
     HAProxy,
     Host,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from model_delivery.artifacts import safe_segment
 from model_delivery.metrics import ASSET_URI, DAY, stage_end
+from model_delivery.store import safe_segment
 from tests.helpers.delivery_history import MODEL, STEPS, History, at
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from model_delivery.artifacts import safe_segment
+from model_delivery.store import safe_segment
 from tests.helpers.browser import chromium
 from tests.helpers.delivery_history import MODEL, History
 

@@ -163,8 +163,8 @@ def _golden(models: Path) -> dict[str, Any]:
 
 
 def _record(base: Path, run_id: str) -> dict[str, Any]:
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.records import ReleaseRecord
+    from model_delivery.store import ArtifactStore
 
     return ReleaseRecord(ArtifactStore(f"file://{base / 'md' / 'artifacts'}"), "breast_cancer", run_id).load()
 

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.deploy.local.spec import LocalTargetSpec
 from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.exceptions import TamperedArtifact
 from model_delivery.spec import ServingSpec
+from model_delivery.store import ArtifactStore
 from tests.helpers.lm import VLLM_ARGS, kill_session, store_two_lms
 from tests.helpers.models import free_port
 

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
+    from model_delivery.store import ArtifactStore
 
 
 @dataclass(frozen=True)

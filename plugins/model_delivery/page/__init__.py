@@ -31,7 +31,7 @@ def airflow_base_url() -> str:
 
 def page_url(model: str | None = None, run_id: str | None = None) -> str:
     """The page (``/model-releases/``), a model's section, or a release's row on it."""
-    from model_delivery.artifacts import safe_segment
+    from model_delivery.store import safe_segment
 
     url = f"{airflow_base_url()}{URL_PREFIX}/"
     if model:

@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from model_delivery.artifacts import safe_segment
 from model_delivery.metrics import parse_time, stage_end
 from model_delivery.settings import OpensStores
+from model_delivery.store import safe_segment
 
 if TYPE_CHECKING:
     from model_delivery.settings import Settings
@@ -238,4 +238,4 @@ class PageData(OpensStores):
         return read_latest(self.store)
 
     def report_path(self, model: str, segment: str, name: str) -> Any:
-        return self.store.root / model / "releases" / segment / name
+        return self.store.layout.release_file(model, segment, name)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
+from model_delivery.store import ArtifactStore
 from tests.helpers.models import Built, build_and_store, free_port
 from tests.helpers.processes import serving_env, stop_processes
 

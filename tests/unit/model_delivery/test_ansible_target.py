@@ -13,13 +13,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import get_target
 from model_delivery.deploy.ansible.spec import AnsibleTargetSpec
 from model_delivery.deploy.ansible.target import AnsibleTarget, PlaybookResult
 from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.settings import Settings
 from model_delivery.spec import load_spec
+from model_delivery.store import ArtifactStore
 from tests.helpers.models import copy_models, edit_spec
 
 MODEL = "breast_cancer"

@@ -1,4 +1,4 @@
-"""ArtifactStore on a real ``file://`` store in tmp_path: content addressing, verification, atomicity."""
+"""ArtifactStore on a real ``file://`` store in tmp_path: blobs and manifests, verification, atomicity."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore, safe_segment
 from model_delivery.exceptions import TamperedArtifact
+from model_delivery.store import ArtifactStore, safe_segment
 from model_server.manifest import (
     CHUNK_SIZE,
     MANIFEST_NAME,
@@ -60,6 +60,10 @@ def _stored(store_dir: Path, digest: str) -> Path:
     return store_dir / MODEL / "sha256" / parse_digest(digest)
 
 
+def _blob(store_dir: Path, file: Path) -> Path:
+    return store_dir / "blobs" / "sha256" / hashlib.sha256(file.read_bytes()).hexdigest()
+
+
 def test_put_directory_is_content_addressed(store: ArtifactStore, store_dir: Path, source: Path) -> None:
     stored = store.put_directory(MODEL, source)
 
@@ -70,13 +74,15 @@ def test_put_directory_is_content_addressed(store: ArtifactStore, store_dir: Pat
     assert stored.size_bytes == sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
     final = _stored(store_dir, stored.digest)
     assert stored.uri == f"file://{final}"
-    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()) == [
-        MANIFEST_NAME, "model.joblib", "serving.json", "weights/layer.bin"
-    ]
+    assert [p.relative_to(final).as_posix() for p in final.rglob("*")] == [MANIFEST_NAME]
     assert json.loads((final / MANIFEST_NAME).read_text()) == expected
-    assert verify_directory(final, stored.digest) == expected
+    blobs = store_dir / "blobs" / "sha256"
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(e["sha256"] for e in expected["files"])
+    for entry in expected["files"]:
+        assert (blobs / entry["sha256"]).read_bytes() == (source / entry["path"]).read_bytes()
     assert store.exists(MODEL, stored.digest)
-    assert list((store_dir / MODEL / ".staging").iterdir()) == []
+    assert list((store_dir / "blobs" / "uploads").iterdir()) == []
+    assert (stored.uploaded_files, stored.uploaded_bytes) == (3, stored.size_bytes)
     assert store.verify(MODEL, stored.digest) == expected
 
 
@@ -111,7 +117,7 @@ def _unreadable_source_file(source: Path, store_dir: Path) -> type[BaseException
 
 
 def _commit_target_is_a_file(source: Path, store_dir: Path) -> type[BaseException]:
-    # Staging completes, then moving the files into <model>/sha256/<hex>/ fails.
+    # The blobs are uploaded, then writing the manifest into <model>/sha256/<hex>/ fails.
     final = _stored(store_dir, manifest_digest(build_manifest(source)))
     final.parent.mkdir(parents=True)
     final.write_text("in the way")
@@ -125,7 +131,7 @@ def _commit_target_is_a_file(source: Path, store_dir: Path) -> type[BaseExceptio
         pytest.param(_commit_target_is_a_file, id="commit-into-store-fails"),
     ],
 )
-def test_staging_is_removed_when_a_put_fails(
+def test_a_failed_put_commits_no_artifact(
     store: ArtifactStore, store_dir: Path, source: Path,
     break_put: Callable[[Path, Path], type[BaseException]],
 ) -> None:
@@ -134,11 +140,8 @@ def test_staging_is_removed_when_a_put_fails(
     with pytest.raises(error):
         store.put_directory(MODEL, source)
 
-    staging = store_dir / MODEL / ".staging"
-    assert staging.is_dir()  # the put got as far as staging files
-    assert list(staging.iterdir()) == []
     assert not [p for p in store_dir.rglob("*") if p.name.endswith(".tmp")]
-    assert not list(store_dir.rglob(MANIFEST_NAME))
+    assert not list(store_dir.rglob(MANIFEST_NAME))  # no manifest: no artifact, whatever blobs went up
 
 
 def test_fetch_gives_a_verified_copy_and_reuses_it(store: ArtifactStore, source: Path, tmp_path: Path) -> None:
@@ -153,7 +156,7 @@ def test_fetch_gives_a_verified_copy_and_reuses_it(store: ArtifactStore, source:
     inode = (dest / "model.joblib").stat().st_ino
     assert store.fetch(MODEL, stored.digest, dest) == dest
     assert (dest / "model.joblib").stat().st_ino == inode
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["copy"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".copy.verified", "copy"]
 
 
 def _drop_manifest(dest: Path) -> None:
@@ -174,8 +177,9 @@ def _add_file(dest: Path) -> None:
     ],
 )
 def test_fetch_repairs_a_damaged_local_copy(
-    store: ArtifactStore, source: Path, tmp_path: Path, damage: Callable[[Path], object]
+    store_dir: Path, source: Path, tmp_path: Path, damage: Callable[[Path], object]
 ) -> None:
+    store = ArtifactStore(f"file://{store_dir}", link="copy")
     stored = store.put_directory(MODEL, source)
     dest = tmp_path / "copy"
     store.fetch(MODEL, stored.digest, dest)
@@ -193,7 +197,7 @@ def test_fetch_of_a_tampered_stored_file_is_refused(
     store: ArtifactStore, store_dir: Path, source: Path, tmp_path: Path
 ) -> None:
     stored = store.put_directory(MODEL, source)
-    _flip_byte(_stored(store_dir, stored.digest) / "weights" / "layer.bin")
+    _flip_byte(_blob(store_dir, source / "weights" / "layer.bin"))
     dest = tmp_path / "copy"
 
     with pytest.raises(TamperedArtifact, match=r"weights/layer\.bin: sha256") as caught:
@@ -201,7 +205,7 @@ def test_fetch_of_a_tampered_stored_file_is_refused(
 
     assert "Refusing to deploy" in str(caught.value)
     assert not dest.exists()
-    assert list(tmp_path.glob(".copy*")) == []
+    assert list(tmp_path.glob(".copy*")) == []  # nothing of a refused fetch is kept to resume
     with pytest.raises(TamperedArtifact, match=r"weights/layer\.bin"):
         store.verify(MODEL, stored.digest)
 
@@ -227,15 +231,14 @@ def test_an_unknown_digest_is_not_in_the_store(store: ArtifactStore, tmp_path: P
 
 
 def test_put_refuses_to_reuse_a_damaged_stored_copy(store: ArtifactStore, store_dir: Path, source: Path) -> None:
-    stored = store.put_directory(MODEL, source)
-    _flip_byte(_stored(store_dir, stored.digest) / "model.joblib")
+    store.put_directory(MODEL, source)
+    _flip_byte(_blob(store_dir, source / "model.joblib"))
 
     with pytest.raises(TamperedArtifact, match="Fix:") as caught:
         store.put_directory(MODEL, source)
 
     assert "model.joblib" in str(caught.value)
     assert "already holds" in str(caught.value)
-    assert list((store_dir / MODEL / ".staging").iterdir()) == []
 
 
 def test_a_file_larger_than_one_chunk_round_trips(store: ArtifactStore, tmp_path: Path) -> None:

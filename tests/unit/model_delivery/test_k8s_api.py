@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.deploy.kubernetes import manifests as m
 from model_delivery.deploy.kubernetes.client import (
@@ -33,6 +32,7 @@ from model_delivery.deploy.kubernetes.rollout import RolloutPending
 from model_delivery.deploy.kubernetes.target import KubernetesTarget, RolloutFailed
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.settings import Settings
+from model_delivery.store import ArtifactStore
 from tests.helpers.k8s_apiserver import ApiServer, connection_env, running
 from tests.helpers.k8s_specs import CPU, GPU, NAMESPACE, k8s_spec
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from model_delivery.store import layout
+from model_delivery.store.layout import blobs_uri, store_root_of
 from model_server.manifest import canonical_manifest, manifest_bytes, manifest_digest, verify_directory
+from tests.helpers.models import free_port
 from tests.helpers.processes import serving_env
 from tests.unit.model_delivery.conftest import Builds
 
@@ -22,8 +25,10 @@ SCRIPT = Path(__file__).resolve().parents[3] / "include" / "kubernetes" / "fetch
 MODEL = "breast_cancer"
 
 
-def fetch(uri: str, digest: str, dest: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), "--uri", uri, "--digest", digest, "--dest", str(dest)],
+def fetch(uri: str, digest: str, dest: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    if f"/{MODEL}/sha256/" in uri:  # as the manifests pass it: where the store keeps its blobs
+        more = ("--blobs", blobs_uri(store_root_of(uri, MODEL)), *more)
+    return subprocess.run([sys.executable, str(SCRIPT), "--uri", uri, "--digest", digest, "--dest", str(dest), *more],
                           capture_output=True, text=True, env=serving_env(), timeout=120)
 
 
@@ -47,7 +52,7 @@ def http_store(store_copy: Path) -> Iterator[str]:
 
 
 def artifact_uri(root: str, digest: str) -> str:
-    return f"{root}/{MODEL}/sha256/{digest.removeprefix('sha256:')}"
+    return layout.artifact_uri(root, MODEL, digest)
 
 
 @pytest.mark.parametrize("scheme", ["file", "http"])
@@ -68,12 +73,15 @@ def test_a_stored_artifact_is_fetched_and_verified(builds: Builds, store_copy: P
 def test_a_changed_file_is_refused_and_nothing_is_put_in_place(builds: Builds, store_copy: Path,
                                                                tmp_path: Path) -> None:
     stored = store_copy / MODEL / "sha256" / builds.v1.digest.removeprefix("sha256:")
-    victim = next(p for p in sorted(stored.iterdir()) if p.name not in ("MANIFEST.json", "serving.json"))
+    entry = next(e for e in json.loads((stored / "MANIFEST.json").read_text())["files"]
+                 if e["path"] != "serving.json")
+    blob = store_copy / "blobs" / "sha256" / entry["sha256"]
+    victim = blob if blob.exists() else stored / entry["path"]  # the store's blobs, or the legacy layout
     victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
     dest = tmp_path / "dest"
     done = fetch(artifact_uri(f"file://{store_copy}", builds.v1.digest), builds.v1.digest, dest)
     assert done.returncode == 3, done.stderr
-    assert f"refusing the artifact {builds.v1.digest}" in done.stderr and victim.name in done.stderr
+    assert f"refusing the artifact {builds.v1.digest}" in done.stderr and entry["path"] in done.stderr
     assert not dest.exists()
     assert not list(tmp_path.glob(".dest.*"))
 
@@ -110,3 +118,16 @@ def test_an_unreadable_store_is_not_an_integrity_failure(tmp_path: Path, uri: st
     done = fetch(uri, builds.v1.digest, tmp_path / "dest")
     assert done.returncode == code, done.stderr
     assert says in done.stderr
+
+
+@pytest.mark.parametrize(("uri", "code", "says"), [
+    pytest.param("oci://127.0.0.1:{port}", 2, "not of the form oci://host[:port]/repository", id="no-repository"),
+    pytest.param("oci://127.0.0.1:{port}/models@latest", 2, "is not an OCI manifest digest", id="tag-not-digest"),
+    pytest.param("oci://127.0.0.1:{port}/models", 1, "cannot read", id="no-registry-there"),
+])
+def test_an_oci_uri_is_checked_and_an_unreachable_registry_is_not_an_integrity_failure(
+        tmp_path: Path, uri: str, code: int, says: str, builds: Builds) -> None:
+    """The registry itself is exercised in tests/integration/test_oci_store.py."""
+    done = fetch(uri.format(port=free_port()), builds.v1.digest, tmp_path / "dest", "--insecure")
+    assert done.returncode == code, done.stderr
+    assert says in done.stderr and not (tmp_path / "dest").exists()

@@ -143,7 +143,7 @@ def test_weights_are_fetched_and_verified_by_an_init_container_before_the_server
     pod = kinds(objects(CPU))["Deployment/breast-cancer"]["spec"]["template"]["spec"]
     (fetch,) = pod["initContainers"]
     hex_digest = DIGEST.removeprefix("sha256:")
-    assert fetch["args"] == ["--uri", f"{STORE}/breast_cancer/sha256/{hex_digest}", "--digest", DIGEST,
+    assert fetch["args"] == ["--uri", f"{STORE}/breast_cancer/sha256/{hex_digest}", "--blobs", f"{STORE}/blobs/sha256", "--digest", DIGEST,
                              "--dest", f"/models/{hex_digest}"]
     assert fetch["command"] == ["python", "/opt/model-delivery/fetch_artifact.py"]
     args = pod["containers"][0]["args"]
@@ -307,10 +307,10 @@ def test_the_weights_volume_and_the_startup_budget_are_sized_from_the_artifact()
 
 
 def test_an_lm_with_a_pickle_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.deploy.kubernetes.target import KubernetesTarget
     from model_delivery.exceptions import TamperedArtifact
+    from model_delivery.store import ArtifactStore
 
     model = tmp_path / "model"
     model.mkdir()

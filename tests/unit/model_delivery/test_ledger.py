@@ -201,7 +201,7 @@ def test_unlock_and_lease_from_the_command_line(tmp_path: Path, monkeypatch: pyt
 
 WORKER = """
 import sys
-from model_delivery.artifacts import ArtifactStore
+from model_delivery.store import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.deploy.local.target import LocalTarget
 from model_delivery.settings import get_settings

@@ -36,7 +36,7 @@ STEP = """
 import os, signal, sys
 from pathlib import Path
 import model_delivery.deploy.local.target as local
-from model_delivery.artifacts import ArtifactStore
+from model_delivery.store import ArtifactStore
 from model_delivery.deploy import Candidate
 from model_delivery.ledger import Ledger
 from model_delivery.deploy.local.spec import LocalTargetSpec

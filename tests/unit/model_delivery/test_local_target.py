@@ -429,7 +429,7 @@ KILLED_MID_SWITCH = """
 import os, signal, sys
 from pathlib import Path
 import model_delivery.deploy.local.target as local
-from model_delivery.artifacts import ArtifactStore
+from model_delivery.store import ArtifactStore
 from model_delivery.deploy.local.spec import LocalTargetSpec
 
 write_state = local.write_state

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.metrics import (
     DAY,
     NO_DEPLOYMENT,
@@ -35,6 +34,7 @@ from model_delivery.metrics import (
     runs_without_record,
     write_outputs,
 )
+from model_delivery.store import ArtifactStore
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 END = BASE + timedelta(days=10)

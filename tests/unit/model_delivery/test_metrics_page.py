@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.metrics import NO_DEPLOYMENT, NO_FAILURE, compute, figures
 from model_delivery.page import page_url
 from model_delivery.page.releases_app import figure_cells, fmt_rate, fmt_when, metrics_view
 from model_delivery.page.releases_data import Links, release_row, versus_champion
 from model_delivery.page.releases_svg import per_day, stacked_bars, trend
 from model_delivery.records import ReleaseRecord
+from model_delivery.store import ArtifactStore
 from tests.conftest import PROJECT
 from tests.unit.model_delivery.test_metrics import END, HISTORY
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.records import REPORT, ReleaseRecord, decide_outcome, render_report
 from model_delivery.report import STAGE_ORDER as STAGES
+from model_delivery.store import ArtifactStore
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from model_delivery.artifacts import ArtifactStore
 from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.runtimes import RUNTIMES, cli_args, get_runtime
+from model_delivery.store import ArtifactStore
 
 
 def test_every_runtime_in_the_registry_declares_its_unit() -> None:

@@ -53,10 +53,10 @@ from model_server.manifest import MANIFEST_NAME, parse_digest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
+    from model_delivery.store import ArtifactStore
 
 ANSIBLE_DIR = PROJECT_ROOT / "include" / "ansible"
 KEEP_RUNS = 20

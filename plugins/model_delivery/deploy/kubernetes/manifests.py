@@ -28,6 +28,7 @@ import yaml
 
 from model_delivery.runtimes import get_runtime
 from model_delivery.settings import PROJECT_ROOT
+from model_delivery.store.layout import blobs_uri, store_root_of
 
 if TYPE_CHECKING:
     from model_delivery.deploy.kubernetes.spec import KubernetesTargetSpec, ResourcesSpec, Toleration
@@ -177,7 +178,8 @@ def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, 
         "image": fetch.image or spec.image or runtime.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["python" if fetch.image else runtime.container_python, f"{SCRIPTS_MOUNT}/{FETCH_SCRIPT}"],
-        "args": ["--uri", release.artifact_uri, "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"],
+        "args": ["--uri", release.artifact_uri, "--blobs", blobs_uri(store_root_of(release.artifact_uri, release.model)),
+                 "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "resources": resources(fetch.resources),
         "securityContext": container_security(spec),
@@ -191,7 +193,7 @@ def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, 
     if fetch.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": fetch.credentials_secret}}]
     if fetch.store_pvc:
-        store_path = release.artifact_uri.removeprefix("file://").split(f"/{release.model}/sha256/")[0]
+        store_path = store_root_of(release.artifact_uri, release.model).removeprefix("file://")
         container["volumeMounts"].append({"name": "store", "mountPath": store_path, "readOnly": True})
     return container
 

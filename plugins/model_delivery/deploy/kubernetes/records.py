@@ -27,9 +27,9 @@ from model_delivery.records import now
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy.kubernetes.manifests import Release
     from model_delivery.ledger import Ledger
+    from model_delivery.store import ArtifactStore
 
 
 class DeployRecords:
@@ -39,7 +39,7 @@ class DeployRecords:
         self.store = store
         self.model = model
         self.ledger = ledger
-        self.root = store.root / model / "kubernetes"
+        self.root = store.layout.kubernetes(model)
 
     def load(self) -> dict[str, Any]:
         state = self.ledger.state(self.model, "kubernetes")
@@ -73,6 +73,6 @@ class DeployRecords:
         return objects
 
     def save_run_copy(self, run_id: str, step: str, objects: list[dict[str, Any]]) -> str:
-        path = self.store.release_dir(self.model, run_id) / "kubernetes" / f"{step}.json"
+        path = self.store.layout.run_objects(self.model, run_id, step)
         self.store.write_json(path, objects)
         return str(path)

@@ -40,15 +40,16 @@ from model_delivery.deploy.kubernetes.rollout import (
 )
 from model_delivery.exceptions import DeployFailed, ReleaseFailed, TamperedArtifact
 from model_delivery.records import now
+from model_delivery.store.layout import artifact_uri
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.deploy.kubernetes.client import Cluster
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec
+    from model_delivery.store import ArtifactStore
 
 
 class RolloutFailed(ReleaseFailed):
@@ -112,7 +113,7 @@ class KubernetesTarget:
         root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
         serving = self.spec.serving
         files = self._files(digest)
-        return m.Release(self.model, version, digest, f"{root}/{self.model}/sha256/{digest.split(':', 1)[1]}",
+        return m.Release(self.model, version, digest, artifact_uri(root, self.model, digest),
                          serving.runtime, tuple(sorted(serving.args.items())),
                          None if files is None else sum(files.values()))
 

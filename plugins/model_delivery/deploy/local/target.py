@@ -41,12 +41,12 @@ from model_server.manifest import parse_digest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from model_delivery.artifacts import ArtifactStore
     from model_delivery.deploy import Candidate
     from model_delivery.deploy.local.spec import LocalTargetSpec
     from model_delivery.ledger import Ledger
     from model_delivery.settings import Settings
     from model_delivery.spec import ModelSpec, ServingSpec
+    from model_delivery.store import ArtifactStore
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
 EXIT_TAMPERED = 3
