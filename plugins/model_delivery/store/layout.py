@@ -7,6 +7,7 @@ matching provider and connection)::
     blobs/uploads/<hex>.part                  a blob upload in progress (resumed by the next put)
     <model>/sha256/<hex>/MANIFEST.json        an artifact: its manifest, written last (the commit marker)
     <model>/sha256/<hex>/<path>               the legacy layout: files beside their manifest (``store migrate``)
+    <model>/sha256/<hex>/signature/model.sig  the artifact's OpenSSF model-signing bundle (``signing: required``)
     <model>/releases/<run>/                   a run's release record, report and the data its build used
     <model>/kubernetes/versions/<ref>.json    what the kubernetes target applied for a version
     _delivery_metrics/                        the delivery metrics DAG's output
@@ -90,6 +91,10 @@ class StoreLayout:
 
     def manifest(self, model: str, digest: str) -> Any:
         return self.artifact(model, digest) / MANIFEST_NAME
+
+    def signature(self, model: str, digest: str) -> Any:
+        """Where an artifact's signature (an OpenSSF model-signing bundle) is kept."""
+        return self.artifact(model, digest) / "signature" / "model.sig"
 
     def legacy_file(self, model: str, digest: str, rel: str) -> Any:
         """Where the legacy layout kept an artifact's file (beside its manifest)."""
