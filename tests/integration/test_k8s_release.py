@@ -20,10 +20,12 @@ import httpx
 import pytest
 from kubernetes.client import ApiClient
 
+from model_delivery.store.oci import OciRepository
 from tests.helpers.k8s_apiserver import connection_env, running
 from tests.helpers.k8s_pods import PodRunner
 from tests.helpers.k8s_specs import use_kubernetes
 from tests.helpers.models import edit_spec, free_port
+from tests.helpers.oci_registry import oci_registry
 from tests.helpers.release import environ, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
@@ -110,3 +112,30 @@ def test_a_failed_production_rollout_is_rolled_back_to_the_recorded_previous_ver
     applied = api.stored("deployments", "breast-cancer", NAMESPACE)
     assert applied["spec"]["template"]["metadata"]["annotations"]["model-delivery.io/digest"] == before
     assert production_digest(runner) == before
+
+
+def test_the_pods_pull_the_artifact_from_an_oci_registry_by_digest(cluster: Any, tmp_path: Path) -> None:
+    models_dir, api, runner = cluster
+    with oci_registry(tmp_path / "registry") as registry:
+        repository = registry.uri(f"models/{MODEL}")
+
+        def through_the_registry(spec: dict[str, Any]) -> None:
+            spec["deploy"]["kubernetes"]["artifact_fetch"] = {"registry": repository, "registry_insecure": True}
+            spec["build"]["params"].update(C=0.5, max_iter=1001)  # a new version (the pickle holds max_iter)
+
+        edit_spec(models_dir / MODEL, through_the_registry)
+        api.script("breast-cancer-candidate", ["complete"])
+        api.script("breast-cancer", ["progressing", "complete"])
+
+        dag_run = run_release(MODEL, {"reason": "the pods pull from the registry"})
+
+        assert dag_run.state == "success", (task_states(dag_run), runner.log[-20:])
+        digest = load_record(MODEL, dag_run.run_id)["artifact"]["digest"]
+        applied = api.stored("deployments", "breast-cancer", NAMESPACE)
+        (init,) = applied["spec"]["template"]["spec"]["initContainers"]
+        uri = init["args"][init["args"].index("--uri") + 1]
+        assert uri.startswith(f"{repository}@sha256:") and "--insecure" in init["args"] and "--blobs" not in init["args"]
+        pulled = [(m, p) for m, p, status in registry.requests() if m == "GET" and status == 200]
+        assert ("GET", f"/v2/models/{MODEL}/manifests/{uri.split('@')[1]}") in pulled  # by its OCI digest
+        assert OciRepository(repository, insecure=True).exists(digest)
+        assert production_digest(runner) == digest

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     import requests
     from oras.provider import Registry
 
+    from model_delivery.store.artifacts import ArtifactStore
+
 log = logging.getLogger(__name__)
 
 SCHEME = "oci"
@@ -501,3 +503,14 @@ def _sha256(body: bytes) -> str:
 
 
 __all__ = ["OciArtifactMissing", "OciRegistryError", "OciRepository", "layer_media_type", "parse_oci_uri", "tag_for"]
+
+
+def push_stored(store: ArtifactStore, model: str, digest: str, repository: OciRepository) -> dict[str, Any]:
+    """Push an artifact of a local store to a registry, its files read from their blobs (or legacy paths)."""
+    if not store.is_local:
+        raise OciRegistryError(f"pushing {digest} to {repository.uri} reads the store's files in place, and "
+                               f"{store.root} is not local. Fix: push from a worker with a file:// store.")
+    manifest = store.read_manifest(model, digest)
+    entries = {e["path"]: e for e in manifest["files"]}
+    return repository.push(model, digest, canonical_bytes(manifest),
+                           lambda rel: Path(store.locate(model, digest, entries[rel]).path))

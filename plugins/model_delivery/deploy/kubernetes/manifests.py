@@ -170,6 +170,16 @@ def container_security(spec: KubernetesTargetSpec) -> dict[str, Any]:
     }
 
 
+def _fetch_args(spec: KubernetesTargetSpec, release: Release) -> list[str]:
+    """Where the init container reads the artifact: the registry by digest, or the store's manifest and blobs."""
+    where = ["--uri", release.artifact_uri]
+    if release.artifact_uri.startswith("oci://"):
+        where += ["--insecure"] if spec.artifact_fetch.registry_insecure else []
+    else:
+        where += ["--blobs", blobs_uri(store_root_of(release.artifact_uri, release.model))]
+    return [*where, "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"]
+
+
 def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, Any]:
     fetch = spec.artifact_fetch
     runtime = get_runtime(release.runtime)
@@ -178,8 +188,7 @@ def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, 
         "image": fetch.image or spec.image or runtime.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["python" if fetch.image else runtime.container_python, f"{SCRIPTS_MOUNT}/{FETCH_SCRIPT}"],
-        "args": ["--uri", release.artifact_uri, "--blobs", blobs_uri(store_root_of(release.artifact_uri, release.model)),
-                 "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"],
+        "args": _fetch_args(spec, release),
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
         "resources": resources(fetch.resources),
         "securityContext": container_security(spec),
@@ -192,7 +201,7 @@ def _fetch_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, 
     }
     if fetch.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": fetch.credentials_secret}}]
-    if fetch.store_pvc:
+    if fetch.store_pvc and not release.artifact_uri.startswith("oci://"):
         store_path = store_root_of(release.artifact_uri, release.model).removeprefix("file://")
         container["volumeMounts"].append({"name": "store", "mountPath": store_path, "readOnly": True})
     return container

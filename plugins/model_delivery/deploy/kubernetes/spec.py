@@ -83,6 +83,19 @@ class ArtifactFetchSpec(_Strict):
         pattern=DNS_LABEL,
         description="PersistentVolumeClaim holding a file:// store, mounted read-only at the store_uri path.",
     )
+    registry: str | None = Field(
+        None,
+        pattern=r"^oci://[^/\s]+/[^\s@]+$",
+        description="An OCI registry repository, `oci://host[:port]/repository`: staging pushes the artifact there "
+        "(one layer per file, ModelPack media types; blobs the registry has are not sent again) and the pods pull "
+        "it by its OCI manifest digest and verify it. Empty: the pods read the store (store_uri).",
+    )
+    registry_insecure: bool = Field(False, description="Speak plain HTTP to the registry (a registry on a "
+                                    "trusted network only).")
+    registry_conn_id: str | None = Field(
+        None, description="Airflow connection whose login and password push to the registry (the pods read it "
+        "with OCI_USERNAME and OCI_PASSWORD from credentials_secret). Empty: no credentials.",
+    )
     volume_size_limit: str | None = Field(
         None, pattern=QUANTITY, description="Size limit of the emptyDir the artifact is fetched into. Default: the "
         "artifact's size plus 10% and 256Mi (2Gi when the store does not know the artifact)."

@@ -67,8 +67,8 @@ class KubernetesTarget:
 
     name = "kubernetes"
 
-    def __init__(self, spec: ModelSpec, settings: Settings, store: ArtifactStore, cluster: Cluster | None = None
-                 ) -> None:
+    def __init__(self, spec: ModelSpec, settings: Settings, store: ArtifactStore, cluster: Cluster | None = None,
+                 log: Callable[..., None] | None = None) -> None:
         assert spec.deploy.kubernetes is not None  # guaranteed by DeploySpec validation
         self.spec = spec
         self.k8s = spec.deploy.kubernetes
@@ -79,12 +79,13 @@ class KubernetesTarget:
         self.records = DeployRecords(store, spec.name, self.ledger)
         self._cluster = cluster
         self._manifests: dict[str, dict[str, int]] = {}
+        self.log = log or (lambda *args: None)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
                   log: Callable[..., None] | None = None) -> KubernetesTarget:
         """The target of ``spec``'s ``deploy.kubernetes`` section, through ``KubernetesHook(conn_id)``."""
-        return cls(spec, settings, store)
+        return cls(spec, settings, store, log=log)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -113,9 +114,40 @@ class KubernetesTarget:
         root = (self.k8s.artifact_fetch.store_uri or self.settings.artifact_root).rstrip("/")
         serving = self.spec.serving
         files = self._files(digest)
-        return m.Release(self.model, version, digest, artifact_uri(root, self.model, digest),
+        return m.Release(self.model, version, digest, self._oci_ref(digest) or artifact_uri(root, self.model, digest),
                          serving.runtime, tuple(sorted(serving.args.items())),
                          None if files is None else sum(files.values()))
+
+    def _oci_ref(self, digest: str) -> str | None:
+        """``oci://host/repo@<OCI manifest digest>`` once staging pushed the artifact (by tag before: render)."""
+        fetch = self.k8s.artifact_fetch
+        if fetch.registry is None:
+            return None
+        from model_delivery.store.oci import tag_for
+
+        pushed = self.records.load().get("oci", {}).get(digest)
+        return f"{fetch.registry}@{pushed}" if pushed else f"{fetch.registry}:{tag_for(digest)}"
+
+    def _push_oci(self, digest: str) -> None:
+        """Push the artifact to the spec's registry (blobs it has are not sent again); record its OCI digest."""
+        fetch = self.k8s.artifact_fetch
+        if fetch.registry is None:
+            return
+        from model_delivery.store.oci import OciRepository, push_stored
+
+        login = password = None
+        if fetch.registry_conn_id:
+            from airflow.sdk import BaseHook
+
+            conn = BaseHook.get_connection(fetch.registry_conn_id)
+            login, password = conn.login, conn.password
+        repository = OciRepository(fetch.registry, insecure=fetch.registry_insecure, username=login, password=password)
+        pushed = push_stored(self.store, self.model, digest, repository)
+        self.log("pushed %s to %s: OCI digest %s (%d blob(s) uploaded, %d already there)", digest, fetch.registry,
+                 pushed["oci_digest"], pushed["uploaded"], pushed["reused"])
+        state = self.records.load()
+        state.setdefault("oci", {})[digest] = pushed["oci_digest"]
+        self.records.save(state)
 
     def _files(self, digest: str) -> dict[str, int] | None:
         """The stored artifact's files and sizes (its manifest, read once: a digest's content never changes)."""
@@ -242,6 +274,7 @@ class KubernetesTarget:
         files = self._files(candidate.digest)
         if files is not None:
             get_runtime(self.spec.serving.runtime).check_files(sorted(files), candidate.digest)
+        self._push_oci(candidate.digest)
         release = self.release(candidate.version, candidate.digest)
         state = self.records.load()
         run = state["runs"].setdefault(run_id, {})
