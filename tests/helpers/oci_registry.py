@@ -34,6 +34,7 @@ import httpx
 
 from tests.helpers.ansible_fleet import ensure_debian_packages
 from tests.helpers.models import free_port
+from tests.helpers.processes import stop_processes
 
 BINARY = "/usr/bin/docker-registry"
 _ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) ')
@@ -114,12 +115,7 @@ def oci_registry(base: Path) -> Iterator[OciRegistry]:
             time.sleep(0.1)
         yield registry
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_processes([proc])
 
 
 @dataclass
