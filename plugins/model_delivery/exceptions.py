@@ -57,6 +57,19 @@ class TamperedArtifact(ReleaseFailed, ArtifactIntegrityError):
     """Artifact files do not match the recorded digest."""
 
 
+class SignatureRefused(TamperedArtifact):
+    """An artifact's signature is missing or does not hold (``signing`` in the spec); nothing is served.
+
+    :param message: what is wrong, where, and the fix.
+    :param reason: ``unsigned``, ``bad-signature``, ``wrong-key``, ``untrusted-certificate``, ``changed-files``, or
+        ``no-trust`` (nothing to verify with is configured).
+    """
+
+    def __init__(self, message: str, *, reason: str = "bad-signature", result: dict[str, Any] | None = None) -> None:
+        super().__init__(message, result=result)
+        self.reason = reason
+
+
 class DeployFailed(ModelDeliveryError):
     """A deploy target could not bring the candidate up (may be retried)."""
 

@@ -125,6 +125,7 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
     """Run the build entrypoint (unless a container build passes its ``outputs``), store, register."""
     from model_delivery.build import git_sha, run_build
     from model_delivery.build_env import build_tags
+    from model_delivery.signing import sign_artifact
     from model_server.manifest import build_manifest, manifest_digest
 
     check_conf(rc.conf)
@@ -132,7 +133,8 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
     if outputs is None:
         outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
     try:
-        artifact = rc.store.put_directory(spec.name, outputs.model_dir)
+        artifact = rc.store.put_directory(spec.name, outputs.model_dir, log=rc.log)
+        signature = sign_artifact(rc.store, spec.name, artifact.digest, outputs.model_dir, spec.signing, log=rc.log)
         data: dict[str, dict[str, Any]] = {}
         for name, path in outputs.data.items():
             dest = rc.record.dir / "data" / path.name
@@ -159,7 +161,7 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
     if no_change:
         rc.log("version %s is production already, built from the same spec and data: nothing new", version.version)
     return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data,
-            "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")},
+            "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")}, **signature,
             "build_env": outputs.environment}
 
 
@@ -288,7 +290,8 @@ def _champion(rc: ReleaseContext, candidate: dict[str, Any], scratch: Path,
     if champion.version == str(candidate["version"]):
         return {**found, "same_as_candidate": True}, None
     try:
-        artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}")
+        artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}",
+                                      log=rc.log)
         metrics, paired = measure(artifact_dir)
     except (ReleaseFailed, ArtifactIntegrityError, ValueError) as exc:
         rc.log("production version %s could not be measured on this data: %s", champion.version, exc)
@@ -308,7 +311,8 @@ def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     spec = rc.spec
     scratch = rc.settings.scratch_dir / spec.name
     scratch.mkdir(parents=True, exist_ok=True)
-    artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}")
+    artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}",
+                                  log=rc.log)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         eval_csv = _download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv")
         measure = _evaluate_lm if spec.task == "language-model" else _evaluate_table

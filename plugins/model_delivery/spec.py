@@ -314,6 +314,40 @@ class ServingSpec(_Strict):
         return value
 
 
+class SigningSpec(_Strict):
+    """Signatures of the artifact (OpenSSF model-signing, offline): signed by the build, verified by every target."""
+
+    mode: Literal["off", "optional", "required"] = Field(
+        "off",
+        description="`required`: the build signs the artifact (it fails when no key is configured) and every target "
+        "refuses an artifact that is unsigned or whose signature does not hold, before serving it. `optional`: "
+        "signed when the connection has a key; a signature present must hold. `off`: neither. `signing: required` "
+        "alone is short for `signing: {mode: required}`.",
+    )
+    method: Literal["key", "certificate"] = Field(
+        "key",
+        description="`key`: an EC private key (P-256, P-384 or P-521) signs and its public key verifies. "
+        "`certificate`: the key and its X.509 certificate (extra `certificate` of the connection) sign, and the CA "
+        "certificates in `certificate_chain` verify.",
+    )
+    conn_id: str = Field(
+        "model_delivery_signing", min_length=1,
+        description="Airflow connection holding the private key in PEM (its password field, or extra "
+        "`private_key`; extra `key_password` if encrypted, `certificate` and `certificate_chain` for the certificate "
+        "method). Read by the build task only; the key never reaches logs, XCom or records.",
+    )
+    public_key: str | None = Field(
+        None,
+        description="Method `key`: PEM public key file in the model folder that targets verify with, e.g. "
+        "`keys/signing.pub`. Empty: the connection's extra `public_key`.",
+    )
+    certificate_chain: str | None = Field(
+        None,
+        description="Method `certificate`: PEM file in the model folder with the CA certificates a signing "
+        "certificate must chain to. Empty: the connection's extra `certificate_chain`.",
+    )
+
+
 class _Deploy(_Strict):
     """Where and how the model is served."""
 
@@ -403,6 +437,16 @@ class ModelSpec(_Strict):
     approval_timeout_minutes: float = Field(
         240.0, gt=0, le=10080, description="How long the approval may wait; no answer in time stops the release."
     )
+    signing: SigningSpec = Field(
+        default_factory=SigningSpec,  # type: ignore[arg-type]
+        description="Artifact signatures: `required`, `optional` or `off` (the default), or a mapping; see "
+        "docs/ARCHITECTURE.md (Signing).",
+    )
+
+    @field_validator("signing", mode="before")
+    @classmethod
+    def _signing_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
 
     @field_validator("schedule")
     @classmethod
@@ -608,6 +652,8 @@ def load_spec(model_dir: Path) -> ModelSpec:
         ("smoke.golden", spec.smoke.golden),
         ("validation.suite", spec.validation.suite),
         ("validation.reference", spec.validation.reference),
+        *((f"signing.{key}", rel) for key, rel in (("public_key", spec.signing.public_key),
+                                                   ("certificate_chain", spec.signing.certificate_chain)) if rel),
     )
     for field, rel in named:
         if not _inside(model_dir, rel):

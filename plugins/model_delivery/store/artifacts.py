@@ -321,8 +321,9 @@ class ArtifactStore:
         manifest = self.read_manifest(model, digest)
         partial = dest.parent / f".{dest.name}.partial"
         progress = Progress(f"fetch {model}", sum(e["size"] for e in manifest["files"]), log)
+        partial.mkdir(parents=True, exist_ok=True)
         try:
-            for extra in set(list_files(partial)) - {e["path"] for e in manifest["files"]} if partial.exists() else ():
+            for extra in set(list_files(partial)) - {e["path"] for e in manifest["files"]}:
                 (partial / extra).unlink()
             for entry in manifest["files"]:
                 self._fetch_file(model, digest, entry, manifest.get("chunk_size"), partial / entry["path"], progress)

@@ -463,18 +463,29 @@ class AnsibleTarget:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _artifact(self, digest: str) -> str:
-        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from."""
+    def _artifact(self, digest: str, *, check_signature: bool = True) -> str:
+        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from.
+
+        With the spec's ``signing`` on, its signature is verified here, on the controller, before any host
+        gets a file (:class:`SignatureRefused`); a version being put back (``check_signature=False``) already
+        served, and is not refused.
+        """
         dest = self.state_dir / "artifacts" / parse_digest(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fetched = Path(self.store.fetch(self.model, digest, dest))  # verified against the digest
+        fetched = Path(self.store.fetch(self.model, digest, dest, log=self.log))  # verified against the digest
         manifest = json.loads((fetched / MANIFEST_NAME).read_text())
         self.runtime.check_files([entry["path"] for entry in manifest["files"]], digest)  # vLLM: no pickle to a host
+        if check_signature and self.spec.signing.mode != "off":
+            from model_delivery.signing import check_artifact, trust_of
+
+            check_artifact(self.store, self.model, digest, fetched, trust_of(self.spec.signing, self.model_dir),
+                           log=self.log)
         return str(fetched)
 
-    def _release_vars(self, candidate: dict[str, Any]) -> dict[str, Any]:
+    def _release_vars(self, candidate: dict[str, Any], *, check_signature: bool = True) -> dict[str, Any]:
+        src = self._artifact(candidate["digest"], check_signature=check_signature)
         return {"model_delivery_release": {"version": str(candidate["version"]), "digest": candidate["digest"],
-                                           "artifact_src": self._artifact(candidate["digest"])}}
+                                           "artifact_src": src}}
 
     @staticmethod
     def _record_serving(state: dict[str, Any], result: PlaybookResult) -> None:
@@ -600,7 +611,8 @@ class AnsibleTarget:
         restore: dict[str, Any] = {}
         for host in run["touched"]:
             before = run["before"].get(host) or {}
-            restore[host] = self._release_vars(before)["model_delivery_release"] if before.get("digest") else {}
+            restore[host] = (self._release_vars(before, check_signature=False)["model_delivery_release"]
+                             if before.get("digest") else {})
         result = self.run_playbook("rollback.yml", {"model_delivery_restore": restore}, run_id=run_id)
         self._record_serving(state, result)
         if not result.ok:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from model_delivery.deploy.local.spec import LocalTargetSpec
     from model_delivery.ledger import Ledger
     from model_delivery.settings import Settings
-    from model_delivery.spec import ModelSpec, ServingSpec
+    from model_delivery.spec import ModelSpec, ServingSpec, SigningSpec
     from model_delivery.store import ArtifactStore
 
 SERVING_PATH = PROJECT_ROOT / "include" / "serving"
@@ -105,12 +105,16 @@ class LocalTarget:
     :param store: the artifact store to fetch from.
     :param serving: the spec's serving section (default: our model server).
     :param ledger: the deployment ledger (default: SQLite in ``state_dir``, for a target used alone).
+    :param signing: the spec's ``signing`` section: with ``required`` (or ``optional`` and a signature present),
+        stage verifies the fetched artifact's signature before it starts anything.
+    :param model_dir: the model folder, where ``signing.public_key`` is found.
     """
 
     name = "local"
 
     def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore,
-                 serving: ServingSpec | None = None, ledger: Ledger | None = None) -> None:
+                 serving: ServingSpec | None = None, ledger: Ledger | None = None,
+                 signing: SigningSpec | None = None, model_dir: Path | None = None) -> None:
         from model_delivery.ledger import Ledger
         from model_delivery.runtimes import get_runtime
 
@@ -123,6 +127,8 @@ class LocalTarget:
         self.ledger = ledger or Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
         self.front_state = state_dir / "front.json"
         self.recovered: list[str] = []  # what the last locked step settled first (:meth:`recover`)
+        self.signing = signing
+        self.model_dir = model_dir or state_dir
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
@@ -130,7 +136,7 @@ class LocalTarget:
         """The target of ``spec``'s ``deploy.local`` section, its state in ``settings.deploy_dir / model``."""
         assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
         return cls(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store, spec.serving,
-                   settings.open_ledger())
+                   settings.open_ledger(), signing=spec.signing, model_dir=settings.models_dir / spec.name)
 
     @property
     def front_url(self) -> str:
@@ -391,17 +397,32 @@ class LocalTarget:
                 "serving": active["version"] if active else None, "artifact_verified": True, "note": note}
 
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
-        """Fetch and verify the artifact, start it on a fresh port, wait until it is ready."""
+        """Fetch and verify the artifact (and its signature, per the spec's ``signing``), start it on a fresh port,
+        wait until it is ready.
+
+        :raises SignatureRefused: the signature is missing (required) or does not hold; nothing was started.
+        """
         artifact_dir = self.state_dir / "artifacts" / parse_digest(candidate.digest)
         self.store.fetch(self.model, candidate.digest, artifact_dir)
+        signature = self._check_signature(candidate.digest, artifact_dir)
         with self._locked() as state:
             for slot in (state["candidates"].get(run_id), state["active"]):
                 if slot and slot["digest"] == candidate.digest and self._slot_alive(slot):
                     state["candidates"][run_id] = slot
-                    return {**slot, "note": f"version {slot['version']} with this digest is already running"}
+                    return {**slot, **signature,
+                            "note": f"version {slot['version']} with this digest is already running"}
             self._journaled_stop(run_id, state["candidates"].pop(run_id, None))
             slot = self._start_server(state, candidate, artifact_dir, run_id)
-            return {**slot, "note": "started beside production, no traffic yet"}
+            return {**slot, **signature, "note": "started beside production, no traffic yet"}
+
+    def _check_signature(self, digest: str, artifact_dir: Path) -> dict[str, Any]:
+        """Verify the fetched artifact against its signature bundle in the store, when the spec signs."""
+        if self.signing is None or self.signing.mode == "off":
+            return {}
+        from model_delivery.signing import check_artifact, trust_of
+
+        return check_artifact(self.store, self.model, digest, artifact_dir, trust_of(self.signing, self.model_dir),
+                              log=_logger.info)
 
     def shift(self, run_id: str) -> dict[str, Any]:
         """Send production traffic to this run's candidate; keep the old version warm."""

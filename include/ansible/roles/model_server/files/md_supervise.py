@@ -17,6 +17,7 @@ directory of the instance's own: vLLM binds Unix sockets there, whose paths hold
 
     md_supervise.py start|stop|restart|status|run|wait-ready --root DIR --instance NAME
     md_supervise.py install-artifact --incoming DIR --dest DIR --digest sha256:...
+        [--signature BUNDLE (--public-key PEM | --ca PEM)]
 
 ``start`` runs ``run`` detached in its own session and returns; ``stop`` and ``restart``
 print ``stopped`` only when something was running (the role's ``changed_when`` reads it);
@@ -27,6 +28,10 @@ lists the model, served from the directory named after the expected digest, and 
 warm-up completion answers.
 ``install-artifact`` re-hashes a copied artifact against its manifest and the digest
 (``model_server.manifest``, installed beside this file) and only then moves it into place.
+With ``--public-key`` (or ``--ca``, the certificate method) it also checks the artifact's
+OpenSSF model-signing bundle (``--signature``; absent: refused as unsigned) on the host,
+with ``model_signing`` from the host's virtualenv, the same way ``model_delivery.signing``
+does on the controller (``MANIFEST.json`` not signed).
 """
 
 from __future__ import annotations
@@ -270,8 +275,38 @@ def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
     return 1
 
 
-def _install_artifact(incoming: Path, dest: Path, digest: str) -> int:
-    """Verify ``incoming`` (every file's sha256 and size, and the manifest's digest), then rename it to ``dest``."""
+def _check_signature(directory: Path, signature: Path | None, public_key: Path | None, ca: Path | None) -> str | None:
+    """Why ``directory`` does not match its model-signing bundle (None when it does): offline, key or certificate."""
+    if signature is None or not signature.is_file():
+        return "unsigned: signing is required and no signature came with the artifact"
+    try:
+        from model_signing import hashing, verifying
+    except ImportError:
+        return ("model-signing is not installed in this host's virtualenv. Fix: add model-signing and pyOpenSSL to "
+                "the model server's requirements")
+    config = verifying.Config().set_hashing_config(
+        hashing.Config().use_file_serialization(hashing_algorithm="sha256")
+        .set_ignored_paths(paths=["MANIFEST.json"], ignore_git_paths=False).set_allow_symlinks(True))
+    if ca is not None:
+        config.use_certificate_verifier(certificate_chain=[ca])
+    else:
+        config.use_elliptic_key_verifier(public_key=public_key)
+    try:
+        config.verify(directory, signature)
+    except Exception as exc:  # noqa: BLE001 - every failure is a refusal: name it
+        text = str(exc) or type(exc).__name__
+        if text.startswith("Key mismatch"):
+            return "wrong-key: signed by another key than the one this host trusts"
+        if text.startswith("Signature mismatch"):
+            return f"changed-files: its files differ from what was signed ({text[:400]})"
+        return f"bad-signature: {type(exc).__name__}: {text[:300]}"
+    return None
+
+
+def _install_artifact(incoming: Path, dest: Path, digest: str, signature: Path | None = None,
+                      public_key: Path | None = None, ca: Path | None = None) -> int:
+    """Verify ``incoming`` (every file's sha256 and size, the manifest's digest, and its signature when asked),
+    then rename it to ``dest``."""
     import shutil
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -282,6 +317,12 @@ def _install_artifact(incoming: Path, dest: Path, digest: str) -> int:
     except ArtifactIntegrityError as exc:
         shutil.rmtree(incoming, ignore_errors=True)
         print(f"refusing the copy of {digest}: {exc}", file=sys.stderr)
+        return 1
+    refused = _check_signature(incoming, signature, public_key, ca) if (public_key or ca) else None
+    if refused:
+        shutil.rmtree(incoming, ignore_errors=True)
+        print(f"refusing the copy of {digest}: signature {refused}. Fix: deploy an artifact signed by the "
+              "release's key (run the release again with signing configured).", file=sys.stderr)
         return 1
     shutil.rmtree(dest, ignore_errors=True)  # a partial copy from an interrupted run
     os.replace(incoming, dest)
@@ -302,13 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--incoming", type=Path, help="install-artifact: the copied directory")
     parser.add_argument("--dest", type=Path, help="install-artifact: where it goes once verified")
     parser.add_argument("--digest", help="install-artifact: sha256:<hex>")
+    parser.add_argument("--signature", type=Path, help="install-artifact: the artifact's model-signing bundle")
+    parser.add_argument("--public-key", type=Path, help="install-artifact: verify the signature with this EC key (PEM)")
+    parser.add_argument("--ca", type=Path, help="install-artifact: verify the signing certificate against these CAs")
     parser.add_argument("--timeout", type=float, default=120.0, help="wait-ready: seconds")
     parser.add_argument("--health-host", default="127.0.0.1", help="wait-ready: address to probe")
     args = parser.parse_args(argv)
     if args.command == "install-artifact":
         if not (args.incoming and args.dest and args.digest):
             parser.error("install-artifact needs --incoming, --dest and --digest")
-        return _install_artifact(args.incoming, args.dest, args.digest)
+        return _install_artifact(args.incoming, args.dest, args.digest, args.signature, args.public_key, args.ca)
     if args.root is None or not args.instance:
         parser.error(f"{args.command} needs --root and --instance")
     instance = Instance(args.root.resolve(), args.instance)
