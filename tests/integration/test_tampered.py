@@ -29,8 +29,13 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _stored(record: dict) -> Path:
-    return Path(record["artifact"]["uri"].removeprefix("file://"))
+def _stored_file(digest: str, name: str) -> Path:
+    """Where the store keeps a file of an artifact (its blob), asked of the store."""
+    from model_delivery.settings import get_settings
+
+    store = get_settings().open_store()
+    entry = next(e for e in store.read_manifest(MODEL, digest)["files"] if e["path"] == name)
+    return Path(store.locate(MODEL, digest, entry).path)
 
 
 def _front(models_dir: Path) -> str:
@@ -42,7 +47,7 @@ def test_release_refuses_a_stored_artifact_that_was_changed(env: Path) -> None:
     first = run_release(MODEL, {"reason": "good release"})
     assert first.state == "success"
     good = load_record(MODEL, first.run_id)
-    _flip_byte(_stored(good) / "model.joblib")
+    _flip_byte(_stored_file(good["artifact"]["digest"], "model.joblib"))
 
     second = run_release(MODEL, {"reason": "same code, damaged store"})
 
@@ -67,7 +72,7 @@ def test_deploy_refuses_a_tampered_artifact_and_starts_nothing(env: Path, tmp_pa
 
     edit_spec(env / MODEL, lambda spec: spec["build"]["params"].update(C=0.25))
     candidate = release.build(rc)
-    _flip_byte(Path(candidate["uri"].removeprefix("file://")) / "model.joblib")
+    _flip_byte(_stored_file(candidate["digest"], "model.joblib"))
     before = rc.target.status()
 
     with pytest.raises(TamperedArtifact, match="model.joblib"):
