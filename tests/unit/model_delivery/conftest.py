@@ -16,7 +16,7 @@ import pytest
 
 from model_delivery.store import ArtifactStore
 from tests.helpers.models import Built, build_and_store, free_port
-from tests.helpers.processes import serving_env, stop_processes
+from tests.helpers.processes import kill_matching, serving_env, stop_processes
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,3 +89,13 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """The target's state directory; every process naming it is killed at teardown."""
+    directory = tmp_path / "deploy" / MODEL
+    try:
+        yield directory
+    finally:
+        kill_matching(str(directory))

@@ -25,10 +25,10 @@ from model_delivery.settings import get_settings
 from model_delivery.spec import load_spec
 from model_server.manifest import MANIFEST_NAME, parse_digest, verify_directory
 from tests.helpers.models import PROJECT, copy_models, free_port
-from tests.helpers.processes import gone, kill_matching
+from tests.helpers.processes import gone
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from tests.unit.model_delivery.conftest import Builds
@@ -65,16 +65,6 @@ def wait_gone(pid: int) -> bool:
     while time.monotonic() < deadline and not gone(pid):
         time.sleep(0.05)
     return gone(pid)
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    """The target's state directory; every process naming it is killed at teardown."""
-    directory = tmp_path / "deploy" / MODEL
-    try:
-        yield directory
-    finally:
-        kill_matching(str(directory))
 
 
 @pytest.fixture

@@ -35,11 +35,9 @@ from model_delivery.spec import SigningSpec, load_spec
 from model_delivery.store import ArtifactStore
 from model_server.manifest import MANIFEST_NAME
 from tests.helpers.models import copy_models, edit_spec, free_port
-from tests.helpers.processes import kill_matching
 from tests.unit.model_delivery.test_local_target import infer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
 
     from tests.unit.model_delivery.conftest import Builds
 
@@ -308,15 +306,6 @@ REFUSED = [
     pytest.param("altered", "changed-files", id="tampered"),
     pytest.param("other-key", "wrong-key", id="other-key"),
 ]
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "deploy" / MODEL
-    try:
-        yield directory
-    finally:
-        kill_matching(str(directory))
 
 
 def _local_target(store: ArtifactStore, state_dir: Path, model_dir: Path, signing: SigningSpec) -> LocalTarget:
