@@ -352,6 +352,22 @@ def read_bundle(store: ArtifactStore, model: str, digest: str) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
+def required_bundle(store: ArtifactStore, model: str, digest: str, trust: Trust,
+                    log: Callable[..., Any] | None = None) -> bytes | None:
+    """The artifact's bundle; None (logged) when it has none and signing is ``optional``.
+
+    :raises SignatureRefused: signing is ``required`` and the store has no bundle (reason ``unsigned``).
+    """
+    bundle = read_bundle(store, model, digest)
+    if bundle is None:
+        if trust.mode == "required":
+            raise _refused(f"{digest} of model {model!r}", "unsigned", "signing is required and the store has no "
+                           f"signature for it ({store.layout.signature(model, digest)})")
+        if log:
+            log("signing is optional: %s has no signature, served unsigned", digest)
+    return bundle
+
+
 def check_artifact(store: ArtifactStore, model: str, digest: str, directory: Path, trust: Trust | None,
                    log: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Target: verify a fetched artifact against its bundle before it is served.
@@ -364,15 +380,10 @@ def check_artifact(store: ArtifactStore, model: str, digest: str, directory: Pat
     """
     if trust is None:
         return {"signature": "not-checked"}
-    bundle = read_bundle(store, model, digest)
-    where = f"{digest} of model {model!r}"
+    bundle = required_bundle(store, model, digest, trust, log=log)
     if bundle is None:
-        if trust.mode == "required":
-            raise _refused(where, "unsigned", f"signing is required and the store has no signature for it "
-                           f"({store.layout.signature(model, digest)})")
-        if log:
-            log("signing is optional: %s has no signature, served unsigned", digest)
         return {"signature": "unsigned"}
+    where = f"{digest} of model {model!r}"
     if trust.method == "certificate":
         verify_directory(directory, bundle, certificate_chain_pem=trust.pem, where=where)
     else:

@@ -98,8 +98,18 @@ def _services_not_started() -> Iterator[None]:
         policy.unlink(missing_ok=True)
 
 
+def _shared_venvs(venv: Path | None) -> dict[str, Any]:
+    """With ``venv``, the hosts of one machine share the model server's virtualenv, and the signature verifier's
+    beside it: the role installs them for the first host (``model_server_install_throttle: 1``)."""
+    if venv is None:
+        return {}
+    return {"model_server_venv": str(venv), "model_server_signing_venv": str(venv.with_name("signing-venv")),
+            "model_server_install_throttle": 1}
+
+
 def wheelhouse(dest: Path) -> Path:
-    """The model server's pinned wheels, downloaded once, so every host installs its virtualenv offline."""
+    """The model server's pinned wheels and the signature verifier's, downloaded once, so that every host
+    installs its virtualenvs offline."""
     with _WHEELHOUSE_LOCK:
         marker = dest / ".complete"
         if marker.exists():
@@ -107,6 +117,7 @@ def wheelhouse(dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "-r", str(PROJECT / "include" / "serving" / "requirements.txt"),
+               "-r", str(PROJECT / "include" / "serving" / "signing-requirements.txt"),
                "-c", str(PROJECT / "constraints.txt"), "-d", str(dest)]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
@@ -145,7 +156,7 @@ def inventory(hosts: list[Host], wheels: Path, venv: Path | None = None, group: 
     host (``model_server_install_throttle: 1``; the others then find it complete): on one machine
     a copy per host would only cost time. Without it, each host gets its own, as on a real fleet.
     """
-    shared = {"model_server_venv": str(venv), "model_server_install_throttle": 1} if venv else {}
+    shared = _shared_venvs(venv)
     return {"all": {"children": {group: {
         "hosts": {h.name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                            "model_server_root": str(h.root), "model_server_port": h.port,
@@ -302,7 +313,7 @@ class SshFleet:
 
     def inventory(self, wheels: Path, venv: Path | None = None, group: str = "model_servers") -> dict[str, Any]:
         """Hosts by address over SSH; the user, key and host keys come from the connection, not from here."""
-        shared = {"model_server_venv": str(venv), "model_server_install_throttle": 1} if venv else {}
+        shared = _shared_venvs(venv)
         return {"all": {"children": {group: {
             "hosts": {h.name: {"ansible_host": h.address, "ansible_port": SSH_PORT, "model_server_root": str(h.root),
                                **h.vars} for h in self.hosts},

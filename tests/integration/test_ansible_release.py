@@ -439,3 +439,73 @@ def test_become_uses_the_password_of_a_connection_and_never_logs_it(fleet: Fleet
     problems = " | ".join(refused.problems())
     assert all(f"{h.name}:" in problems for h in fleet.hosts), problems
     assert "sudo password" in problems.lower() or "incorrect" in problems.lower(), problems
+
+
+def _signed_variant(store: Any, source: str, tmp_path: Path, name: str, private_pem: bytes) -> tuple[str, bytes]:
+    """A new artifact (the production one plus a file), stored, and its bundle signed by ``private_pem``."""
+    from model_delivery.signing import sign_directory
+    from model_server.manifest import MANIFEST_NAME
+
+    directory = store.fetch(MODEL, source, tmp_path / name)
+    (directory / MANIFEST_NAME).unlink()
+    (directory / "NOTICE").write_text(f"{name}\n")
+    digest = store.put_directory(MODEL, directory).digest
+    bundle = sign_directory(directory, private_pem)
+    store.write_text(store.layout.signature(MODEL, digest), bundle.decode())
+    return digest, bundle
+
+
+def test_pulling_hosts_verify_the_signature_themselves_before_anything_serves(fleet: Fleet, tmp_path: Path) -> None:
+    """artifact_transfer: pull with signing required: each host copies the artifact from the store it mounts and
+    checks its model-signing bundle with the verifier the role installs; a bundle of another key is refused by
+    every host (the controller does not fetch pulled artifacts), and what serves stays as it was."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from model_delivery.deploy import Candidate
+    from model_delivery.exceptions import DeployFailed
+
+    def pems() -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+                key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    before = production()
+    ours, theirs = pems(), pems()
+    store = _target(fleet, []).store
+    good, bundle = _signed_variant(store, before.digest, tmp_path, "signed-by-ours", ours[0])
+    forged, _ = _signed_variant(store, before.digest, tmp_path, "signed-by-theirs", theirs[0])
+    (fleet.model_dir / "signing.pub").write_bytes(ours[1])
+    edit_spec(fleet.model_dir, lambda spec: spec.update(signing={"mode": "required", "public_key": "signing.pub"}))
+    fleet.set_ansible(artifact_transfer="pull")
+    try:
+        lines: list[str] = []
+        target = _target(fleet, lines)
+        staged = target.stage(Candidate(MODEL, "90", good), "pull-signed")
+        ready = httpx.get(f"{staged['url']}/v2/health/ready", timeout=10)
+        target.rollback("pull-signed")  # stops the staging instance; no host switched
+
+        refused: list[str] = []
+        with pytest.raises(DeployFailed) as failed:
+            _target(fleet, refused).stage(Candidate(MODEL, "91", forged), "pull-forged")
+        _target(fleet, []).rollback("pull-forged")
+    finally:
+        edit_spec(fleet.model_dir, lambda spec: spec.update(signing={"mode": "off"}))
+        fleet.set_ansible(artifact_transfer="push")
+
+    good_hex, forged_hex = good.removeprefix("sha256:"), forged.removeprefix("sha256:")
+    assert ready.status_code == 200 and ready.headers["x-model-digest"] == good
+    assert not (target.state_dir / "artifacts" / good_hex).exists()  # pulled by the hosts, not copied from here
+    for host in fleet.hosts:
+        artifacts = host.root / "artifacts"
+        assert (artifacts / f"{good_hex}.verified").read_text().strip() == good
+        assert (artifacts / f"{good_hex}.sig").read_bytes() == bundle  # what the host checked
+        assert not (artifacts / forged_hex).exists() and not (artifacts / f"{forged_hex}.incoming").exists()
+    assert (fleet.base / "hosts" / "signing-venv" / ".installed").is_file()
+    message = str(failed.value)
+    assert all(f"{h.name}:" in message for h in fleet.hosts), message
+    assert "signature wrong-key" in message, message
+    assert served_digests(fleet.hosts) == {h.name: before.digest for h in fleet.hosts}
+    assert fleet.front_digest() == before.digest

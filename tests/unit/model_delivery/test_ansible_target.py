@@ -235,3 +235,34 @@ def test_a_vllm_artifact_with_a_pickle_is_refused_before_it_reaches_a_host(targe
     with pytest.raises(TamperedArtifact, match=r"pickle files \['pytorch_model.bin'\]"):
         target._release_vars({"version": "1", "digest": stored.digest})
     assert not (tmp_path / "host1").exists()  # nothing was run on the host
+
+
+def test_pulling_hosts_get_the_store_as_they_mount_it_and_nothing_is_copied_here(
+    target_env: tuple[Path, Settings], tmp_path: Path
+) -> None:
+    model_dir, settings = target_env
+    src = tmp_path / "build"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"weights")
+    stored = ArtifactStore(settings.artifact_root).put_directory(MODEL, src)
+    edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(artifact_transfer="pull",
+                                                                       store_path_on_hosts="/mnt/models"))
+    target = make_target(target_env)
+
+    release = target._release_vars({"version": "1", "digest": stored.digest})["model_delivery_release"]
+
+    hex_ = stored.digest.removeprefix("sha256:")
+    assert release["delivery"] == {"transfer": "pull", "blobs": "/mnt/models/blobs/sha256",
+                                   "folder": f"/mnt/models/{MODEL}/sha256/{hex_}"}
+    assert Path(release["artifact_src"], "MANIFEST.json").is_file()  # the role reads the manifest there
+    assert not (target.state_dir / "artifacts").exists()  # no copy on the controller
+
+
+def test_pull_from_a_store_hosts_cannot_mount_is_refused_naming_the_fix(target_env: tuple[Path, Settings]) -> None:
+    from model_delivery.exceptions import DeployFailed
+
+    model_dir, settings = target_env
+    edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(artifact_transfer="pull"))
+    target = get_target(load_spec(model_dir), settings, ArtifactStore("memory://bucket/models"))
+    with pytest.raises(DeployFailed, match=r"artifact_transfer is 'pull'.*Fix: use artifact_transfer: push"):
+        target._release_vars({"version": "1", "digest": "sha256:" + "a" * 64})

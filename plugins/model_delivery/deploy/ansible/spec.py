@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -68,6 +69,17 @@ class AnsibleTargetSpec(BaseModel):
     remote_root: str | None = Field(
         None, description="Directory on every host for the runtime, artifacts and logs; overrides the inventory's "
         "`model_server_root` (default there: /opt/model-delivery/<model>)."
+    )
+    artifact_transfer: Literal["push", "pull"] = Field(
+        "push", description="How hosts get the artifact. `push`: the controller fetches and verifies it, then copies "
+        "its files to each host (a rerun skips files already there). `pull`: each host copies the files from the "
+        "store itself, part by part, verifying every 64 MiB part as it is written and resuming at the first part "
+        "that does not verify after an interruption; the store must be a filesystem every host mounts "
+        "(a file:// artifact root, e.g. NFS), at `store_path_on_hosts`."
+    )
+    store_path_on_hosts: str | None = Field(
+        None, pattern=r"^/", description="With `artifact_transfer: pull`: the artifact store's root as the hosts "
+        "mount it (default: the same path as on the Airflow worker)."
     )
     ssh_conn_id: str | None = Field(
         None, description="Airflow connection for SSH: login is the remote user; the private key is the extra's "

@@ -29,6 +29,7 @@ never logged or returned.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -463,29 +464,80 @@ class AnsibleTarget:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _artifact(self, digest: str, *, check_signature: bool = True) -> str:
-        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from.
-
-        With the spec's ``signing`` on, its signature is verified here, on the controller, before any host
-        gets a file (:class:`SignatureRefused`); a version being put back (``check_signature=False``) already
-        served, and is not refused.
-        """
+    def _artifact(self, digest: str) -> Path:
+        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from (push)."""
         dest = self.state_dir / "artifacts" / parse_digest(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fetched = Path(self.store.fetch(self.model, digest, dest, log=self.log))  # verified against the digest
         manifest = json.loads((fetched / MANIFEST_NAME).read_text())
         self.runtime.check_files([entry["path"] for entry in manifest["files"]], digest)  # vLLM: no pickle to a host
-        if check_signature and self.spec.signing.mode != "off":
-            from model_delivery.signing import check_artifact, trust_of
+        return fetched
 
-            check_artifact(self.store, self.model, digest, fetched, trust_of(self.spec.signing, self.model_dir),
-                           log=self.log)
-        return str(fetched)
+    def _pull_source(self, digest: str) -> tuple[Path, dict[str, Any]]:
+        """Where hosts copy the artifact from themselves (``artifact_transfer: pull``): the store's blobs and the
+        artifact's folder (its manifest; legacy files), as the hosts mount them. Nothing is copied here."""
+        if not self.store.is_local:
+            raise DeployFailed(
+                f"deploy.ansible.artifact_transfer is 'pull', but the artifact store {self.store.root} is not a "
+                "filesystem the hosts can mount. Fix: use artifact_transfer: push, or a file:// artifact root "
+                "that every host mounts (deploy.ansible.store_path_on_hosts).")
+        manifest = self.store.read_manifest(self.model, digest)  # hashes to the digest: the hosts check it too
+        self.runtime.check_files([entry["path"] for entry in manifest["files"]], digest)
+        root = Path(self.store.root.path)
+        on_hosts = Path(self.config.store_path_on_hosts or root)
+        layout = self.store.layout
+        folder = Path(layout.artifact(self.model, digest).path)
+
+        def host_path(path: Path) -> str:
+            return str(on_hosts / path.relative_to(root))
+
+        return folder, {"transfer": "pull", "blobs": host_path(Path(layout.blobs().path)),
+                        "folder": host_path(folder)}
+
+    def _signature(self, digest: str, fetched: Path | None) -> dict[str, Any]:
+        """The spec's ``signing``, checked here and handed to every host, which verifies the bundle again itself.
+
+        Pushed artifacts are verified on the controller before any host gets a file
+        (:class:`SignatureRefused`); pulled ones are not fetched here, so only a missing bundle is refused
+        here and each host verifies the signature of what it pulled. Returns the role's variables: the bundle
+        and the trusted key (or CA) as files on the controller, none for an unsigned optional artifact.
+        """
+        from model_delivery.signing import check_artifact, required_bundle, trust_of
+
+        trust = trust_of(self.spec.signing, self.model_dir)
+        if trust is None:
+            return {}
+        bundle = required_bundle(self.store, self.model, digest, trust, log=self.log)
+        if bundle is None:
+            return {}
+        if fetched is not None:
+            check_artifact(self.store, self.model, digest, fetched, trust, log=self.log)
+        keep = self.state_dir / "signatures"
+        keep.mkdir(parents=True, exist_ok=True)
+        signature = keep / f"{parse_digest(digest)}.sig"
+        trusted = keep / f"trust-{hashlib.sha256(trust.pem).hexdigest()[:16]}.pem"
+        for path, data in ((signature, bundle), (trusted, trust.pem)):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return {"signature": str(signature), "trust": str(trusted), "trust_method": trust.method}
 
     def _release_vars(self, candidate: dict[str, Any], *, check_signature: bool = True) -> dict[str, Any]:
-        src = self._artifact(candidate["digest"], check_signature=check_signature)
-        return {"model_delivery_release": {"version": str(candidate["version"]), "digest": candidate["digest"],
-                                           "artifact_src": src}}
+        """The playbooks' ``model_delivery_release``: the candidate, where its files come from, and its signature.
+
+        A version being put back (``check_signature=False``) already served, and is not refused.
+        """
+        digest = candidate["digest"]
+        if self.config.artifact_transfer == "pull":
+            src, delivery = self._pull_source(digest)
+            fetched = None
+        else:
+            src = fetched = self._artifact(digest)
+            delivery = {"transfer": "push"}
+        if check_signature and self.spec.signing.mode != "off":
+            delivery.update(self._signature(digest, fetched))
+        return {"model_delivery_release": {"version": str(candidate["version"]), "digest": digest,
+                                           "artifact_src": str(src), "delivery": delivery}}
 
     @staticmethod
     def _record_serving(state: dict[str, Any], result: PlaybookResult) -> None:

@@ -17,7 +17,7 @@ directory of the instance's own: vLLM binds Unix sockets there, whose paths hold
 
     md_supervise.py start|stop|restart|status|run|wait-ready --root DIR --instance NAME
     md_supervise.py install-artifact --incoming DIR --dest DIR --digest sha256:...
-        [--signature BUNDLE (--public-key PEM | --ca PEM)]
+        [--pull-blobs DIR --pull-folder DIR] [--signature BUNDLE (--public-key PEM | --ca PEM)]
 
 ``start`` runs ``run`` detached in its own session and returns; ``stop`` and ``restart``
 print ``stopped`` only when something was running (the role's ``changed_when`` reads it);
@@ -28,6 +28,9 @@ lists the model, served from the directory named after the expected digest, and 
 warm-up completion answers.
 ``install-artifact`` re-hashes a copied artifact against its manifest and the digest
 (``model_server.manifest``, installed beside this file) and only then moves it into place.
+With ``--pull-blobs`` and ``--pull-folder`` (the store, as this host mounts it) the host copies
+the files itself (``model_server.transfer``), verifying each 64 MiB part as it is written and,
+after an interruption, resuming at the parts that do not verify.
 With ``--public-key`` (or ``--ca``, the certificate method) it also checks the artifact's
 OpenSSF model-signing bundle (``--signature``; absent: refused as unsigned) on the host,
 with ``model_signing`` from the host's virtualenv, the same way ``model_delivery.signing``
@@ -303,21 +306,74 @@ def _check_signature(directory: Path, signature: Path | None, public_key: Path |
     return None
 
 
+def _pull(incoming: Path, blobs: Path, folder: Path, digest: str) -> tuple[dict, int]:
+    """Fill ``incoming`` from the store this host mounts: the manifest from the artifact's ``folder``, each
+    file from its blob (else, legacy layout, from beside the manifest), copied part by part with every part
+    verified as it is written. A copy left by a killed run is resumed at the parts that do not verify.
+
+    :return: the manifest (checked against ``digest``) and the bytes copied (not those a killed run left).
+    :raises ArtifactIntegrityError: the manifest or a part of a file does not match.
+    """
+    from model_server.manifest import (
+        MANIFEST_NAME,
+        ArtifactIntegrityError,
+        manifest_digest,
+        parse_manifest,
+        walk_extra,
+    )
+    from model_server.transfer import Progress, copy_verified
+
+    raw = (folder / MANIFEST_NAME).read_bytes()  # OSError: the store is not mounted here
+    try:
+        manifest = parse_manifest(json.loads(raw))
+    except ValueError as exc:
+        raise ArtifactIntegrityError(f"cannot read the manifest in {folder}: {exc}") from None
+    if manifest_digest(manifest) != digest:
+        raise ArtifactIntegrityError(f"{folder / MANIFEST_NAME} hashes to {manifest_digest(manifest)}, not {digest}")
+    incoming.mkdir(parents=True, exist_ok=True)
+    total = sum(int(entry["size"]) for entry in manifest["files"])
+    progress = Progress(f"pull {digest[:19]}", total, lambda fmt, *a: print(fmt % a, file=sys.stderr, flush=True))
+    pulled = 0
+    for entry in manifest["files"]:
+        src = blobs / entry["sha256"]
+        if not src.is_file():
+            src = folder / entry["path"]
+        pulled += copy_verified(src, incoming / entry["path"], entry, manifest.get("chunk_size"), done=progress)
+    progress.finish()
+    (incoming / MANIFEST_NAME).write_bytes(raw)
+    extra = list(walk_extra(incoming, manifest))
+    if extra:
+        raise ArtifactIntegrityError(f"{incoming} holds files the manifest does not list: {extra[:5]}")
+    return manifest, pulled
+
+
 def _install_artifact(incoming: Path, dest: Path, digest: str, signature: Path | None = None,
-                      public_key: Path | None = None, ca: Path | None = None) -> int:
+                      public_key: Path | None = None, ca: Path | None = None,
+                      pull: tuple[Path, Path] | None = None) -> int:
     """Verify ``incoming`` (every file's sha256 and size, the manifest's digest, and its signature when asked),
-    then rename it to ``dest``."""
+    then rename it to ``dest``. With ``pull`` (the store's blobs and the artifact's folder, as this host mounts
+    them), ``incoming`` is first filled from the store, verified part by part as it is written."""
     import shutil
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from model_server.manifest import ArtifactIntegrityError, verify_directory
 
     try:
-        manifest = verify_directory(incoming, digest)
+        if pull is not None:
+            manifest, pulled = _pull(incoming, pull[0], pull[1], digest)  # every part verified as written
+        else:
+            manifest, pulled = verify_directory(incoming, digest), None
     except ArtifactIntegrityError as exc:
         shutil.rmtree(incoming, ignore_errors=True)
         print(f"refusing the copy of {digest}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if pull is None:
+            raise
+        # the store is not mounted here, or a file is missing: nothing to refuse; what was pulled is kept
+        print(f"cannot pull {digest} from the store: {exc}. Fix: mount the artifact store on this host at "
+              "deploy.ansible.store_path_on_hosts, or use artifact_transfer: push.", file=sys.stderr)
+        return 2
     refused = _check_signature(incoming, signature, public_key, ca) if (public_key or ca) else None
     if refused:
         shutil.rmtree(incoming, ignore_errors=True)
@@ -330,8 +386,18 @@ def _install_artifact(incoming: Path, dest: Path, digest: str, signature: Path |
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(digest + "\n")
     os.replace(tmp, marker)
-    print(json.dumps({"verified": digest, "files": len(manifest["files"]), "path": str(dest)}))
+    report = {"verified": digest, "files": len(manifest["files"]), "path": str(dest)}
+    print(json.dumps(report if pulled is None else {**report, "pulled_bytes": pulled}))
     return 0
+
+
+def _install_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not (args.incoming and args.dest and args.digest):
+        parser.error("install-artifact needs --incoming, --dest and --digest")
+    if (args.pull_blobs is None) != (args.pull_folder is None):
+        parser.error("install-artifact: --pull-blobs and --pull-folder go together")
+    pull = (args.pull_blobs, args.pull_folder) if args.pull_blobs else None
+    return _install_artifact(args.incoming, args.dest, args.digest, args.signature, args.public_key, args.ca, pull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,13 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--signature", type=Path, help="install-artifact: the artifact's model-signing bundle")
     parser.add_argument("--public-key", type=Path, help="install-artifact: verify the signature with this EC key (PEM)")
     parser.add_argument("--ca", type=Path, help="install-artifact: verify the signing certificate against these CAs")
+    parser.add_argument("--pull-blobs", type=Path, help="install-artifact: pull the files from these store blobs")
+    parser.add_argument("--pull-folder", type=Path, help="install-artifact: the artifact's folder in the store")
     parser.add_argument("--timeout", type=float, default=120.0, help="wait-ready: seconds")
     parser.add_argument("--health-host", default="127.0.0.1", help="wait-ready: address to probe")
     args = parser.parse_args(argv)
     if args.command == "install-artifact":
-        if not (args.incoming and args.dest and args.digest):
-            parser.error("install-artifact needs --incoming, --dest and --digest")
-        return _install_artifact(args.incoming, args.dest, args.digest, args.signature, args.public_key, args.ca)
+        return _install_command(parser, args)
     if args.root is None or not args.instance:
         parser.error(f"{args.command} needs --root and --instance")
     instance = Instance(args.root.resolve(), args.instance)
