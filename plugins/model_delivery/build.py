@@ -4,11 +4,13 @@ The contract with the entrypoint (``include/models/<name>/train.py`` by default)
 
     python train.py --output-dir OUT --params '{"n_estimators": 200}'
 
-It must write ``OUT/model/`` (the artifact; ``serving.json`` plus the model files) and
-``OUT/data/train.csv`` and ``OUT/data/eval.csv`` (the data it trained and should be
-evaluated on). It runs in a fresh directory holding a copy of the model folder, through the
-same launcher as a container build (``include/build/launch.py``), in the environment that
-``model_delivery.build_env`` declares: no Airflow variables, connections or secrets reach it.
+It must write ``OUT/model/`` (the artifact; ``serving.json`` plus the model files) and the
+data it trained and should be evaluated on: ``OUT/data/train.csv`` or ``OUT/data/train.parquet``,
+and ``OUT/data/eval.csv`` or ``OUT/data/eval.parquet`` (exactly one file per data set; the
+release records which format each is, and later stages read that format). It runs in a fresh
+directory holding a copy of the model folder, through the same launcher as a container build
+(``include/build/launch.py``), in the environment that ``model_delivery.build_env`` declares:
+no Airflow variables, connections or secrets reach it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.build_env import ENV_FILE, LAUNCHER, PASSTHROUGH, declare
-from model_delivery.exceptions import BuildFailed
+from model_delivery.exceptions import BuildFailed, ReleaseFailed
 from model_delivery.procs import tracked
 
 if TYPE_CHECKING:
@@ -36,7 +38,54 @@ if TYPE_CHECKING:
 
     from model_delivery.spec import ModelSpec
 
-DATA_FILES = ("train.csv", "eval.csv")
+DATA_SETS = ("train", "eval")
+"""The data sets a build writes under ``OUT/data/``: ``<name><suffix>`` in one of :data:`DATA_FORMATS`."""
+DATA_FORMATS = {"csv": ".csv", "parquet": ".parquet"}
+"""The formats a data set may be written in, with their file suffix."""
+LEGACY_FORMAT = "csv"
+"""The format of a data record written before formats were recorded (the contract allowed only CSV then)."""
+
+
+def data_format(path: Path) -> str:
+    """The format of a data file the build contract accepts, by its suffix (``csv`` or ``parquet``).
+
+    :raises ValueError: for any other suffix.
+    """
+    for name, suffix in DATA_FORMATS.items():
+        if path.suffix == suffix:
+            return name
+    raise ValueError(f"{path.name}: a data set is {' or '.join(DATA_FORMATS.values())}")
+
+
+def recorded_format(entry: dict[str, Any], what: str) -> str:
+    """The format a stored data record names (``{"uri", "sha256", "format"}``), checked.
+
+    :param entry: one data set's record from the build's result.
+    :param what: the data set's name in messages.
+    :raises ReleaseFailed: when the record names a format the stages cannot read.
+    """
+    found = str(entry.get("format") or LEGACY_FORMAT)
+    if found not in DATA_FORMATS:
+        raise ReleaseFailed(f"the {what} data record names format {found!r} ({entry.get('uri')}); the stages read "
+                          f"{' and '.join(DATA_FORMATS)}. Fix: rebuild the model (trigger the release again).")
+    return found
+
+
+def _data_files(out: Path) -> tuple[dict[str, Path], list[str]]:
+    """Each data set's one file under ``out/data``, and what is wrong (a set with no file, or more than one)."""
+    found: dict[str, Path] = {}
+    problems: list[str] = []
+    for name in DATA_SETS:
+        names = [f"data/{name}{suffix}" for suffix in DATA_FORMATS.values()]
+        present = [rel for rel in names if (out / rel).is_file()]
+        if len(present) == 1:
+            found[name] = out / present[0]
+        elif present:
+            problems.append(f"wrote both {' and '.join(present)} (a data set is written in exactly one format: "
+                            "keep one of them)")
+        else:
+            problems.append(f"wrote neither {' nor '.join(names)}")
+    return found, problems
 
 
 @dataclass(frozen=True)
@@ -123,16 +172,16 @@ def run_build(
 def _check_outputs(spec: ModelSpec, work_dir: Path, out: Path) -> BuildOutputs:
     model = out / "model"
     missing = [] if (model / "serving.json").is_file() else ["model/serving.json"]
-    missing += [f"data/{name}" for name in DATA_FILES if not (out / "data" / name).is_file()]
-    if missing:
+    data, problems = _data_files(out)
+    if missing or problems:
+        wrong = [f"did not write {', '.join(missing)}"] if missing else []
         raise BuildFailed(
-            f"build entrypoint {spec.build.entrypoint} of {spec.name!r} finished but did not write "
-            f"{', '.join(missing)} under --output-dir. Fix the entrypoint: see the contract in docs/model-spec.md."
+            f"build entrypoint {spec.build.entrypoint} of {spec.name!r} finished but " + "; ".join(wrong + problems)
+            + " under --output-dir. Fix the entrypoint: see the contract in docs/model-spec.md."
         )
     env_file = out / ENV_FILE
     environment = json.loads(env_file.read_text()) if env_file.is_file() else {}
-    return BuildOutputs(work_dir, model, {name.removesuffix(".csv"): out / "data" / name for name in DATA_FILES},
-                        environment)
+    return BuildOutputs(work_dir, model, data, environment)
 
 
 def git_sha(repo: Path) -> str:

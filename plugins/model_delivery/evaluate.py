@@ -73,14 +73,45 @@ def _safe_metrics(task: str, names: list[str], y: np.ndarray, outputs: dict[str,
     return values
 
 
-def load_eval_frame(eval_csv: Path, label: str) -> Any:
-    """Read the evaluation data; a missing label column raises ``EvaluationFailed``."""
+def _format_of(path: Path, fmt: str | None) -> str:
+    """``fmt`` as given (what the data's record names), else ``parquet`` for a ``.parquet`` file, else ``csv``."""
+    return fmt or ("parquet" if path.suffix.lower() == ".parquet" else "csv")
+
+
+def _read_table(path: Path, fmt: str) -> Any:
+    """The whole table of a CSV or Parquet file as a frame (evaluation predicts every row at once)."""
     import pandas as pd
 
-    frame = pd.read_csv(eval_csv)
+    if fmt == "csv":
+        try:
+            return pd.read_csv(path)
+        except ValueError as exc:  # pandas' parser, empty-data and decoding errors are all ValueErrors
+            raise EvaluationFailed(f"{path.name}: not a readable CSV table ({type(exc).__name__}: {str(exc)[:200]}). "
+                                   "Fix the build so that it writes the data it evaluated on.") from None
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            raise EvaluationFailed(f"{path.name}: not a readable Parquet file ({type(exc).__name__}: "
+                                   f"{str(exc)[:200]}). Fix the build so that it writes the data it evaluated on."
+                                   ) from None
+    raise EvaluationFailed(f"{path.name}: evaluation data in format {fmt!r} cannot be read; it is csv or parquet.")
+
+
+def load_eval_frame(path: Path, label: str, *, fmt: str | None = None) -> Any:
+    """Read the evaluation data; a missing label column raises ``EvaluationFailed``.
+
+    :param path: the evaluation data file.
+    :param label: the column holding the truth.
+    :param fmt: ``csv`` or ``parquet``, as the data's record names it; None: by the file's suffix.
+    """
+    frame = _read_table(path, _format_of(path, fmt))
     if label not in frame.columns:
         raise EvaluationFailed(
-            f"{eval_csv.name}: label column {label!r} is missing (columns: {list(frame.columns)[:10]}...). "
+            f"{path.name}: label column {label!r} is missing (columns: {list(frame.columns)[:10]}...). "
             "Fix: set evaluation.label in model.yaml to the right column."
         )
     return frame
@@ -135,23 +166,27 @@ def predict_frame(artifact_dir: Path, frame: Any, declared: dict[str, Any] | Non
             return {name: outputs[name] for name in outputs.files}
 
 
-def score_blocks(artifact_dir: Path, blocks_csv: Path, declared: dict[str, Any], *, max_length: int = 256
-                 ) -> list[dict[str, float]]:
+def score_blocks(artifact_dir: Path, blocks: Path, declared: dict[str, Any], *, max_length: int = 256,
+                 fmt: str | None = None) -> list[dict[str, float]]:
     """Per-block scores of a language model on held-out text blocks, computed in a sandbox.
 
     ``python -m model_server.lm_score`` loads the safetensors weights in a process of its own with
     the build's environment; each block comes back as ``{"nll", "tokens", "correct"}``.
+
+    :param blocks: the evaluation data: a CSV or Parquet file with a ``text`` column, a block a row.
+    :param fmt: ``csv`` or ``parquet``, as the data's record names it; None: by the file's suffix.
     """
     import json
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lm-score-") as tmp:
         work = Path(tmp)
-        _sandboxed("model_server.lm_score", ["--artifact", str(artifact_dir), "--blocks", str(blocks_csv),
-                                             "--output", str(work / "scores.json"), "--max-length", str(max_length)],
+        _sandboxed("model_server.lm_score", ["--artifact", str(artifact_dir), "--blocks", str(blocks),
+                                             "--format", _format_of(blocks, fmt), "--output",
+                                             str(work / "scores.json"), "--max-length", str(max_length)],
                    declared, work, f"the language model in {artifact_dir} could not be scored")
-        blocks: list[dict[str, float]] = json.loads((work / "scores.json").read_text())["blocks"]
-        return blocks
+        scores: list[dict[str, float]] = json.loads((work / "scores.json").read_text())["blocks"]
+        return scores
 
 
 def lm_metrics(blocks: list[dict[str, float]]) -> dict[str, float]:
@@ -268,13 +303,14 @@ def paired_bootstrap(n: int, names: Sequence[str], measure: Callable[[Any], tupl
 
 
 def evaluate_artifact(
-    artifact_dir: Path, eval_csv: Path, *, task: str, label: str, metrics: list[str]
+    artifact_dir: Path, eval_data: Path, *, task: str, label: str, metrics: list[str], fmt: str | None = None
 ) -> dict[str, Any]:
-    """Load the artifact, predict on the evaluation CSV and return metrics and row count.
+    """Load the artifact, predict on the evaluation data (CSV or Parquet) and return metrics and row count.
 
-    :raises EvaluationFailed: when the label or a feature column is missing.
+    :param fmt: ``csv`` or ``parquet``, as the data's record names it; None: by the file's suffix.
+    :raises EvaluationFailed: when the data is unreadable, or the label or a feature column is missing.
     """
-    frame = load_eval_frame(eval_csv, label)
+    frame = load_eval_frame(eval_data, label, fmt=fmt)
     outputs = predict_frame(artifact_dir, frame)
     values = compute_metrics(task, metrics, frame[label].to_numpy(), outputs)
     return {"metrics": values, "rows": len(frame)}

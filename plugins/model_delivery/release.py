@@ -123,7 +123,7 @@ class ReleaseContext(OpensStores):
 
 def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, Any]:
     """Run the build entrypoint (unless a container build passes its ``outputs``), store, register."""
-    from model_delivery.build import git_sha, run_build
+    from model_delivery.build import data_format, git_sha, run_build
     from model_delivery.build_env import build_tags
     from model_delivery.signing import sign_artifact
     from model_server.manifest import build_manifest, manifest_digest
@@ -139,7 +139,7 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
         for name, path in outputs.data.items():
             dest = rc.record.dir / "data" / path.name
             sha, size = rc.store.put_file(path, dest)
-            data[name] = {"uri": str(dest), "sha256": sha, "size_bytes": size}
+            data[name] = {"uri": str(dest), "sha256": sha, "size_bytes": size, "format": data_format(path)}
     finally:
         shutil.rmtree(outputs.work_dir, ignore_errors=True)
     spec_digest = manifest_digest(build_manifest(rc.model_dir))
@@ -225,6 +225,18 @@ def _download(uri: str, dest: Path) -> Path:
     return dest
 
 
+def _download_data(candidate: dict[str, Any], name: str, directory: Path) -> tuple[Path, str]:
+    """Download the build's ``name`` data set into ``directory``; its local path and the format its record names.
+
+    The file is named by that format (``eval.parquet``), whatever the stored name, and read as it.
+    """
+    from model_delivery.build import DATA_FORMATS, recorded_format
+
+    entry = candidate["data"][name]
+    fmt = recorded_format(entry, name)
+    return _download(entry["uri"], directory / f"{name}{DATA_FORMATS[fmt]}"), fmt
+
+
 def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     """Expectations, schema and drift on the training and evaluation data; raise if any fails.
 
@@ -234,7 +246,6 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
     """
     from model_delivery.validation.data import (
         ValidationFailed,
-        data_suffix,
         load_suite,
         summarize_reference,
         validate_dataset,
@@ -251,10 +262,9 @@ def validate_data(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, An
     reports = {}
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         for name in ("train", "eval"):  # one data set on local disk at a time, read in bounded batches
-            uri = candidate["data"][name]["uri"]
-            local = _download(uri, Path(tmp) / f"{name}{data_suffix(uri)}")
+            local, fmt = _download_data(candidate, name, Path(tmp))
             report = validate_dataset(local.name, local, reference, suite, config, categorical=categorical,
-                                      workdir=Path(tmp))
+                                      workdir=Path(tmp), fmt=fmt)
             local.unlink()
             rc.store.write_json(rc.record.dir / "validation" / f"{name}.gx.json", report.gx_result)
             reports[name] = report
@@ -314,9 +324,9 @@ def evaluate(rc: ReleaseContext, candidate: dict[str, Any]) -> dict[str, Any]:
     artifact_dir = rc.store.fetch(spec.name, candidate["digest"], scratch / f"eval-{parse_digest(candidate['digest'])}",
                                   log=rc.log)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        eval_csv = _download(candidate["data"]["eval"]["uri"], Path(tmp) / "eval.csv")
+        eval_data, fmt = _download_data(candidate, "eval", Path(tmp))
         measure = _evaluate_lm if spec.task == "language-model" else _evaluate_table
-        result = measure(rc, candidate, artifact_dir, eval_csv, scratch)
+        result = measure(rc, candidate, artifact_dir, (eval_data, fmt), scratch)
     rc.registry.log_metrics(spec.name, candidate["version"], result["metrics"])
     rc.store.write_json(rc.record.dir / "metrics.json", result)
     baseline = (result["champion"] or {}).get("metrics") or {}
@@ -331,9 +341,12 @@ def _bootstrap_config(rc: ReleaseContext) -> dict[str, Any] | None:
     return None if config is None else {"samples": config.samples, "confidence": config.confidence, "seed": config.seed}
 
 
-def _evaluate_table(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_csv: Path,
+def _evaluate_table(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_data: tuple[Path, str],
                     scratch: Path) -> dict[str, Any]:
-    """A classification or regression model on the evaluation rows, predicted in a sandbox."""
+    """A classification or regression model on the evaluation rows, predicted in a sandbox; the champion too.
+
+    ``eval_data`` is the evaluation file and the format its record names.
+    """
     from model_delivery.build_env import declare
     from model_delivery.evaluate import (
         bootstrap,
@@ -345,7 +358,7 @@ def _evaluate_table(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir:
 
     spec = rc.spec
     label, names = spec.evaluation.label, spec.evaluation.metrics
-    frame = load_eval_frame(eval_csv, label)
+    frame = load_eval_frame(eval_data[0], label, fmt=eval_data[1])
     declared = declare(spec.name, spec.build)
     y = frame[label].to_numpy()
 
@@ -366,9 +379,12 @@ def _evaluate_table(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir:
     return result
 
 
-def _evaluate_lm(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_csv: Path,
+def _evaluate_lm(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Path, eval_data: tuple[Path, str],
                  scratch: Path) -> dict[str, Any]:
-    """A language model on the held-out text blocks, scored in a sandbox; the champion on the same blocks."""
+    """A language model on the held-out text blocks, scored in a sandbox; the champion on the same blocks.
+
+    ``eval_data`` is the evaluation file and the format its record names.
+    """
     from model_delivery.build_env import declare
     from model_delivery.evaluate import bootstrap_blocks, lm_metrics, score_blocks
 
@@ -376,7 +392,8 @@ def _evaluate_lm(rc: ReleaseContext, candidate: dict[str, Any], artifact_dir: Pa
     declared = declare(spec.name, spec.build)
 
     def measure(directory: Path) -> tuple[dict[str, float], Any]:
-        blocks = score_blocks(directory, eval_csv, declared, max_length=spec.evaluation.max_length)
+        blocks = score_blocks(directory, eval_data[0], declared, max_length=spec.evaluation.max_length,
+                              fmt=eval_data[1])
         found = lm_metrics(blocks)
         return {name: found[name] for name in spec.evaluation.metrics}, blocks
 

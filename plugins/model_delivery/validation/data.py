@@ -4,7 +4,8 @@ GX is used directly with an ephemeral context (the GX Airflow provider does not 
 with Airflow 3.3). A suite is GX 1.x JSON (``{"name", "expectations": [{"type", "kwargs"}]}``),
 kept in the model folder and named by the spec's ``validation.suite``.
 
-A data set is a CSV or a Parquet file (by its ``.parquet`` suffix), read in batches of at most
+A data set is a CSV or a Parquet file (the format its record names, or by its ``.parquet``
+suffix for the reference), read in batches of at most
 :data:`CHUNK_ROWS` rows and about :data:`BATCH_BYTES` bytes, so that memory does not grow with
 the data: GX runs on each batch and the results are merged (``validation.suite``), and the
 schema and drift checks count each batch against a summary of the reference
@@ -42,11 +43,6 @@ PARQUET_BUFFER = 64 * 2**10
 
 class ValidationFailed(ReleaseFailed):
     """The data failed its expectations, its schema changed, or it drifted."""
-
-
-def data_suffix(uri: str) -> str:
-    """``.parquet`` for a Parquet data file, else ``.csv``."""
-    return PARQUET_SUFFIX if uri.lower().endswith(PARQUET_SUFFIX) else ".csv"
 
 
 def _rows_per_batch(batch: pd.DataFrame, chunk_rows: int) -> int:
@@ -110,14 +106,17 @@ def _parquet_batches(path: Path, name: str, chunk_rows: int) -> Iterator[pd.Data
         raise ValidationFailed(f"{name}: not a readable Parquet file ({type(exc).__name__}: {str(exc)[:200]}).") from None
 
 
-def iter_table(path: Path, name: str, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def iter_table(path: Path, name: str, *, chunk_rows: int = CHUNK_ROWS, fmt: str | None = None
+               ) -> Iterator[pd.DataFrame]:
     """The rows of a CSV or Parquet file in bounded batches, indexed by their row numbers in the file.
 
     An empty file, a file that is not a table, or a table without rows raises ``ValidationFailed``.
+
+    :param fmt: ``csv`` or ``parquet`` (what the data's record names); None: by the file's suffix.
     """
     if not path.exists() or path.stat().st_size == 0:
         raise ValidationFailed(f"{name}: the file is empty. Fix the build so that it writes the data it used.")
-    parquet = path.suffix.lower() == PARQUET_SUFFIX
+    parquet = fmt == "parquet" if fmt else path.suffix.lower() == PARQUET_SUFFIX
     empty = True
     for batch in (_parquet_batches if parquet else _csv_batches)(path, name, chunk_rows):
         empty = False
@@ -126,12 +125,13 @@ def iter_table(path: Path, name: str, *, chunk_rows: int = CHUNK_ROWS) -> Iterat
         raise ValidationFailed(f"{name}: the table has {'columns' if parquet else 'a header'} but no rows.")
 
 
-def table_batches(data: Path | pd.DataFrame, name: str, *, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def table_batches(data: Path | pd.DataFrame, name: str, *, chunk_rows: int = CHUNK_ROWS, fmt: str | None = None
+                  ) -> Iterator[pd.DataFrame]:
     """Batches of a data file (:func:`iter_table`), or of a frame already in memory (slices of ``chunk_rows``)."""
     import pandas as pd
 
     if not isinstance(data, pd.DataFrame):
-        yield from iter_table(data, name, chunk_rows=chunk_rows)
+        yield from iter_table(data, name, chunk_rows=chunk_rows, fmt=fmt)
         return
     if data.empty:
         raise ValidationFailed(f"{name}: the table has a header but no rows.")
@@ -284,6 +284,7 @@ class DatasetReport:
 def validate_dataset(
     name: str, data: Path | pd.DataFrame, reference: ReferenceSummary | Path | pd.DataFrame, suite: dict[str, Any],
     config: ValidationSpec, *, categorical: list[str], chunk_rows: int = CHUNK_ROWS, workdir: Path | None = None,
+    fmt: str | None = None,
 ) -> DatasetReport:
     """Run the suite, the schema check and the drift check on one data set, batch by batch.
 
@@ -295,6 +296,7 @@ def validate_dataset(
     :param categorical: the features tested with PSI.
     :param chunk_rows: most rows per batch.
     :param workdir: where scratch files (uniqueness counts) go; the system's temporary directory if None.
+    :param fmt: the data file's format, ``csv`` or ``parquet`` (as its record names it); None: by its suffix.
     """
     from model_delivery.validation.suite import BatchedSuite
 
@@ -303,7 +305,7 @@ def validate_dataset(
                                         exclude=config.drift.exclude, chunk_rows=chunk_rows)
     kinds, drift = ColumnKinds(), DriftCounts(reference)
     with BatchedSuite(suite, name=name, workdir=workdir) as gx_run:
-        for batch in table_batches(data, name, chunk_rows=chunk_rows):
+        for batch in table_batches(data, name, chunk_rows=chunk_rows, fmt=fmt):
             gx_run.add(batch)
             kinds.add(batch)
             drift.add(batch)

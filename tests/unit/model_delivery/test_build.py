@@ -39,15 +39,19 @@ def _model_with_entrypoint(tmp_path: Path, script: str, **build: Any) -> Path:
 
 
 WRITE_OUTPUTS = '''
-def write_outputs(out, model=True, train=True, evaluation=True):
+def write_outputs(out, model=True, train="csv", evaluation="csv"):
+    """Each data set in the formats named ("csv", "parquet", "csv parquet"; False: none)."""
     (out / "model").mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(parents=True, exist_ok=True)
     if model:
         (out / "model" / "serving.json").write_text("{}")
-    if train:
-        (out / "data" / "train.csv").write_text("a,target\\n1,0\\n")
-    if evaluation:
-        (out / "data" / "eval.csv").write_text("a,target\\n1,0\\n")
+    for name, formats in (("train", train), ("eval", evaluation)):
+        for fmt in (formats or "").split():
+            if fmt == "csv":
+                (out / "data" / f"{name}.csv").write_text("a,target\\n1,0\\n")
+            else:
+                import pyarrow as pa, pyarrow.parquet as pq
+                pq.write_table(pa.table({"a": [1], "target": [0]}), out / "data" / f"{name}.parquet")
 '''
 
 PARSE_ARGS = '''
@@ -155,26 +159,44 @@ time.sleep(300)
     assert [gone(pid) for pid in pids] == [True, True]
 
 
+NEITHER = "wrote neither data/{0}.csv nor data/{0}.parquet"
+BOTH = "wrote both data/{0}.csv and data/{0}.parquet (a data set is written in exactly one format: keep one of them)"
+
+
 @pytest.mark.parametrize(
-    ("call", "missing"),
+    ("call", "problems"),
     [
-        pytest.param("pass", ["model/serving.json", "data/train.csv", "data/eval.csv"], id="writes-nothing"),
-        pytest.param("write_outputs(out, model=False)", ["model/serving.json"], id="no-serving-json"),
-        pytest.param("write_outputs(out, evaluation=False)", ["data/eval.csv"], id="no-eval-data"),
-        pytest.param("write_outputs(out, train=False, evaluation=False)", ["data/train.csv", "data/eval.csv"],
-                     id="no-data"),
+        pytest.param("pass", ["did not write model/serving.json", NEITHER.format("train"), NEITHER.format("eval")],
+                     id="writes-nothing"),
+        pytest.param("write_outputs(out, model=False)", ["did not write model/serving.json"], id="no-serving-json"),
+        pytest.param("write_outputs(out, evaluation=False)", [NEITHER.format("eval")], id="no-eval-data"),
+        pytest.param("write_outputs(out, train=False, evaluation=False)", [NEITHER.format("train"),
+                     NEITHER.format("eval")], id="no-data"),
+        pytest.param("write_outputs(out, train=False, evaluation='parquet csv')",
+                     [NEITHER.format("train"), BOTH.format("eval")], id="no-train-both-eval"),
     ],
 )
-def test_missing_outputs_are_named(tmp_path: Path, call: str, missing: list[str]) -> None:
+def test_missing_or_ambiguous_outputs_are_named(tmp_path: Path, call: str, problems: list[str]) -> None:
     model_dir = _model_with_entrypoint(tmp_path, PARSE_ARGS + WRITE_OUTPUTS + call + "\n")
 
     with pytest.raises(BuildFailed) as caught:
         run_build(load_spec(model_dir), model_dir, tmp_path / "scratch", log=lambda line: None)
 
     message = str(caught.value)
-    assert f"did not write {', '.join(missing)} under --output-dir" in message
-    for name in {"model/serving.json", "data/train.csv", "data/eval.csv"} - set(missing):
-        assert name not in message
+    assert f"finished but {'; '.join(problems)} under --output-dir. Fix the entrypoint" in message, message
+
+
+def test_parquet_data_is_accepted_in_place_of_csv_per_data_set(tmp_path: Path) -> None:
+    from model_delivery.build import data_format
+
+    model_dir = _model_with_entrypoint(
+        tmp_path, PARSE_ARGS + WRITE_OUTPUTS + "write_outputs(out, train='parquet', evaluation='csv')\n")
+
+    outputs = run_build(load_spec(model_dir), model_dir, tmp_path / "scratch", log=lambda line: None)
+
+    data_dir = outputs.work_dir / "out" / "data"
+    assert outputs.data == {"train": data_dir / "train.parquet", "eval": data_dir / "eval.csv"}
+    assert {name: data_format(path) for name, path in outputs.data.items()} == {"train": "parquet", "eval": "csv"}
 
 
 def test_git_sha_outside_a_repository_is_unknown(tmp_path: Path) -> None:

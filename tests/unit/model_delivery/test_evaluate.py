@@ -1,4 +1,4 @@
-"""Metrics against scikit-learn on small arrays, and evaluate_artifact on a real built artifact."""
+"""Metrics against scikit-learn on small arrays, and evaluate_artifact on a real built artifact (CSV and Parquet)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from model_delivery.evaluate import EvaluationFailed, compute_metrics, evaluate_artifact
+from model_delivery.evaluate import EvaluationFailed, compute_metrics, evaluate_artifact, load_eval_frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,10 +90,15 @@ def test_probability_metrics_need_predict_proba(name: str) -> None:
 METRICS = ["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss"]
 
 
-def test_evaluate_artifact_on_a_real_build(builds: Builds) -> None:
-    result = evaluate_artifact(
-        builds.v1.model_dir, builds.v1.eval_csv, task="classification", label="target", metrics=METRICS
-    )
+@pytest.fixture(scope="module")
+def csv_result(builds: Builds) -> dict[str, Any]:
+    """evaluate_artifact of the v1 build on its CSV evaluation set (one sandboxed prediction, shared)."""
+    return evaluate_artifact(builds.v1.model_dir, builds.v1.eval_csv, task="classification", label="target",
+                             metrics=METRICS)
+
+
+def test_evaluate_artifact_on_a_real_build(builds: Builds, csv_result: dict[str, Any]) -> None:
+    result = csv_result
 
     frame = pd.read_csv(builds.v1.eval_csv)
     estimator = joblib.load(builds.v1.model_dir / "model.joblib")
@@ -112,6 +117,52 @@ def test_evaluate_artifact_on_a_real_build(builds: Builds) -> None:
     }
     assert result["metrics"] == pytest.approx(expected)
     assert result["metrics"]["accuracy"] >= 0.93  # the demo's own gate
+
+
+def test_a_parquet_eval_set_gives_the_metrics_of_the_same_rows_in_csv(
+    builds: Builds, csv_result: dict[str, Any], tmp_path: Path
+) -> None:
+    frame = pd.read_csv(builds.v1.eval_csv)
+    stored = tmp_path / "eval-data"  # a name that says nothing: the format given (the record's) decides
+    frame.to_parquet(stored, row_group_size=50, index=False)
+
+    from_parquet = evaluate_artifact(builds.v1.model_dir, stored, task="classification", label="target",
+                                     metrics=METRICS, fmt="parquet")
+
+    assert from_parquet == csv_result  # exactly: the same rows and dtypes, so the same predictions
+    assert from_parquet["rows"] == len(frame)
+    pd.testing.assert_frame_equal(load_eval_frame(stored, "target", fmt="parquet"), frame)
+
+
+@pytest.mark.parametrize(("name", "write", "fmt", "message"), [
+    pytest.param("eval.parquet", lambda p: p.write_text("a,target\n1,0\n"), None,
+                 "eval.parquet: not a readable Parquet file", id="csv-named-parquet"),
+    pytest.param("eval.csv", lambda p: p.write_text("a,target\n1,0\n"), "parquet",
+                 "eval.csv: not a readable Parquet file", id="csv-recorded-as-parquet"),
+    pytest.param("eval.csv", lambda p: p.write_bytes(b""), "csv", "eval.csv: not a readable CSV table", id="empty-csv"),
+    pytest.param("eval.feather", lambda p: p.write_bytes(b"x"), "feather", "format 'feather' cannot be read",
+                 id="unknown-format"),
+])
+def test_unreadable_eval_data_fails_with_the_file_and_format(
+    tmp_path: Path, name: str, write: Callable[[Path], Any], fmt: str | None, message: str
+) -> None:
+    write(tmp_path / name)
+
+    with pytest.raises(EvaluationFailed, match=message):
+        load_eval_frame(tmp_path / name, "target", fmt=fmt)
+
+
+def test_lm_blocks_are_scored_in_the_format_given(tmp_path: Path) -> None:
+    """The sandboxed scorer reads the blocks as the record's format says: a Parquet file without 'text' is refused
+    as such (before any model is loaded), whatever its name."""
+    from model_delivery.build_env import declare_default
+    from model_delivery.evaluate import score_blocks
+
+    blocks = tmp_path / "eval-data"
+    pd.DataFrame({"block": [0, 1]}).to_parquet(blocks, index=False)
+
+    with pytest.raises(EvaluationFailed, match=r"could not be scored: .*eval-data has no 'text' column"):
+        score_blocks(tmp_path / "no-model", blocks, declare_default("code_lm"), fmt="parquet")
 
 
 def _without(builds: Builds, tmp_path: Path, column: str) -> Path:

@@ -14,7 +14,6 @@ import pytest
 
 from model_delivery.validation.data import (
     ValidationFailed,
-    data_suffix,
     iter_table,
     read_table,
     summarize_reference,
@@ -57,13 +56,13 @@ def test_batches_are_numbered_as_rows_of_the_file(files: Path) -> None:
         assert pd.concat(batches).index.tolist() == list(range(600))
 
 
-@pytest.mark.parametrize(("uri", "suffix"), [
-    pytest.param("file:///store/run/data/train.csv", ".csv", id="csv"),
-    pytest.param("s3://bucket/run/data/eval.parquet", ".parquet", id="parquet"),
-    pytest.param("file:///store/run/data/eval.PARQUET", ".parquet", id="upper-case"),
-])
-def test_data_suffix(uri: str, suffix: str) -> None:
-    assert data_suffix(uri) == suffix
+def test_the_format_given_decides_how_a_file_is_read(files: Path, tmp_path: Path) -> None:
+    """The stage passes the format the data's record names; the file's name is not consulted."""
+    (tmp_path / "train-data").write_bytes((files / "train.parquet").read_bytes())
+    batches = list(iter_table(tmp_path / "train-data", "train", chunk_rows=250, fmt="parquet"))
+    pd.testing.assert_frame_equal(pd.concat(batches), read_table(files / "train.parquet", "train"))
+    with pytest.raises(ValidationFailed, match="train: not a readable Parquet file"):
+        list(iter_table(files / "train.csv", "train", fmt="parquet"))
 
 
 BAD_FILES = [
