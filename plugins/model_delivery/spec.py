@@ -92,8 +92,9 @@ class BuildSpec(_Strict):
     entrypoint: str = Field(
         "train.py",
         description="Python file in the model folder, run as its own process in a fresh working directory. "
-        "It is called with `--output-dir DIR` and must write DIR/model/ (the artifact, with serving.json) "
-        "and DIR/data/train.csv and DIR/data/eval.csv.",
+        "It is called with `--output-dir DIR` and must write DIR/model/ (the artifact, with serving.json), "
+        "DIR/data/train.csv or DIR/data/train.parquet, and DIR/data/eval.csv or DIR/data/eval.parquet "
+        "(exactly one file per data set).",
     )
     params: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
@@ -148,7 +149,7 @@ class EvaluationSpec(_Strict):
         + ", ".join(REGRESSION_METRICS)
         + ". Language model: "
         + ", ".join(LM_METRICS)
-        + " (on the held-out text blocks of eval.csv; see docs/llm.md).",
+        + " (on the held-out text blocks of the eval data; see docs/llm.md).",
     )
     max_length: int = Field(
         2048, ge=2, le=1_000_000,
@@ -437,6 +438,11 @@ class ModelSpec(_Strict):
     approval_timeout_minutes: float = Field(
         240.0, gt=0, le=10080, description="How long the approval may wait; no answer in time stops the release."
     )
+    approval_allow_self: bool = Field(
+        False, description="Accept an approval from the user who triggered the run. By default another person must "
+        "approve: the triggering user's approval is refused (and recorded) and the request waits on for someone "
+        "else; anyone may reject."
+    )
     signing: SigningSpec = Field(
         default_factory=SigningSpec,  # type: ignore[arg-type]
         description="Artifact signatures: `required`, `optional` or `off` (the default), or a mapping; see "
@@ -708,8 +714,17 @@ It must write:
 - `OUT/model/`: the artifact. It holds `serving.json` and the model files. `serving.json`
   names the flavor (`sklearn`: a joblib file), the model file, the inputs (name,
   datatype, shape, optional `columns`) and the outputs (`predict`, `predict_proba`).
-- `OUT/data/train.csv` and `OUT/data/eval.csv`: the data it trained on and the held-out
-  data the candidate is evaluated on (with the `evaluation.label` column).
+- `OUT/data/train.csv` or `OUT/data/train.parquet`: the data it trained on.
+- `OUT/data/eval.csv` or `OUT/data/eval.parquet`: the held-out data the candidate is
+  evaluated on (with the `evaluation.label` column; for a language model, a `text` column
+  of string blocks).
+
+Each data set is exactly one file, CSV or Parquet; the two sets may differ in format. A
+build that writes both files of a set, or neither, fails and names them. The release stores
+each file with its sha256 and its format (`artifact.data.<set>`: `uri`, `sha256`,
+`size_bytes`, `format`), and `validate_data` and `evaluate` (the candidate, and production
+measured again on the same rows) read the format recorded there. Parquet is read in bounded
+batches by `validate_data`; `evaluate` reads the evaluation set whole, as it does a CSV.
 
 The artifact is stored by digest: the sha256 of a manifest listing every file's sha256
 and size.

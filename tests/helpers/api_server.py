@@ -16,28 +16,34 @@ import httpx
 
 from tests.helpers.models import free_port
 
+USERS = "admin:admin,dag_test:admin"
+"""The api-server's users (simple auth manager, ``name:role``): ``dag_test`` is the user ``dag.test()`` triggers as."""
+
 
 @dataclass
 class ApiServer:
-    """Where the api-server listens and a bearer token for its admin user."""
+    """Where the api-server listens and a bearer token for each of its users."""
 
     url: str
-    token: str
+    tokens: dict[str, str]
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+    @property
+    def token(self) -> str:
+        return self.tokens["admin"]
+
+    def client(self, user: str = "admin") -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[user]}"}, timeout=30)
 
 
-def _admin_password(airflow_home: Path) -> str:
-    passwords = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())
-    return passwords["admin"]
+def _passwords(airflow_home: Path) -> dict[str, str]:
+    return json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())
 
 
 @contextmanager
 def api_server(log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[ApiServer]:
-    """Start ``airflow api-server``, wait until it is healthy, log in as admin, stop it at exit."""
+    """Start ``airflow api-server``, wait until it is healthy, log in as each user, stop it at exit."""
     port = free_port()
-    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin", **(extra_env or {})}
+    env = {**os.environ, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS, **(extra_env or {})}
     airflow = str(Path(sys.executable).parent / "airflow")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)],
@@ -55,10 +61,12 @@ def api_server(log_path: Path, extra_env: dict[str, str] | None = None) -> Itera
             time.sleep(0.5)
         else:
             raise AssertionError(f"api-server not healthy in 120 s:\n{log_path.read_text()[-3000:]}")
-        password = _admin_password(Path(env["AIRFLOW_HOME"]))
-        response = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-        assert response.status_code in (200, 201), response.text
-        yield ApiServer(url, response.json()["access_token"])
+        tokens = {}
+        for user, password in _passwords(Path(env["AIRFLOW_HOME"])).items():
+            response = httpx.post(f"{url}/auth/token", json={"username": user, "password": password}, timeout=30)
+            assert response.status_code in (200, 201), response.text
+            tokens[user] = response.json()["access_token"]
+        yield ApiServer(url, tokens)
     finally:
         proc.terminate()
         try:

@@ -150,3 +150,58 @@ def test_no_approval_stops_the_release_and_production_is_unchanged(env, answer: 
     assert why in record["stages"]["approve"]["error"]
     assert record["stages"]["rollback"]["result"]["action"] == "stopped-candidate"
     assert serving_digest(models_dir) == before
+
+
+def _asked_again(api: Any, ti: Any, deadline: float) -> dict[str, Any]:
+    """Wait until the refused approval is recorded and the same task waits for input again; return its record."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    while time.monotonic() < deadline:
+        try:
+            stage = load_record(MODEL, ti.run_id)["stages"]["approve"]
+        except (FileNotFoundError, KeyError):
+            stage = {}
+        with create_session() as session:
+            state = session.query(TaskInstance.state).filter_by(
+                dag_id=ti.dag_id, run_id=ti.run_id, task_id="approve").scalar()
+        if stage.get("refused") and state == TaskInstanceState.AWAITING_INPUT:
+            if not _hitl_detail(api, ti).get("response_received"):
+                return stage
+        time.sleep(0.5)
+    raise AssertionError("the approval was not asked again after the self-approval")
+
+
+def test_the_user_who_triggered_the_run_cannot_approve_it_and_another_person_can(env) -> None:
+    models_dir, api, _ = env
+    edit_spec(models_dir / MODEL, lambda spec: spec["build"]["params"].update(C=0.25))
+    outcome: dict[str, Any] = {}
+
+    def respond() -> None:
+        try:
+            ti = _awaiting_approval(set(), time.monotonic() + 300)
+            path = f"/api/v2/dags/{ti.dag_id}/dagRuns/{ti.run_id}/taskInstances/approve/-1/hitlDetails"
+            answer = {"chosen_options": ["Approve"], "params_input": {}}
+            with api.client("dag_test") as client:  # dag.test() triggers as "dag_test": the same person
+                outcome["self"] = client.patch(path, json=answer).status_code
+            outcome["waiting"] = _asked_again(api, ti, time.monotonic() + 120)
+            with api.client("admin") as client:
+                outcome["other"] = client.patch(path, json=answer).status_code
+        except BaseException as exc:  # reported by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=respond, daemon=True)
+    thread.start()
+    dag_run = run_release(MODEL, {"reason": "four eyes"})
+    thread.join(timeout=60)
+
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["self"] == 200 and outcome["other"] == 200
+    assert "another person must approve" in outcome["waiting"]["note"]
+    assert dag_run.state == "success", task_states(dag_run)
+    stage = load_record(MODEL, dag_run.run_id)["stages"]["approve"]
+    assert stage["status"] == "success" and stage["triggered_by"] == "dag_test"
+    assert stage["result"]["by"] == "admin"
+    assert [(r["by"], r["why"]) for r in stage["refused"]] == [("dag_test", "approved by the user who triggered the run")]
+    assert serving_digest(models_dir) == load_record(MODEL, dag_run.run_id)["artifact"]["digest"]

@@ -19,7 +19,9 @@ class ApproveReleaseOperator(ApprovalOperator):
 
     A rejection or no answer within the timeout fails the task (no retry), so production
     traffic never moves; the rollback task then stops the staged candidate. The answer,
-    who gave it and when are written to the release record.
+    who gave it and when, and who triggered the run, are written to the release record.
+    An approval by the user who triggered the run is refused (recorded under ``refused``)
+    and the request waits on for another person, unless the spec sets ``approval_allow_self``.
 
     :param model: the model.
     :param timeout_minutes: how long to wait for an answer.
@@ -47,12 +49,34 @@ class ApproveReleaseOperator(ApprovalOperator):
 
         rc = self._context(context)
         self.body = approval_request(rc)
-        rc.record.add_stage(self.task_id, {"status": "waiting", "started_at": _now(), "note": "waiting for a person"})
+        return self._ask(rc, context, {"status": "waiting", "started_at": _now(), "note": "waiting for a person"})
+
+    def _ask(self, rc: ReleaseContext, context: Context, entry: dict[str, Any]) -> Any:
+        """Record ``entry`` as the stage, then write the request (clearing an earlier answer) and wait."""
+        rc.record.add_stage(self.task_id, entry)
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         rc = self._context(context)
         entry: dict[str, Any] = {**rc.record.load().get("stages", {}).get(self.task_id, {}), "finished_at": _now()}
+        answer = _answer(event)
+        triggered_by = getattr(context["dag_run"], "triggering_user_name", None)
+        entry["triggered_by"] = triggered_by
+        if (answer["chosen"] == [self.APPROVE] and triggered_by and answer["by"] == triggered_by
+                and not rc.spec.approval_allow_self):
+            # Four eyes: the person who asked for the release does not approve it. Ask again (Airflow clears
+            # the answer when the request is written anew) and wait for somebody else.
+            refused = [*entry.get("refused", []), {**answer, "why": "approved by the user who triggered the run"}]
+            from model_delivery.release import approval_request
+
+            entry.pop("finished_at")
+            self.log.warning("approval by %s refused: they triggered this run; waiting for another person",
+                             triggered_by)
+            self.body = approval_request(rc)
+            return self._ask(rc, context, {
+                **entry, "status": "waiting", "refused": refused,
+                "note": f"approval by {triggered_by}, who triggered the run, refused: another person must approve "
+                "(approval_allow_self: true allows it)"})
         start = time.monotonic()
         try:
             result = super().execute_complete(context, event)
