@@ -4,7 +4,9 @@
 blob (counted in the registry's own access log); a damaged blob or a manifest whose layer does
 not match is refused and leaves nothing behind; the init container's ``fetch_artifact.py`` pulls
 by digest in a subprocess and refuses the same damage with exit code 3; a bearer-token gate in
-front of the registry is answered by both.
+front of the registry is answered by both. A model-signing bundle is attached to an artifact as
+cosign attaches Sigstore bundles (a referrer; this registry has no referrers API, so the
+referrers tag), and the init container finds it, verifies it, and refuses another key's or none.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from model_delivery.exceptions import TamperedArtifact
+from model_delivery.signing import sign_directory
 from model_delivery.store import oci
+from model_delivery.store.artifacts import ArtifactStore
 from model_delivery.store.oci import OciRegistryError, OciRepository, layer_media_type, parse_oci_uri, tag_for
 from model_server.manifest import (
     MANIFEST_NAME,
@@ -266,3 +272,94 @@ def test_the_init_container_reads_the_layout_the_store_writes() -> None:
     spec.loader.exec_module(script)
     assert (script.OCI_MANIFEST, script.MANIFEST_MEDIA_TYPE, script.TITLE, script.TAG_PREFIX) == (
         oci.OCI_MANIFEST, oci.MANIFEST_MEDIA_TYPE, oci.TITLE, oci.TAG_PREFIX)
+    assert (script.OCI_INDEX, script.BUNDLE_MEDIA_TYPE) == (oci.OCI_INDEX, oci.BUNDLE_MEDIA_TYPE)
+
+
+def _public_key_file(base: Path, name: str, curve: ec.EllipticCurve) -> tuple[bytes, Path]:
+    """An EC key: its private PEM, and its public PEM as a file (what the pod's ConfigMap carries)."""
+    key = ec.generate_private_key(curve)
+    path = base / f"{name}.pub"
+    path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()), path
+
+
+def test_a_signature_is_attached_as_a_sigstore_bundle_referrer_and_verified_by_the_init_container(
+        registry: OciRegistry, tmp_path: Path) -> None:
+    directory, digest, raw = make_artifact(tmp_path, seed=10)
+    private, public = _public_key_file(tmp_path, "signing", ec.SECP256R1())
+    _, other = _public_key_file(tmp_path, "other", ec.SECP384R1())
+    bundle = sign_directory(directory, private)
+    repo = OciRepository(registry.uri("models/signed"), insecure=True)
+    pushed = push(repo, directory, digest, raw)
+    referrer = repo.attach_signature(digest, pushed["oci_digest"], bundle)
+    assert repo.attach_signature(digest, pushed["oci_digest"], bundle) == referrer  # again: the same, listed once
+
+    base = f"{registry.url}/v2/models/signed"
+    index = httpx.get(f"{base}/manifests/sha256-{pushed['oci_digest'].removeprefix('sha256:')}",
+                      headers={"Accept": oci.OCI_INDEX}).json()  # the referrers tag schema (no referrers API here)
+    assert [(x["digest"], x["artifactType"]) for x in index["manifests"]] == [(referrer, oci.BUNDLE_MEDIA_TYPE)]
+    document = httpx.get(f"{base}/manifests/{referrer}", headers={"Accept": oci.OCI_MANIFEST}).json()
+    assert document["artifactType"] == document["layers"][0]["mediaType"] == oci.BUNDLE_MEDIA_TYPE
+    assert document["subject"]["digest"] == pushed["oci_digest"]
+    assert document["config"]["mediaType"] == oci.EMPTY_MEDIA_TYPE
+    assert httpx.get(f"{base}/blobs/{document['layers'][0]['digest']}").content == bundle
+    assert repo.pull(digest, tmp_path / "pulled", oci_digest=pushed["oci_digest"])  # the artifact is unchanged
+
+    uri = f"{registry.uri('models/signed')}@{pushed['oci_digest']}"
+    done = fetch(uri, digest, tmp_path / "k8s", "--insecure", "--signing", "required", "--public-key", str(public))
+    assert done.returncode == 0, done.stderr
+    assert "signature verified (key method, the referrers of" in done.stderr
+    assert verify_directory(tmp_path / "k8s", digest)
+    by_tag = fetch(registry.uri("models/signed"), digest, tmp_path / "by-tag", "--insecure", "--signing", "required",
+                   "--public-key", str(public))
+    assert by_tag.returncode == 0, by_tag.stderr
+
+    wrong = fetch(uri, digest, tmp_path / "wrong", "--insecure", "--signing", "required", "--public-key", str(other))
+    assert wrong.returncode == 3, wrong.stderr
+    assert "signature wrong-key" in wrong.stderr and not (tmp_path / "wrong").exists()
+
+
+def test_an_unsigned_oci_artifact_is_refused_when_signing_is_required_and_served_when_optional(
+        registry: OciRegistry, tmp_path: Path) -> None:
+    directory, digest, raw = make_artifact(tmp_path, seed=11)
+    _, public = _public_key_file(tmp_path, "signing", ec.SECP256R1())
+    pushed = push(OciRepository(registry.uri("models/unsigned"), insecure=True), directory, digest, raw)
+    uri = f"{registry.uri('models/unsigned')}@{pushed['oci_digest']}"
+    refused = fetch(uri, digest, tmp_path / "required", "--insecure", "--signing", "required", "--public-key",
+                    str(public))
+    assert refused.returncode == 3, refused.stderr
+    assert "signature unsigned" in refused.stderr and not (tmp_path / "required").exists()
+    optional = fetch(uri, digest, tmp_path / "optional", "--insecure", "--signing", "optional", "--public-key",
+                     str(public))
+    assert optional.returncode == 0 and "served unsigned" in optional.stderr
+
+
+def test_a_bundle_attached_to_another_artifact_does_not_sign_this_one(registry: OciRegistry, tmp_path: Path) -> None:
+    """A referrer names its subject: the bundle of one artifact, listed under another's tag, is not taken."""
+    private, public = _public_key_file(tmp_path, "signing", ec.SECP256R1())
+    repo = OciRepository(registry.uri("models/mixed"), insecure=True)
+    first, second = make_artifact(tmp_path, seed=12), make_artifact(tmp_path, seed=13)
+    pushed = [push(repo, *artifact) for artifact in (first, second)]
+    referrer = repo.attach_signature(first[1], pushed[0]["oci_digest"], sign_directory(first[0], private))
+    descriptor = {"mediaType": oci.OCI_MANIFEST, "digest": referrer, "size": 1, "artifactType": oci.BUNDLE_MEDIA_TYPE}
+    repo._list_referrer(pushed[1]["oci_digest"], descriptor)  # listed under the second, about the first
+    done = fetch(f"{registry.uri('models/mixed')}@{pushed[1]['oci_digest']}", second[1], tmp_path / "dest",
+                 "--insecure", "--signing", "required", "--public-key", str(public))
+    assert done.returncode == 3 and "signature unsigned" in done.stderr
+
+
+def test_staging_pushes_the_stores_signature_with_the_artifact(registry: OciRegistry, tmp_path: Path) -> None:
+    """``push_stored`` (the Kubernetes target's staging) attaches the bundle the store keeps; unsigned: none."""
+    private, public = _public_key_file(tmp_path, "signing", ec.SECP256R1())
+    store = ArtifactStore(f"file://{tmp_path}/store")
+    signed, unsigned = (store.put_directory("tiny", make_artifact(tmp_path, seed)[0]).digest for seed in (14, 15))
+    store.write_text(store.layout.signature("tiny", signed),
+                     sign_directory(store.fetch("tiny", signed, tmp_path / "fetched"), private).decode())
+    repo = OciRepository(registry.uri("models/staged"), insecure=True)
+    pushed = oci.push_stored(store, "tiny", signed, repo)
+    assert pushed["signature"] is not None and oci.push_stored(store, "tiny", unsigned, repo)["signature"] is None
+    done = fetch(f"{registry.uri('models/staged')}@{pushed['oci_digest']}", signed, tmp_path / "k8s", "--insecure",
+                 "--signing", "required", "--public-key", str(public))
+    assert done.returncode == 0 and "signature verified" in done.stderr, done.stderr

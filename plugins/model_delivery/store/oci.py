@@ -12,6 +12,14 @@ An artifact becomes one OCI image manifest (OCI 1.1 artifact, CNCF ModelPack med
                   its blob digest *is* the artifact digest
     tag           sha256-<hex of the artifact digest>
 
+A signed artifact's model-signing bundle (a Sigstore bundle) is attached to that OCI manifest
+as cosign attaches bundles (its specs/BUNDLE_SPEC.md): the bundle as a blob, and an OCI
+manifest of ``artifactType`` ``application/vnd.dev.sigstore.bundle.v0.3+json`` with the empty
+config, the bundle as its one layer, and the artifact's OCI manifest as its ``subject``. A
+registry with the referrers API lists it there; for one without (CNCF distribution 2.x) the
+referrers tag ``sha256-<hex of the OCI manifest digest>`` is kept up to date, an image index.
+The artifact's own OCI manifest is the same signed or not (:meth:`OciRepository.attach_signature`).
+
 A push uploads only the blobs the registry lacks (HEAD first), each streamed from its file and
 checked by the registry against the digest our manifest gives (no second hash here). A pull
 resolves the OCI manifest (by its digest when given, else by the tag), checks that its layers
@@ -77,6 +85,13 @@ MANIFEST_MEDIA_TYPE = "application/vnd.model-delivery.manifest.v1+json"
 TITLE = "org.opencontainers.image.title"
 FILEPATH = "org.cncf.model.filepath"
 DIGEST_ANNOTATION = "org.model-delivery.artifact.digest"
+# A model-signing bundle, attached as cosign does (include/kubernetes/fetch_artifact.py reads it).
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
+BUNDLE_ANNOTATIONS = {"dev.sigstore.bundle.content": "dsse-envelope",
+                      "dev.sigstore.bundle.predicateType": "https://model_signing/signature/v1.0"}
 TAG_PREFIX = "sha256-"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # what registries accept for an OCI manifest
 MAX_OUR_MANIFEST_BYTES = 256 * 1024 * 1024  # our manifest, with part digests of very large files
@@ -389,6 +404,60 @@ class OciRepository:
                                    "the registry changed it. Fix: use a registry that keeps manifests as pushed.")
         return oci_digest
 
+    def attach_signature(self, digest: str, oci_digest: str, bundle: bytes) -> str:
+        """Attach a model-signing bundle to the artifact's OCI manifest, as cosign attaches a Sigstore bundle.
+
+        Idempotent: the same bundle gives the same referrer manifest, listed once.
+
+        :param digest: the artifact digest (named in messages).
+        :param oci_digest: the artifact's OCI manifest digest (what :meth:`push` returned): the referrer's subject.
+        :param bundle: the bundle's bytes, as the store keeps them.
+        :return: the referrer manifest's digest.
+        """
+        response = self._send("GET", f"{self.base}/manifests/{oci_digest}", headers={"Accept": OCI_MANIFEST})
+        if response.status_code != 200 or _sha256(response.content) != oci_digest:
+            raise self._error(response, f"GET the OCI manifest {oci_digest} of {digest} to sign it in {self.uri}")
+        layer = {"mediaType": BUNDLE_MEDIA_TYPE, "digest": _sha256(bundle), "size": len(bundle),
+                 "annotations": {TITLE: f"{_sha256(bundle).replace(':', '-')}.sigstore.json"}}
+        config = {"mediaType": EMPTY_MEDIA_TYPE, "digest": _sha256(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)}
+        self._put_blob(layer, bundle, "the signature bundle")
+        self._put_blob(config, EMPTY_CONFIG, "the empty config")
+        document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": BUNDLE_MEDIA_TYPE,
+                    "config": config, "layers": [layer], "annotations": BUNDLE_ANNOTATIONS,
+                    "subject": {"mediaType": OCI_MANIFEST, "digest": oci_digest, "size": len(response.content)}}
+        body = _canonical_json(document)
+        referrer = _sha256(body)
+        put = self._send("PUT", f"{self.base}/manifests/{referrer}", headers={"Content-Type": OCI_MANIFEST}, data=body)
+        if put.status_code != 201:
+            raise self._error(put, f"PUT the signature of {digest} to {self.uri}")
+        if put.headers.get("OCI-Subject") != oci_digest:  # no referrers API: keep the referrers tag's index
+            self._list_referrer(oci_digest, {"mediaType": OCI_MANIFEST, "digest": referrer, "size": len(body),
+                                             "artifactType": BUNDLE_MEDIA_TYPE, "annotations": BUNDLE_ANNOTATIONS})
+        log.info("attached the signature of %s to %s@%s as %s", digest, self.uri, oci_digest, referrer)
+        return referrer
+
+    def _list_referrer(self, oci_digest: str, descriptor: dict[str, Any]) -> None:
+        """Add ``descriptor`` to the referrers tag schema's index of ``oci_digest`` (OCI distribution spec 1.1)."""
+        tag = TAG_PREFIX + parse_digest(oci_digest)
+        found = self._send("GET", f"{self.base}/manifests/{tag}", headers={"Accept": OCI_INDEX})
+        if found.status_code == 200:
+            try:
+                listed = [x for x in json.loads(found.content)["manifests"] if isinstance(x, dict)]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise OciRegistryError(f"{self.uri}:{tag} is not an OCI image index ({exc}). Fix: delete that tag; "
+                                       "it is the referrers list of the artifact's OCI manifest.") from None
+        elif found.status_code == 404:
+            listed = []
+        else:
+            raise self._error(found, f"GET the referrers of {oci_digest} in {self.uri}")
+        if any(x.get("digest") == descriptor["digest"] for x in listed):
+            return
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*listed, descriptor]}
+        put = self._send("PUT", f"{self.base}/manifests/{tag}", headers={"Content-Type": OCI_INDEX},
+                         data=_canonical_json(index))
+        if put.status_code != 201:
+            raise self._error(put, f"PUT the referrers of {oci_digest} to {self.uri}")
+
     def exists(self, digest: str) -> bool:
         """Whether the repository has an artifact tagged for ``digest`` (HEAD on its manifest; not verified)."""
         response = self._send("HEAD", f"{self.base}/manifests/{tag_for(digest)}", headers={"Accept": OCI_MANIFEST})
@@ -506,11 +575,19 @@ __all__ = ["OciArtifactMissing", "OciRegistryError", "OciRepository", "layer_med
 
 
 def push_stored(store: ArtifactStore, model: str, digest: str, repository: OciRepository) -> dict[str, Any]:
-    """Push an artifact of a local store to a registry, its files read from their blobs (or legacy paths)."""
+    """Push an artifact of a local store to a registry, its files read from their blobs (or legacy paths).
+
+    Its signature bundle, when the store keeps one, is attached to it (:meth:`OciRepository.attach_signature`);
+    ``signature`` in the result is the referrer's digest, or None (unsigned).
+    """
     if not store.is_local:
         raise OciRegistryError(f"pushing {digest} to {repository.uri} reads the store's files in place, and "
                                f"{store.root} is not local. Fix: push from a worker with a file:// store.")
     manifest = store.read_manifest(model, digest)
     entries = {e["path"]: e for e in manifest["files"]}
-    return repository.push(model, digest, canonical_bytes(manifest),
-                           lambda rel: Path(store.locate(model, digest, entries[rel]).path))
+    pushed = repository.push(model, digest, canonical_bytes(manifest),
+                             lambda rel: Path(store.locate(model, digest, entries[rel]).path))
+    signature = store.layout.signature(model, digest)
+    pushed["signature"] = (repository.attach_signature(digest, pushed["oci_digest"], signature.read_bytes())
+                           if signature.exists() else None)
+    return pushed

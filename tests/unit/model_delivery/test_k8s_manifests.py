@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,10 @@ import yaml
 from model_delivery.cli import main as cli
 from model_delivery.deploy.kubernetes import manifests as m
 from model_delivery.deploy.kubernetes.target import render
-from model_delivery.exceptions import InvalidModelSpec
+from model_delivery.exceptions import InvalidModelSpec, SignatureRefused
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, load_spec
+from tests.helpers.k8s_pods import PodRunner
 from tests.helpers.k8s_specs import (
     CPU,
     DIGEST,
@@ -30,6 +33,8 @@ from tests.helpers.k8s_specs import (
     use_kubernetes,
 )
 from tests.helpers.models import copy_models
+from tests.helpers.processes import serving_env
+from tests.helpers.signed_artifacts import ec_key_pair, sign_stored, store_artifact
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "k8s" / "golden"
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # the oldest and newest minor kubernetes-validate ships that we support
@@ -326,3 +331,85 @@ def test_an_lm_with_a_pickle_is_refused_before_anything_is_applied(tmp_path: Pat
     target = KubernetesTarget(k8s_spec(GPU_LM, "code_lm"), get_settings(), store, NoCluster())  # type: ignore[arg-type]
     with pytest.raises(TamperedArtifact, match=r"pickle files \['pytorch_model.bin'\]"):
         target.stage(Candidate("code_lm", "3", stored.digest), "run-1")
+
+
+# -- signatures: what the init container verifies with -------------------------------------------------------
+
+SIGNING_CONN = "AIRFLOW_CONN_MODEL_DELIVERY_SIGNING"
+
+
+def signed_objects(signing: Any, section: dict[str, Any] = CPU) -> dict[str, dict[str, Any]]:
+    raw = k8s_raw(section)
+    raw["signing"] = signing
+    return kinds(render(ModelSpec.model_validate(raw), get_settings(), VERSION, DIGEST, parts="workload"))
+
+
+def init_args(rendered: dict[str, dict[str, Any]]) -> list[str]:
+    args: list[str] = rendered["Deployment/breast-cancer"]["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    return args
+
+
+@pytest.mark.parametrize(("signing", "extra", "flag", "file_name"), [
+    pytest.param("required", "public_key", "--public-key", "signing-public-key.pem", id="key"),
+    pytest.param({"mode": "optional", "method": "certificate"}, "certificate_chain", "--ca", "signing-ca.pem",
+                 id="certificate"),
+])
+def test_the_init_container_verifies_the_signature_with_the_pem_its_config_map_carries(
+        monkeypatch: pytest.MonkeyPatch, signing: Any, extra: str, flag: str, file_name: str) -> None:
+    pem = ec_key_pair()[1].decode()  # a certificate's PEM would be carried the same way
+    monkeypatch.setenv(SIGNING_CONN, json.dumps({"conn_type": "generic", "extra": {extra: pem}}))
+    rendered = signed_objects(signing)
+    mode = signing if isinstance(signing, str) else signing["mode"]
+    args = init_args(rendered)
+    assert args[args.index("--signing"):args.index("--signing") + 4] == ["--signing", mode, flag,
+                                                                        f"/opt/model-delivery/{file_name}"]
+    data = rendered["ConfigMap/breast-cancer-fetch"]["data"]
+    assert data[file_name] == pem.strip() + "\n"
+    assert "PRIVATE KEY" not in m.to_yaml(list(rendered.values()))
+    for obj in rendered.values():
+        kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+
+
+def test_without_signing_the_init_container_checks_no_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SIGNING_CONN, json.dumps({"conn_type": "generic", "extra": {"public_key": "x"}}))
+    rendered = signed_objects("off")
+    assert not {"--signing", "--public-key", "--ca"} & set(init_args(rendered))
+    assert list(rendered["ConfigMap/breast-cancer-fetch"]["data"]) == ["fetch_artifact.py"]
+
+
+def test_signing_with_nothing_to_verify_with_renders_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SIGNING_CONN, raising=False)
+    with pytest.raises(SignatureRefused, match="nothing to verify with") as refused:
+        signed_objects("required")
+    assert refused.value.reason == "no-trust"
+
+
+def test_the_pod_stand_in_runs_the_rendered_init_container_and_it_refuses_another_keys_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered command and ConfigMap, run as tests/helpers/k8s_pods.py runs them, against a real signed store."""
+    private, public = ec_key_pair()
+    monkeypatch.setenv(SIGNING_CONN, json.dumps({"conn_type": "generic", "extra": {"public_key": public.decode()}}))
+    store = tmp_path / "store"
+    directory, digest = store_artifact(store, "breast_cancer", {"model.joblib": b"weights", "serving.json": b"{}"})
+    sign_stored(directory, private)
+    raw = k8s_raw({**CPU, "artifact_fetch": {"store_uri": f"file://{store}"}})
+    raw["signing"] = "required"
+    rendered = kinds(render(ModelSpec.model_validate(raw), get_settings(), VERSION, digest, parts="workload"))
+    runner = PodRunner(tmp_path / "pods", {})
+
+    def run_init(pod: str) -> subprocess.CompletedProcess[str]:
+        pod_dir = tmp_path / "pods" / pod
+        (pod_dir / "opt" / "model-delivery").mkdir(parents=True)
+        (pod_dir / "models").mkdir()
+        for name, text in rendered["ConfigMap/breast-cancer-fetch"]["data"].items():
+            (pod_dir / "opt" / "model-delivery" / name).write_text(text)
+        init = rendered["Deployment/breast-cancer"]["spec"]["template"]["spec"]["initContainers"][0]
+        command = [runner._map(v, pod_dir) for v in [*init["command"], *init["args"]]]
+        return subprocess.run(command, capture_output=True, text=True, env=serving_env(), timeout=60)
+
+    done = run_init("signed")
+    assert done.returncode == 0 and "signature verified" in done.stderr, done.stderr
+    sign_stored(directory, ec_key_pair()[0])  # now signed by someone else
+    refused = run_init("resigned")
+    assert refused.returncode == 3 and "signature wrong-key" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "pods" / "resigned" / "models").iterdir())

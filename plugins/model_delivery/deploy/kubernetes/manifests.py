@@ -13,7 +13,8 @@ Objects and their roles:
 ``Service <name>``                     production traffic: every pod with ``serving: "true"``
 ``Service <name>-candidate``           the candidate's pods only (smoke tests)
 ``PodDisruptionBudget <name>``         keeps production pods through voluntary evictions
-``ConfigMap <name>-fetch``             the init container's fetch-and-verify script
+``ConfigMap <name>-fetch``             the init container's fetch-and-verify script, and the public
+                                       key (or CA certificates) it verifies signatures with
 ``ServiceAccount/Role/RoleBinding``    the deployer's least privilege (``model-delivery-deployer``)
 =====================================  =========================================================
 """
@@ -44,6 +45,29 @@ MODELS_MOUNT = "/models"
 SCRIPTS_MOUNT = "/opt/model-delivery"
 PROBE_PERIOD = 5
 MAX_BASE_LENGTH = 52  # "<base>-candidate" must stay a valid 63-character DNS label
+SIGNING_FILES = {"key": ("--public-key", "signing-public-key.pem"), "certificate": ("--ca", "signing-ca.pem")}
+
+
+@dataclass(frozen=True)
+class PodSigning:
+    """What the init container verifies the artifact's signature against: the spec's ``signing`` (not ``off``).
+
+    :param mode: ``required`` (no signature: refused) or ``optional`` (a signature present must hold).
+    :param method: ``key`` (``pem`` is the EC public key) or ``certificate`` (``pem`` is the trusted CAs).
+    :param pem: the public key or CA certificates, shipped in the ConfigMap (never a private key).
+    """
+
+    mode: str
+    method: str
+    pem: str
+
+    @property
+    def flag(self) -> str:
+        return SIGNING_FILES[self.method][0]
+
+    @property
+    def file_name(self) -> str:
+        return SIGNING_FILES[self.method][1]
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,8 @@ class Release:
     runtime_args: tuple[tuple[str, Any], ...] = ()
     size_bytes: int | None = None
     """The artifact's size when the store knows it: it sizes the weights volume and the startup probe."""
+    signing: PodSigning | None = None
+    """The signature check of the init container (None: signing is off)."""
 
     @property
     def hex(self) -> str:
@@ -171,12 +197,16 @@ def container_security(spec: KubernetesTargetSpec) -> dict[str, Any]:
 
 
 def _fetch_args(spec: KubernetesTargetSpec, release: Release) -> list[str]:
-    """Where the init container reads the artifact: the registry by digest, or the store's manifest and blobs."""
+    """Where the init container reads the artifact (the registry by digest, or the store's manifest and blobs),
+    and what it verifies the signature with."""
     where = ["--uri", release.artifact_uri]
     if release.artifact_uri.startswith("oci://"):
         where += ["--insecure"] if spec.artifact_fetch.registry_insecure else []
     else:
         where += ["--blobs", blobs_uri(store_root_of(release.artifact_uri, release.model))]
+    if release.signing is not None:
+        where += ["--signing", release.signing.mode, release.signing.flag,
+                  f"{SCRIPTS_MOUNT}/{release.signing.file_name}"]
     return [*where, "--digest", release.digest, "--dest", f"{MODELS_MOUNT}/{release.hex}"]
 
 
@@ -364,13 +394,16 @@ def services(spec: KubernetesTargetSpec, model: str) -> list[dict[str, Any]]:
     return [production, candidate]
 
 
-def config_map(spec: KubernetesTargetSpec, model: str) -> dict[str, Any]:
-    """The init container's script (include/kubernetes/fetch_artifact.py)."""
+def config_map(spec: KubernetesTargetSpec, model: str, signing: PodSigning | None = None) -> dict[str, Any]:
+    """The init container's script (include/kubernetes/fetch_artifact.py), and the PEM it verifies signatures with."""
+    data = {FETCH_SCRIPT: (STATIC_DIR / FETCH_SCRIPT).read_text()}
+    if signing is not None:
+        data[signing.file_name] = signing.pem
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(config_map_name(model), spec.namespace, common_labels(model)),
-        "data": {FETCH_SCRIPT: (STATIC_DIR / FETCH_SCRIPT).read_text()},
+        "data": data,
     }
 
 
@@ -383,9 +416,10 @@ def disruption_budget(spec: KubernetesTargetSpec, model: str) -> dict[str, Any]:
     }
 
 
-def shared_objects(spec: KubernetesTargetSpec, model: str) -> list[dict[str, Any]]:
+def shared_objects(spec: KubernetesTargetSpec, model: str, signing: PodSigning | None = None
+                   ) -> list[dict[str, Any]]:
     """Objects every version shares, applied before any Deployment."""
-    shared = [] if spec.model_image is not None else [config_map(spec, model)]
+    shared = [] if spec.model_image is not None else [config_map(spec, model, signing)]
     return [*shared, *services(spec, model), disruption_budget(spec, model)]
 
 

@@ -65,7 +65,8 @@ class ArtifactFetchSpec(_Strict):
     image: str | None = Field(
         None,
         description="Image of the init container; it runs `include/kubernetes/fetch_artifact.py` with Python and "
-        "the `model_server` package (fsspec too for s3:// or gs://). Empty: the serving `image`.",
+        "the `model_server` package (fsspec too for s3:// or gs://; model-signing and pyOpenSSL when `signing` is "
+        "not off: `include/serving/signing-requirements.txt`). Empty: the serving `image`.",
     )
     store_uri: str | None = Field(
         None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.deploy.kubernetes import manifests as m
@@ -116,7 +117,19 @@ class KubernetesTarget:
         files = self._files(digest)
         return m.Release(self.model, version, digest, self._oci_ref(digest) or artifact_uri(root, self.model, digest),
                          serving.runtime, tuple(sorted(serving.args.items())),
-                         None if files is None else sum(files.values()))
+                         None if files is None else sum(files.values()), self.pod_signing)
+
+    @cached_property
+    def pod_signing(self) -> m.PodSigning | None:
+        """The public key (or CA certificates) the pods verify signatures with: the spec's ``signing``, as the other
+        targets read it (``signing.public_key`` in the model folder, else the signing connection); None when off.
+
+        :raises SignatureRefused: signing is on and nothing to verify with is configured.
+        """
+        from model_delivery.signing import trust_of
+
+        trust = trust_of(self.spec.signing, self.settings.models_dir / self.model)
+        return None if trust is None else m.PodSigning(trust.mode, trust.method, trust.pem.decode())
 
     def _oci_ref(self, digest: str) -> str | None:
         """``oci://host/repo@<OCI manifest digest>`` once staging pushed the artifact (by tag before: render)."""
@@ -160,7 +173,7 @@ class KubernetesTarget:
 
     def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
         """What a step applies, in order: the shared objects, then the track's Deployment."""
-        return [*m.shared_objects(self.k8s, self.model), m.deployment(self.k8s, release, track)]
+        return [*m.shared_objects(self.k8s, self.model, release.signing), m.deployment(self.k8s, release, track)]
 
     def _apply(self, objects: list[dict[str, Any]], run_id: str, step: str, release: m.Release) -> None:
         """Server-side apply of ``objects``, journaled (a kill half-way is settled by the next step)."""
@@ -199,8 +212,9 @@ class KubernetesTarget:
     def _failure(self, status: RolloutStatus, what: str, track: str) -> Exception:
         message = f"{what} failed: {status.message}"
         if status.tampered:
-            return TamperedArtifact(f"{message}. The pod refused the artifact: its files do not match the digest. "
-                                    "Do not deploy it; rebuild the model.", result=status.to_dict())
+            return TamperedArtifact(f"{message}. The pod refused the artifact: its files do not match the digest, or "
+                                    "(with signing on) its signature does not hold, as its log above says. Do not "
+                                    "deploy it; rebuild the model.", result=status.to_dict())
         return RolloutFailed(f"{message}. See `kubectl -n {self.k8s.namespace} describe deployment "
                              f"{m.deployment_name(self.model, track)}` and the events of its pods.", result=status.to_dict())
 
