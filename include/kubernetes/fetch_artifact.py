@@ -84,7 +84,6 @@ MAX_MANIFEST = 256 * 1024 * 1024
 MAX_BUNDLE = 16 * 1024 * 1024
 TIMEOUT = 60
 SIGNATURE_PATH = "signature/model.sig"  # model_delivery.store.layout's StoreLayout.signature, in the artifact directory
-SIGNED_IGNORED = ("MANIFEST.json",)  # model_delivery.signing.IGNORED: the store's manifest is not signed
 READS_PER_THREAD = 4  # a thread holds up to this many 8 MiB reads at once (its read, the hash, the write)
 CGROUP_MEMORY = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 INSTALL_SIGNING = ("the image has no model-signing, needed to verify the artifact's signature. Fix: install "
@@ -510,39 +509,14 @@ _SIGNATURE_FIX = "Fix: deploy an artifact signed by the release's key (run the r
 
 
 def signature_problem(directory: Path, bundle: bytes, public_key: Path | None, ca: Path | None) -> str | None:
-    """Why ``directory`` does not match a model-signing bundle (None when it does): offline, key or certificate.
+    """Why ``directory`` does not match a model-signing bundle (None when it does): ``model_server.signature``,
+    the same check as ``md_supervise.py install-artifact`` on a host and ``model_delivery.signing`` on Airflow."""
+    from model_server.signature import problem
 
-    The same check as ``md_supervise.py install-artifact`` on a host and ``model_delivery.signing`` on Airflow.
-    """
-    from model_signing import hashing, verifying
-
-    config = verifying.Config().set_hashing_config(
-        hashing.Config().use_file_serialization(hashing_algorithm="sha256", max_workers=fetch_workers())
-        .set_ignored_paths(paths=list(SIGNED_IGNORED), ignore_git_paths=False).set_allow_symlinks(True))
-    try:
-        if ca is not None:
-            config.use_certificate_verifier(certificate_chain=[ca])
-        elif public_key is not None:
-            config.use_elliptic_key_verifier(public_key=public_key)
-        else:
-            raise ValueError("no public key and no CA to verify with")
-    except Exception as exc:  # noqa: BLE001 - an unusable key or CA file: name it
-        return f"wrong-key: the public key or CA to verify with is not usable ({type(exc).__name__}: {exc})"
     with tempfile.TemporaryDirectory(prefix="md-signature-") as scratch:
         signature = Path(scratch) / "model.sig"
         signature.write_bytes(bundle)
-        try:
-            config.verify(directory, signature)
-        except Exception as exc:  # noqa: BLE001 - every failure is a refusal: name it
-            text = str(exc) or type(exc).__name__
-            if text.startswith("Key mismatch"):
-                return "wrong-key: signed by another key than the one this pod trusts"
-            if text.startswith("Signature mismatch"):
-                return f"changed-files: its files differ from what was signed ({text[:400]})"
-            if type(exc).__name__ == "X509StoreContextError":
-                return f"untrusted-certificate: its certificate is not trusted ({text[:300]})"
-            return f"bad-signature: {type(exc).__name__}: {text[:300]}"
-    return None
+        return problem(directory, signature, public_key, ca, who="this pod", workers=fetch_workers())
 
 
 class SignatureCheck:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_delivery.exceptions import ReleaseFailed, SignatureRefused
-from model_server.manifest import MANIFEST_NAME
+from model_server.signature import IGNORED as SIGNED_IGNORED
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from model_delivery.store import ArtifactStore
 
 DEFAULT_CONN_ID = "model_delivery_signing"
-IGNORED = (MANIFEST_NAME,)
+IGNORED = SIGNED_IGNORED
 """Paths of an artifact directory that are not signed: the store's manifest, present only once fetched."""
 SECRET_DIR = "/dev/shm"  # a private key is written for model_signing's path-based API: in memory where possible
 
@@ -86,10 +86,9 @@ class Trust:
 
 def _hashing() -> Any:
     """The same hashing on both sides: every file (symlinks followed, as the store does) but the manifest."""
-    from model_signing import hashing
+    from model_server.signature import hashing_config
 
-    return (hashing.Config().use_file_serialization(hashing_algorithm="sha256")
-            .set_ignored_paths(paths=list(IGNORED), ignore_git_paths=False).set_allow_symlinks(True))
+    return hashing_config()
 
 
 @contextlib.contextmanager

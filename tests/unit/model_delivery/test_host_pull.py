@@ -22,21 +22,11 @@ import pytest
 
 from model_delivery.store import ArtifactStore
 from model_server.manifest import PART_SIZE, verify_directory
+from tests.unit.model_delivery.test_store import _big_file
 
 PROJECT = Path(__file__).resolve().parents[3]
 SUPERVISOR = PROJECT / "include" / "ansible" / "roles" / "model_server" / "files" / "md_supervise.py"
 MODEL = "demo"
-
-
-def _big_file(path: Path, size: int) -> Path:
-    """``size`` bytes whose every MiB differs, written a MiB at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1024 * 1024)
-    with open(path, "wb") as out:
-        for i in range(size // len(block)):
-            out.write(i.to_bytes(8, "little") + block[8:])
-        out.write(block[: size % len(block)])
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ KILL_HALF_WAY = textwrap.dedent("""
             seen[0] += n
             if seen[0] >= total // 2:
                 os.kill(os.getpid(), signal.SIGKILL)  # kill -9 half-way: no finally, no clean-up
-        return real(src, dst, entry, chunk_size, done=count, workers=workers)
+        return real(src, dst, entry, chunk_size, done=count, workers=2)  # at most two parts in flight
 
     transfer.copy_verified = copy_then_die
     sys.exit(md_supervise.main(sys.argv[3:]))
@@ -121,7 +111,8 @@ def test_a_pull_killed_half_way_resumes_at_the_first_part_that_does_not_verify(
     resumed = _install(runtime, tmp_path, digest, blobs, folder)
     assert resumed.returncode == 0, resumed.stderr
     pulled = json.loads(resumed.stdout)["pulled_bytes"]
-    assert PART_SIZE <= pulled <= size * 3 // 4  # the parts the killed run had verified were kept
+    # half the bytes counted over at most two parts in flight: at least one whole part was written and is kept
+    assert PART_SIZE <= pulled <= size - PART_SIZE
     assert verify_directory(tmp_path / "a", digest)
 
 

@@ -279,31 +279,16 @@ def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
 
 
 def _check_signature(directory: Path, signature: Path | None, public_key: Path | None, ca: Path | None) -> str | None:
-    """Why ``directory`` does not match its model-signing bundle (None when it does): offline, key or certificate."""
+    """Why ``directory`` does not match its model-signing bundle (None when it does): ``model_server.signature``."""
     if signature is None or not signature.is_file():
         return "unsigned: signing is required and no signature came with the artifact"
+    from model_server.signature import problem
+
     try:
-        from model_signing import hashing, verifying
+        return problem(directory, signature, public_key, ca, who="this host")
     except ImportError:
-        return ("model-signing is not installed in this host's virtualenv. Fix: add model-signing and pyOpenSSL to "
-                "the model server's requirements")
-    config = verifying.Config().set_hashing_config(
-        hashing.Config().use_file_serialization(hashing_algorithm="sha256")
-        .set_ignored_paths(paths=["MANIFEST.json"], ignore_git_paths=False).set_allow_symlinks(True))
-    if ca is not None:
-        config.use_certificate_verifier(certificate_chain=[ca])
-    else:
-        config.use_elliptic_key_verifier(public_key=public_key)
-    try:
-        config.verify(directory, signature)
-    except Exception as exc:  # noqa: BLE001 - every failure is a refusal: name it
-        text = str(exc) or type(exc).__name__
-        if text.startswith("Key mismatch"):
-            return "wrong-key: signed by another key than the one this host trusts"
-        if text.startswith("Signature mismatch"):
-            return f"changed-files: its files differ from what was signed ({text[:400]})"
-        return f"bad-signature: {type(exc).__name__}: {text[:300]}"
-    return None
+        return ("model-signing is not installed in this host's verifier virtualenv. Fix: set signing in the spec "
+                "so that the role installs it (include/serving/signing-requirements.txt)")
 
 
 def _pull(incoming: Path, blobs: Path, folder: Path, digest: str) -> tuple[dict, int]:
