@@ -111,15 +111,20 @@ def run_smoke(
     budget_ms: float,
     expect_digest: str | None = None,
     timeout: float = 10.0,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Send every golden case ``repeats`` times; check answers, the serving digest and p95 latency.
 
+    :param token: the servers' bearer token (``model_delivery.serving_auth``), sent with every request; never
+        in the report.
     :return: a JSON-able report with ``passed``, per-case results, latencies and ``failures``.
     """
     import httpx
 
+    from model_delivery.serving_auth import auth_headers
+
     results, latencies, failures = [], [], []
-    with httpx.Client(base_url=base_url, timeout=timeout) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(token)) as client:
         for case in cases:
             problems: list[str] = []
             for _ in range(repeats):

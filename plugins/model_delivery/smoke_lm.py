@@ -177,19 +177,22 @@ def _latency(timings: list[dict[str, Any]], budgets: dict[str, float]) -> tuple[
 
 def run_smoke_lm(base_url: str, model: str, cases: list[GoldenPrompt], *, repeats: int, concurrency: int,
                  ttft_budget_ms: float, tpot_budget_ms: float, expect_digest: str | None = None,
-                 served_digest: Any = None, timeout: float = 120.0) -> dict[str, Any]:
+                 served_digest: Any = None, timeout: float = 120.0, token: str | None = None) -> dict[str, Any]:
     """Check every golden prompt, plain and streamed, then measure TTFT and TPOT under a small concurrent load.
 
-    :param served_digest: ``(url, model) -> digest`` of the runtime, to check which artifact answers.
+    :param served_digest: ``(url, model, token=...) -> digest`` of the runtime, to check which artifact answers.
+    :param token: the servers' bearer token (``model_delivery.serving_auth``), sent with every request.
     :return: a JSON-able report with ``passed``, per-prompt results, latencies and ``failures``.
     """
     import httpx
 
+    from model_delivery.serving_auth import auth_headers
+
     failures: list[str] = []
     timings: list[dict[str, Any]] = []
-    with httpx.Client(base_url=base_url, timeout=timeout) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(token)) as client:
         if expect_digest and served_digest is not None:
-            served = served_digest(base_url, model)
+            served = served_digest(base_url, model, **({"token": token} if token else {}))
             if served != expect_digest:
                 failures.append(f"served by digest {served}, expected {expect_digest}")
         results, problems = _check_prompts(client, model, cases)

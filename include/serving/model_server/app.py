@@ -2,14 +2,25 @@
 
 Every response carries ``X-Model-Version`` and ``X-Model-Digest``. Client mistakes are answered
 with ``400 {"error": "..."}`` naming the field and the fix; unknown models with ``404``.
+
+With a token (:func:`create_app`'s ``token``), every endpoint but :data:`OPEN_PATHS` (the health
+probes and ``/metrics``, as KServe and Triton leave them) needs ``Authorization: Bearer <token>``;
+anything else is answered ``401`` with ``WWW-Authenticate: Bearer``, before the body is read.
+:class:`Limits` bound a request: its body (``413``, checked on ``Content-Length`` and counted while
+it streams, so a chunked upload is cut off too), its rows (``413``) and its JSON nesting (``400``).
+An unexpected error is answered ``500 {"error": "internal error", "id": ...}``; the detail goes
+only to the server's log, under the same id.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
+import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +46,7 @@ from model_server.flavors import DATATYPES, InvalidInput
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from starlette.types import Scope
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from model_server.flavors import LoadedModel, TensorSpec
 
@@ -45,6 +56,25 @@ SERVER_NAME = "model-delivery-model-server"
 
 #: numpy dtype kinds accepted in request data for each datatype family.
 _ACCEPTED_KINDS = {"BOOL": "b", "INT": "iu", "UINT": "iu", "FP": "iuf"}
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+"""Paths answered without a token: probes (kubelet, HAProxy) cannot send one easily, and they
+reveal only liveness, the model's name, version and digest, and request counts."""
+REALM = "model-server"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; beyond it the server answers 413 (body, rows) or 400 (nesting).
+
+    :param max_body_bytes: the request body, in bytes (``--max-body-bytes``).
+    :param max_rows: rows of an input tensor, its ``shape[0]`` (``--max-rows``).
+    :param max_json_depth: nesting of JSON arrays and objects (``--max-json-depth``).
+    """
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_rows: int = 100_000
+    max_json_depth: int = 32
 
 
 class InferenceInput(BaseModel):
@@ -108,6 +138,26 @@ def format_validation_error(exc: ValidationError | RequestValidationError) -> st
     return "; ".join(parts)
 
 
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (``[[1]]`` is 2), strings ignored; no parsing.
+
+    Only brackets and quotes are kept (escapes dropped first), then strings: what is scanned is a few
+    bytes per row, so a 64 MiB body of numbers costs milliseconds.
+    """
+    if b"\\" in body:
+        body = _ESCAPE.sub(b"", body)
+    kept = np.frombuffer(_STRING.sub(b"", body.translate(None, _NOT_STRUCTURE)), dtype=np.uint8)
+    opens = (kept == ord("[")) | (kept == ord("{"))
+    closes = (kept == ord("]")) | (kept == ord("}"))
+    steps = opens.astype(np.int64) - closes.astype(np.int64)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarray:
     """Turn one request input (flat row-major or nested ``data``) into an array of ``inp.shape``."""
     where = f"inputs[{index}]"
@@ -151,6 +201,34 @@ def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarr
     elif list(array.shape) != shape:
         raise ApiError(400, f"{where}.data is nested as {list(array.shape)} but {where}.shape is {shape}")
     return array.astype(DATATYPES[spec.datatype])
+
+
+def _check_rows(request: InferenceRequest, max_rows: int) -> None:
+    for index, inp in enumerate(request.inputs):
+        rows = inp.shape[0] if inp.shape else len(inp.data)
+        if rows > max_rows:
+            raise ApiError(
+                413,
+                f"inputs[{index}] has {rows} rows; this server takes at most {max_rows} per request "
+                "(--max-rows): split it into smaller requests",
+            )
+
+
+def _parse(body: bytes, model: LoadedModel, limits: Limits) -> InferenceRequest:
+    """Check the nesting, parse and check the rows (off the event loop: a large body takes a while)."""
+    depth = json_depth(body)
+    if depth > limits.max_json_depth:
+        raise ApiError(
+            400,
+            f"the request body nests JSON {depth} levels deep; this server accepts at most "
+            f"{limits.max_json_depth} (--max-json-depth). Expected e.g. {_example(model)}",
+        )
+    try:
+        parsed = InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(400, f"{format_validation_error(exc)}. Expected e.g. {_example(model)}") from None
+    _check_rows(parsed, limits.max_rows)
+    return parsed
 
 
 def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, Any]:
@@ -212,6 +290,95 @@ def _route_template(app: FastAPI, scope: Scope) -> str:
     return partial or "unmatched"
 
 
+class _BodyTooLarge(Exception):
+    """The request body went over :attr:`Limits.max_body_bytes` while it was read."""
+
+
+async def _send_json(send: Send, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    body = JSONResponse(doc).body
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Guard:
+    """ASGI middleware: the bearer token, then the body limit, both before the endpoint reads anything.
+
+    :param app: the application it guards.
+    :param token: the token every path but :data:`OPEN_PATHS` needs; None: no authentication.
+    :param max_body_bytes: the largest request body; a larger one is cut off with 413.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.max_body_bytes = max_body_bytes
+
+    def _unauthorized(self, scope: Scope) -> tuple[str, str] | None:
+        """None when the request may pass, else (message, WWW-Authenticate value)."""
+        if self.token is None or scope["path"] in OPEN_PATHS:
+            return None
+        values = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not values:
+            return ("authentication required: send the header 'Authorization: Bearer <token>'",
+                    f'Bearer realm="{REALM}"')
+        scheme, _, given = values[0].partition(b" ")
+        if len(values) == 1 and scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
+            return None
+        return ("invalid bearer token", f'Bearer realm="{REALM}", error="invalid_token"')
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = self._unauthorized(scope)
+        if refused is not None:
+            await _send_json(send, 401, {"error": refused[0]}, {"WWW-Authenticate": refused[1]})
+            return
+        lengths = [v for k, v in scope["headers"] if k == b"content-length"]
+        try:
+            declared = int(lengths[0]) if lengths else None
+        except ValueError:
+            await _send_json(send, 400, {"error": f"Content-Length {lengths[0][:40]!r} is not a number"},
+                             {"Connection": "close"})
+            return
+        if declared is not None and declared > self.max_body_bytes:
+            await self._too_large(send, f"{declared} bytes")
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._too_large(send, f"more than {self.max_body_bytes} bytes")
+
+    async def _too_large(self, send: Send, size: str) -> None:
+        message = (f"the request body has {size}; this server accepts at most {self.max_body_bytes} "
+                   "(--max-body-bytes): send fewer rows per request")
+        await _send_json(send, 413, {"error": message}, {"Connection": "close"})
+
+
 def _install_handlers(app: FastAPI, metrics: _Metrics, version: str, digest: str) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -230,9 +397,10 @@ def _install_handlers(app: FastAPI, metrics: _Metrics, version: str, digest: str
         endpoint = _route_template(app, request.scope)
         try:
             response = await call_next(request)
-        except Exception as exc:
-            logger.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+        except Exception:  # the detail goes to the log only, under an id the client can quote
+            error_id = str(uuid.uuid4())
+            logger.exception("internal error %s on %s %s", error_id, request.method, request.url.path)
+            response = JSONResponse({"error": "internal error", "id": error_id}, status_code=500)
         response.headers["X-Model-Version"] = version
         response.headers["X-Model-Digest"] = digest
         if app.state.draining:  # traffic moved elsewhere: make keep-alive clients reconnect (to the new server)
@@ -244,10 +412,11 @@ def _install_handlers(app: FastAPI, metrics: _Metrics, version: str, digest: str
 class _Routes:
     """The endpoint functions, bound to one model."""
 
-    def __init__(self, model: LoadedModel, version: str, metrics: _Metrics) -> None:
+    def __init__(self, model: LoadedModel, version: str, metrics: _Metrics, limits: Limits) -> None:
         self.model = model
         self.version = version
         self.metrics = metrics
+        self.limits = limits
 
     def _check(self, name: str, requested_version: str | None = None) -> None:
         if name != self.model.name:
@@ -293,12 +462,7 @@ class _Routes:
     async def _infer(self, request: Request, name: str, model_version: str | None) -> JSONResponse:
         self._check(name, model_version)
         body = await request.body()
-        try:
-            parsed = InferenceRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise ApiError(
-                400, f"{format_validation_error(exc)}. Expected e.g. {_example(self.model)}"
-            ) from None
+        parsed = await run_in_threadpool(_parse, body, self.model, self.limits)
         started = time.perf_counter()
         result = await run_in_threadpool(_run_inference, self.model, parsed)
         self.metrics.latency.observe(time.perf_counter() - started)
@@ -321,20 +485,29 @@ class _Routes:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(model: LoadedModel, *, version: str, digest: str) -> FastAPI:
+def create_app(
+    model: LoadedModel, *, version: str, digest: str, token: str | None = None, limits: Limits | None = None
+) -> FastAPI:
     """Build the Open Inference Protocol v2 application serving ``model``.
 
     :param model: the loaded model.
     :param version: the model version reported in metadata, responses and headers.
     :param digest: the artifact digest (``sha256:<hex>``) reported in headers and metrics.
+    :param token: the bearer token every path but :data:`OPEN_PATHS` requires; None: no authentication.
+    :param limits: what one request may hold (default: :class:`Limits`'s defaults).
     """
+    if token is not None and not token:
+        raise ValueError("the token must not be empty: pass None for no authentication")
+    limits = limits or Limits()
     app = FastAPI(title=f"{SERVER_NAME}: {model.name}", version=__version__)
     metrics = _Metrics(model, version, digest)
     app.state.model = model
     app.state.metrics_registry = metrics.registry
     app.state.draining = False  # set by SIGUSR1, cleared by SIGUSR2 (python -m model_server)
+    # Added first, so it runs inside _observe: its 401 and 413 answers get the headers and are counted.
+    app.add_middleware(_Guard, token=token, max_body_bytes=limits.max_body_bytes)
     _install_handlers(app, metrics, version, digest)
-    routes = _Routes(model, version, metrics)
+    routes = _Routes(model, version, metrics, limits)
     versioned = "/v2/models/{name}/versions/{model_version}"
     table: list[tuple[str, Callable[..., Any], str]] = [
         ("/v2", routes.server_metadata, "GET"),

@@ -25,23 +25,27 @@ class ModelServerRuntime(Runtime):
     metrics_path: ClassVar[str] = "/metrics"
     drain_signals: ClassVar[bool] = True
     stop_timeout_arg: ClassVar[str | None] = "graceful_timeout"
+    token_env: ClassVar[str | None] = "MODEL_SERVER_TOKEN"
 
     def command(self, *, python: str, artifact: str, digest: str, model: str, version: str, host: str, port: int,
                 args: Mapping[str, Any]) -> list[str]:
         return [python, "-m", "model_server", "--artifact", artifact, "--digest", digest, "--model-name", model,
                 "--model-version", version, "--host", host, "--port", str(port), *cli_args(args)]
 
-    def served_digest(self, url: str, model: str, timeout: float = 2.0) -> str | None:
+    def served_digest(self, url: str, model: str, timeout: float = 2.0, *, token: str | None = None) -> str | None:
         import httpx
 
-        with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"{url}{self.ready_path}", timeout=timeout)
+        from model_delivery.serving_auth import auth_headers
+
+        with contextlib.suppress(httpx.HTTPError):  # the readiness path needs no token; sent all the same
+            response = httpx.get(f"{url}{self.ready_path}", timeout=timeout, headers=auth_headers(token))
             if response.status_code == 200:
                 return response.headers.get("x-model-digest")
         return None
 
-    def ready(self, url: str, model: str, digest: str, timeout: float = 10.0) -> str | None:
-        served = self.served_digest(url, model, timeout=min(timeout, 2.0))
+    def ready(self, url: str, model: str, digest: str, timeout: float = 10.0, *,
+              token: str | None = None) -> str | None:
+        served = self.served_digest(url, model, timeout=min(timeout, 2.0), token=token)
         if served is None:
             return f"{url}{self.ready_path} does not answer 200 yet"
         return None if served == digest else f"{url} serves {served}, not {digest}"

@@ -74,6 +74,8 @@ class VllmRuntime(Runtime):
     container_python: ClassVar[str] = "python3"
     scratch_size: ClassVar[str] = "4Gi"
     shared_memory: ClassVar[str | None] = "2Gi"
+    token_env: ClassVar[str | None] = "VLLM_API_KEY"  # vLLM then requires it on /v1/*; /health stays open
+    pass_env: ClassVar[tuple[str, ...]] = ("VLLM_*",)
 
     def container_env(self, scratch: str) -> dict[str, str]:
         caches = {**CACHES, "TRITON_CACHE_DIR": "triton"}
@@ -130,31 +132,37 @@ class VllmRuntime(Runtime):
             raise DeployFailed(f"artifact {digest} is not a Hugging Face model directory for vllm: it needs "
                                "config.json and *.safetensors weights. Fix: write the model with save_pretrained.")
 
-    def _models(self, url: str, timeout: float) -> list[dict[str, Any]]:
+    def _models(self, url: str, timeout: float, token: str | None) -> list[dict[str, Any]]:
         import httpx
 
+        from model_delivery.serving_auth import auth_headers
+
         with contextlib.suppress(httpx.HTTPError, ValueError):
-            response = httpx.get(f"{url}/v1/models", timeout=timeout)
+            response = httpx.get(f"{url}/v1/models", timeout=timeout, headers=auth_headers(token))
             if response.status_code == 200:
                 return list(response.json().get("data") or [])
         return []
 
-    def served_digest(self, url: str, model: str, timeout: float = 2.0) -> str | None:
-        for entry in self._models(url, timeout):
+    def served_digest(self, url: str, model: str, timeout: float = 2.0, *, token: str | None = None) -> str | None:
+        for entry in self._models(url, timeout, token):
             if entry.get("id") == model and entry.get("root"):
                 return f"sha256:{Path(str(entry['root'])).name}"
         return None
 
-    def ready(self, url: str, model: str, digest: str, timeout: float = 10.0) -> str | None:
+    def ready(self, url: str, model: str, digest: str, timeout: float = 10.0, *,
+              token: str | None = None) -> str | None:
         import httpx
 
-        served = self.served_digest(url, model, timeout=min(timeout, 2.0))
+        from model_delivery.serving_auth import auth_headers
+
+        served = self.served_digest(url, model, timeout=min(timeout, 2.0), token=token)
         if served is None:
             return f"{url}/v1/models does not list {model!r} yet"
         if served != digest:
             return f"{url} serves {model!r} from {served}, not {digest}"
         try:
-            response = httpx.post(f"{url}/v1/completions", json={"model": model, **WARM_UP}, timeout=timeout)
+            response = httpx.post(f"{url}/v1/completions", json={"model": model, **WARM_UP}, timeout=timeout,
+                                  headers=auth_headers(token))
         except httpx.HTTPError as exc:
             return f"the warm-up completion failed: {type(exc).__name__}: {exc}"
         if response.status_code != 200 or not response.json().get("choices"):

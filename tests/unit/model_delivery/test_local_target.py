@@ -461,3 +461,67 @@ def test_a_switch_killed_after_the_front_moved_is_undone_by_the_rollback(
     assert rolled_back["action"] == "stopped-candidate" and rolled_back["serving"] == "1"
     assert "interrupted switch" in rolled_back["recovered"]
     assert make_target().status()["active"]["digest"] == v1.digest
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read()  # noqa: SIM115 - a one-shot read of /proc
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def test_servers_get_the_token_in_an_allow_listed_environment_and_clients_send_it(
+    builds: Builds, state_dir: Path, front_port: int, v1: Candidate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fnmatch import fnmatchcase
+
+    from model_delivery.deploy.local.target import SERVING_PATH
+    from model_delivery.runtimes import SERVER_ENV
+    from model_delivery.smoke import load_golden, run_smoke
+
+    token = "tok-local-5d1e0c"
+    monkeypatch.setenv("AIRFLOW_CONN_MODEL_DELIVERY_SERVING_TOKEN",
+                       json.dumps({"conn_type": "generic", "password": token}))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_SOMETHING", "postgresql://release:hunter2@db/prod")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = LocalTargetSpec(port=front_port, ready_timeout_seconds=DEADLINE)
+    target = LocalTarget(MODEL, config, state_dir, builds.store, token_conn_id="model_delivery_serving_token")
+
+    staged = target.stage(v1, "run-1")
+    shifted = target.shift("run-1")
+
+    front_pid = target.ledger.state(MODEL, "local")["front"]["pid"]
+    server, front = _environ(staged["pid"]), _environ(front_pid)
+    assert server["MODEL_SERVER_TOKEN"] == token and server["OMP_NUM_THREADS"] == "1"
+    assert server["PYTHONPATH"] == front["PYTHONPATH"] == str(SERVING_PATH)
+    for env in (server, front):
+        assert all(name in ("PYTHONPATH", "MODEL_SERVER_TOKEN") or any(fnmatchcase(name, p) for p in SERVER_ENV)
+                   for name in env), sorted(env)  # fmt: skip
+        assert "AIRFLOW_CONN_SOMETHING" not in env and not any("hunter2" in value for value in env.values())
+    assert "MODEL_SERVER_TOKEN" not in front  # a TCP proxy: the client's header passes through it
+    for pid in (staged["pid"], front_pid):
+        assert token not in open(f"/proc/{pid}/cmdline").read()  # noqa: SIM115
+    said = json.dumps([staged, shifted, target.status(), target.ledger.state(MODEL, "local")])
+    logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").glob("*.log"))
+    assert token not in said and token not in logs
+
+    golden = load_golden(PROJECT / "include" / "models" / MODEL / "golden.json")
+    for url in (staged["url"], target.front_url):  # the candidate (smoke), then production through the front (verify)
+        assert infer(int(url.rsplit(":", 1)[1])) == (401, v1.digest)
+        passed = run_smoke(url, MODEL, golden, repeats=1, budget_ms=60_000, expect_digest=v1.digest, token=token)
+        refused = run_smoke(url, MODEL, golden, repeats=1, budget_ms=60_000, expect_digest=v1.digest)
+        assert passed["passed"] is True, passed["failures"]
+        assert refused["passed"] is False and "HTTP 401" in refused["failures"][0]
+
+
+def test_a_token_connection_that_is_missing_fails_the_stage_and_starts_nothing(
+    builds: Builds, state_dir: Path, front_port: int, v1: Candidate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_SERVING_TOKEN_NOWHERE", raising=False)
+    config = LocalTargetSpec(port=front_port, ready_timeout_seconds=DEADLINE)
+    target = LocalTarget(MODEL, config, state_dir, builds.store, token_conn_id="serving_token_nowhere")
+
+    with pytest.raises(DeployFailed, match=r"'serving_token_nowhere' is not defined.*Fix: create it"):
+        target.stage(v1, "run-1")
+
+    assert target.status()["candidates"] == {}
+    assert not (state_dir / "logs").exists()

@@ -89,3 +89,44 @@ def test_vllm_sockets_fit_a_unix_socket_path_however_deep_the_state_directory(tm
     # Servers that share a machine (blue-green) share its cores: unbound OpenMP threads; a pod keeps vLLM's binding.
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in get_runtime("vllm").container_env("/scratch")
+
+
+WORKER_ENV = {"PATH": "/usr/bin", "HOME": "/home/airflow", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "2",
+              "PYTHONPATH": "/opt/airflow/plugins", "AIRFLOW_CONN_WAREHOUSE": "postgresql://u:hunter2@db/x",
+              "AWS_SECRET_ACCESS_KEY": "hunter2", "MODEL_SERVER_TOKEN": "stale", "VLLM_API_KEY": "stale",
+              "VLLM_CPU_KVCACHE_SPACE": "4", "HF_TOKEN": "hunter2"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("runtime", "token", "expected"),
+    [
+        pytest.param("model_server", None, {"PATH", "HOME", "LC_ALL", "OMP_NUM_THREADS", "PYTHONPATH"}, id="ours"),
+        pytest.param("model_server", "t", {"PATH", "HOME", "LC_ALL", "OMP_NUM_THREADS", "PYTHONPATH",
+                                           "MODEL_SERVER_TOKEN"}, id="ours-with-token"),
+        pytest.param("vllm", "t", {"PATH", "HOME", "LC_ALL", "OMP_NUM_THREADS", "PYTHONPATH", "VLLM_CPU_KVCACHE_SPACE",
+                                   "VLLM_API_KEY", "HF_HUB_OFFLINE"}, id="vllm-with-token"),
+        pytest.param(None, None, {"PATH", "HOME", "LC_ALL", "OMP_NUM_THREADS", "PYTHONPATH"}, id="front"),
+    ],
+)  # fmt: skip
+def test_server_env_takes_only_the_allow_list_from_the_worker(
+    runtime: str | None, token: str | None, expected: set[str]
+) -> None:
+    from model_delivery.runtimes import server_env
+
+    chosen = get_runtime(runtime) if runtime else None
+    fixed = {"HF_HUB_OFFLINE": "1"} if runtime == "vllm" else {}
+
+    env = server_env(WORKER_ENV, runtime=chosen, fixed=fixed, pythonpath="/srv/serving", token=token)
+
+    assert set(env) == expected
+    assert env["PYTHONPATH"] == "/srv/serving"  # ours, not the worker's
+    assert "hunter2" not in "".join(env.values()) and "stale" not in "".join(env.values())
+    if token:
+        assert chosen is not None and env[str(chosen.token_env)] == token
+
+
+def test_a_token_for_a_server_that_cannot_take_one_is_refused() -> None:
+    from model_delivery.runtimes import server_env
+
+    with pytest.raises(ValueError, match="cannot require a bearer token"):
+        server_env(WORKER_ENV, runtime=None, token="t")

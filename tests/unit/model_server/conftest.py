@@ -141,7 +141,8 @@ class Processes:
         self.directory = directory
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, module: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``python -m module args`` with ``env`` (default: :func:`subprocess_env`)."""
         log = self.directory / f"{module}-{len(self.started)}.stderr"
         with open(log, "wb") as stderr:
             proc = subprocess.Popen(
@@ -149,7 +150,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                env=subprocess_env(),
+                env=subprocess_env() if env is None else env,
                 cwd=self.directory,
             )
         self.started.append((proc, log))

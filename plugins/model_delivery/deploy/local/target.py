@@ -14,6 +14,11 @@ the front switched, a server stopped) is journaled before it is made and confirm
 the next step that touches the model first finishes or undoes what a killed one left
 (:meth:`LocalTarget.recover`): a server started but never recorded is stopped, a switch
 that did not finish is put back, so the front serves what the ledger calls active.
+
+Servers and the front start with an allow-listed environment (``runtimes.server_env``), never the
+worker's whole one. With ``serving.token_conn_id``, each server gets the bearer token in its
+runtime's variable, and the readiness checks send it; the front, a TCP proxy, needs none: the
+client's ``Authorization`` header passes through it to the server, which checks it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.procs import alive as _alive
 from model_delivery.procs import stop as _stop
 from model_delivery.records import now
+from model_delivery.runtimes import server_env
 from model_delivery.settings import PROJECT_ROOT
 from model_server.front import read_state, write_state
 from model_server.manifest import parse_digest
@@ -60,14 +66,8 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _serving_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SERVING_PATH), env.get("PYTHONPATH", "")) if p)
-    return {**env, **(extra or {})}
-
-
-def _spawn(cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a detached process (own session) that outlives the task that started it."""
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a detached process (own session) that outlives the task that started it, with exactly ``env``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -75,7 +75,7 @@ def _spawn(cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = No
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_serving_env(extra_env),
+            env=env,
             start_new_session=True,
             close_fds=True,
         )
@@ -108,13 +108,16 @@ class LocalTarget:
     :param signing: the spec's ``signing`` section: with ``required`` (or ``optional`` and a signature present),
         stage verifies the fetched artifact's signature before it starts anything.
     :param model_dir: the model folder, where ``signing.public_key`` is found.
+    :param token_conn_id: the Airflow connection whose password is the servers' bearer token
+        (``serving.token_conn_id``); None: servers without authentication.
     """
 
     name = "local"
 
     def __init__(self, model: str, config: LocalTargetSpec, state_dir: Path, store: ArtifactStore,
                  serving: ServingSpec | None = None, ledger: Ledger | None = None,
-                 signing: SigningSpec | None = None, model_dir: Path | None = None) -> None:
+                 signing: SigningSpec | None = None, model_dir: Path | None = None,
+                 token_conn_id: str | None = None) -> None:
         from model_delivery.ledger import Ledger
         from model_delivery.runtimes import get_runtime
 
@@ -129,6 +132,18 @@ class LocalTarget:
         self.recovered: list[str] = []  # what the last locked step settled first (:meth:`recover`)
         self.signing = signing
         self.model_dir = model_dir or state_dir
+        self.token_conn_id = token_conn_id
+        self._token_read = False
+        self._token_value: str | None = None
+
+    @property
+    def token(self) -> str | None:
+        """The servers' bearer token (read once from the connection; never logged, saved or returned)."""
+        if not self._token_read:
+            from model_delivery.serving_auth import serving_token
+
+            self._token_value, self._token_read = serving_token(self.token_conn_id), True
+        return self._token_value
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, settings: Settings, store: ArtifactStore,
@@ -136,7 +151,8 @@ class LocalTarget:
         """The target of ``spec``'s ``deploy.local`` section, its state in ``settings.deploy_dir / model``."""
         assert spec.deploy.local is not None  # guaranteed by DeploySpec validation
         return cls(spec.name, spec.deploy.local, settings.deploy_dir / spec.name, store, spec.serving,
-                   settings.open_ledger(), signing=spec.signing, model_dir=settings.models_dir / spec.name)
+                   settings.open_ledger(), signing=spec.signing, model_dir=settings.models_dir / spec.name,
+                   token_conn_id=getattr(spec.serving, "token_conn_id", None))
 
     @property
     def front_url(self) -> str:
@@ -274,7 +290,7 @@ class LocalTarget:
                 if code == EXIT_TAMPERED:
                     raise TamperedArtifact(f"{message}: it refused the artifact.\n{_tail(log_path)}")
                 raise DeployFailed(f"{message}. Log {log_path}:\n{_tail(log_path)}")
-            why = self.runtime.ready(url, self.model, digest)
+            why = self.runtime.ready(url, self.model, digest, token=self.token)
             if why is None:
                 return
             time.sleep(0.2)
@@ -295,9 +311,14 @@ class LocalTarget:
                                    model=self.model, version=candidate.version, host=host, port=port,
                                    args=self.runtime_args)
         url = f"http://{host}:{port}"
+        try:
+            env = server_env(os.environ, runtime=self.runtime, fixed=self.runtime.env(self.state_dir / "runtime"),
+                             pythonpath=str(SERVING_PATH), token=self.token)
+        except ValueError as exc:
+            raise DeployFailed(f"cannot start {self.model} version {candidate.version}: {exc}") from None
         entry = self.ledger.intend(self.model, self.name, run_id, "start",
                                    {"version": candidate.version, "digest": candidate.digest, "port": port})
-        proc = _spawn(cmd, log_path, self.runtime.env(self.state_dir / "runtime"))
+        proc = _spawn(cmd, log_path, env)
         slot = {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
                 "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now(), "ready": False}
         state["candidates"][run_id] = slot
@@ -337,7 +358,7 @@ class LocalTarget:
         log_path = self.state_dir / "logs" / "front.log"
         cmd = [sys.executable, "-m", "model_server.front", "--host", self.config.host, "--port",
                str(self.config.port), "--state", str(self.front_state)]
-        proc = _spawn(cmd, log_path)
+        proc = _spawn(cmd, log_path, server_env(os.environ, pythonpath=str(SERVING_PATH)))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -368,7 +389,7 @@ class LocalTarget:
         write_state(self.front_state, slot["host"], slot["port"], version=slot["version"], digest=slot["digest"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.runtime.served_digest(self.front_url, self.model) == slot["digest"]:
+            if self.runtime.served_digest(self.front_url, self.model, token=self.token) == slot["digest"]:
                 if self.runtime.drain_signals:
                     self._signal(slot, signal.SIGUSR2)
                     if previous is not None and previous.get("pid") != slot.get("pid"):
