@@ -49,6 +49,7 @@ class Runtime:
     protocol: ClassVar[str]
     ready_path: ClassVar[str]
     live_path: ClassVar[str]
+    ready_needs_token: ClassVar[bool] = False  # its ready path is behind the bearer token (probes cannot send it)
     metrics_path: ClassVar[str]
     drain_signals: ClassVar[bool] = False
     default_ready_timeout: ClassVar[float] = 120.0

@@ -67,6 +67,7 @@ class VllmRuntime(Runtime):
     protocol: ClassVar[str] = "openai"
     ready_path: ClassVar[str] = "/v1/models"
     live_path: ClassVar[str] = "/health"
+    ready_needs_token: ClassVar[bool] = True  # with VLLM_API_KEY, /v1/* needs it; /health stays open
     metrics_path: ClassVar[str] = "/metrics"
     drain_signals: ClassVar[bool] = False  # SIGUSR1 would end it: it has no drain mode
     default_ready_timeout: ClassVar[float] = 600.0

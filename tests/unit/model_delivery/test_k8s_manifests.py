@@ -413,3 +413,32 @@ def test_the_pod_stand_in_runs_the_rendered_init_container_and_it_refuses_anothe
     refused = run_init("resigned")
     assert refused.returncode == 3 and "signature wrong-key" in refused.stderr, refused.stderr
     assert not list((tmp_path / "pods" / "resigned" / "models").iterdir())
+
+
+@pytest.mark.parametrize(("model", "variable"), [("breast_cancer", "MODEL_SERVER_TOKEN"), ("code_lm", "VLLM_API_KEY")])
+def test_the_serving_token_reaches_the_server_by_reference_to_its_secret_only(model: str, variable: str) -> None:
+    raw = k8s_raw({**(GPU_LM if model == "code_lm" else CPU), "token_secret": "serving-token"}, model)
+    raw["serving"] = {**raw.get("serving", {}), "token_conn_id": "model_delivery_serving_token"}
+    rendered = render(ModelSpec.model_validate(raw), get_settings(), VERSION, DIGEST)
+
+    container = server(kinds(rendered)[f"Deployment/{m.deployment_name(model, m.STABLE)}"])
+    token = [e for e in container["env"] if e["name"] == variable]
+    assert token == [{"name": variable, "valueFrom": {"secretKeyRef": {"name": "serving-token", "key": "token"}}}]
+    init = kinds(rendered)[f"Deployment/{m.deployment_name(model, m.STABLE)}"]["spec"]["template"]["spec"]
+    assert all(variable not in json.dumps(c.get("env", [])) for c in init.get("initContainers", []))
+    # probes send no token: they use paths the server leaves open
+    assert container["readinessProbe"]["httpGet"]["path"] in ("/v2/health/ready", "/health")
+
+
+@pytest.mark.parametrize(("serving", "section", "field"), [
+    pytest.param({"token_conn_id": "tok"}, CPU, "deploy.kubernetes.token_secret", id="token-without-secret"),
+    pytest.param({}, {**CPU, "token_secret": "serving-token"}, "serving.token_conn_id", id="secret-without-token"),
+])
+def test_a_half_configured_serving_token_is_refused_naming_the_field(serving: dict[str, Any], section: dict[str, Any],
+                                                                     field: str) -> None:
+    from pydantic import ValidationError
+
+    raw = k8s_raw(section)
+    raw["serving"] = {**raw.get("serving", {}), **serving}
+    with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
+        ModelSpec.model_validate(raw)

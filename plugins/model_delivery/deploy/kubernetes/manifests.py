@@ -255,6 +255,10 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
                               model=release.model, version=release.version, host="0.0.0.0",
                               port=spec.container_port, args=dict(release.runtime_args))
     env = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **runtime.container_env("/tmp")}
+    env_list: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in env.items()]
+    if spec.token_secret and runtime.token_env:  # the bearer token, by reference to the Secret only
+        env_list.append({"name": runtime.token_env,
+                         "valueFrom": {"secretKeyRef": {"name": spec.token_secret, "key": TOKEN_KEY}}})
     return {
         "name": "model-server",
         "image": spec.model_image or spec.image or runtime.image,
@@ -262,19 +266,24 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
         "command": command[:3],
         "args": command[3:],
         "ports": [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}],
-        "env": [{"name": name, "value": value} for name, value in env.items()],
+        "env": env_list,
         "resources": resources(spec.resources),
         # The server answers its live path only once it has loaded the model (ours after verifying the
         # digest): the startup probe's budget grows with the weights to load.
         "startupProbe": _probe(runtime.live_path, PROBE_PERIOD,
                                math.ceil(startup_seconds(spec, release) / PROBE_PERIOD)),
-        "readinessProbe": _probe(runtime.ready_path, PROBE_PERIOD, 3),
+        # a probe sends no token: with one, a runtime whose ready path needs it is probed on its live path
+        "readinessProbe": _probe(runtime.ready_path if not (spec.token_secret and runtime.ready_needs_token)
+                                 else runtime.live_path, PROBE_PERIOD, 3),
         "livenessProbe": _probe(runtime.live_path, 10, 3),
         "securityContext": container_security(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
 
+
+TOKEN_KEY = "token"
+"""The key of ``deploy.kubernetes.token_secret`` that holds the servers' bearer token."""
 
 GIB = 1024**3
 LOAD_SECONDS_PER_GIB = 30

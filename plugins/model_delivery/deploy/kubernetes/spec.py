@@ -189,6 +189,13 @@ class KubernetesTargetSpec(_Strict):
         "IfNotPresent", description="Image pull policy of every container."
     )
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the images with.")
+    token_secret: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        description="With serving.token_conn_id: a Secret in the namespace whose key `token` holds the same bearer "
+        "token as that Airflow connection. The serving container reads it from the runtime's token variable "
+        "(secretKeyRef: never in the manifest, the records or a command line); its health probes stay open.",
+    )
     replicas: int = Field(2, ge=1, le=1000, description="Pods of the production Deployment.")
     max_surge: int | str = Field(
         1, description="RollingUpdate maxSurge: extra pods during a rollout (a number or a percentage like `25%`). "
