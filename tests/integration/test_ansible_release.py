@@ -11,6 +11,7 @@ in order: the first release puts version 1 on every host, later ones roll over i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -456,9 +457,10 @@ def _signed_variant(store: Any, source: str, tmp_path: Path, name: str, private_
 
 
 def test_pulling_hosts_verify_the_signature_themselves_before_anything_serves(fleet: Fleet, tmp_path: Path) -> None:
-    """artifact_transfer: pull with signing required: each host copies the artifact from the store it mounts and
-    checks its model-signing bundle with the verifier the role installs; a bundle of another key is refused by
-    every host (the controller does not fetch pulled artifacts), and what serves stays as it was."""
+    """artifact_transfer: pull with signing required and a serving token: each host copies the artifact from the
+    store it mounts and checks its model-signing bundle with the verifier the role installs; the staged server
+    requires the token (kept 0600 on the host, masked in the log); a bundle of another key is refused by every
+    host (the controller does not fetch pulled artifacts), and what serves stays as it was."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -478,25 +480,37 @@ def test_pulling_hosts_verify_the_signature_themselves_before_anything_serves(fl
     good, bundle = _signed_variant(store, before.digest, tmp_path, "signed-by-ours", ours[0])
     forged, _ = _signed_variant(store, before.digest, tmp_path, "signed-by-theirs", theirs[0])
     (fleet.model_dir / "signing.pub").write_bytes(ours[1])
-    edit_spec(fleet.model_dir, lambda spec: spec.update(signing={"mode": "required", "public_key": "signing.pub"}))
+    edit_spec(fleet.model_dir, lambda spec: spec.update(signing={"mode": "required", "public_key": "signing.pub"},
+                                                        serving={"token_conn_id": "md_fleet_serving_token"}))
     fleet.set_ansible(artifact_transfer="pull")
+    token = "fleet-" + os.urandom(16).hex()
     try:
         lines: list[str] = []
-        target = _target(fleet, lines)
-        staged = target.stage(Candidate(MODEL, "90", good), "pull-signed")
-        ready = httpx.get(f"{staged['url']}/v2/health/ready", timeout=10)
-        target.rollback("pull-signed")  # stops the staging instance; no host switched
+        with environ({"AIRFLOW_CONN_MD_FLEET_SERVING_TOKEN": json.dumps({"conn_type": "generic", "password": token})}):
+            target = _target(fleet, lines)
+            staged = target.stage(Candidate(MODEL, "90", good), "pull-signed")
+            ready = httpx.get(f"{staged['url']}/v2/health/ready", timeout=10)  # health needs no token
+            request = {"json": golden_request(fleet.model_dir), "timeout": 10}
+            infer = f"{staged['url']}/v2/models/{MODEL}/infer"
+            without = httpx.post(infer, **request)
+            with_token = httpx.post(infer, headers={"Authorization": f"Bearer {token}"}, **request)
+            target.rollback("pull-signed")  # stops the staging instance; no host switched
 
-        refused: list[str] = []
-        with pytest.raises(DeployFailed) as failed:
-            _target(fleet, refused).stage(Candidate(MODEL, "91", forged), "pull-forged")
-        _target(fleet, []).rollback("pull-forged")
+            refused: list[str] = []
+            with pytest.raises(DeployFailed) as failed:
+                _target(fleet, refused).stage(Candidate(MODEL, "91", forged), "pull-forged")
+            _target(fleet, []).rollback("pull-forged")
     finally:
-        edit_spec(fleet.model_dir, lambda spec: spec.update(signing={"mode": "off"}))
+        edit_spec(fleet.model_dir, lambda spec: (spec.update(signing={"mode": "off"}), spec.pop("serving", None)))
         fleet.set_ansible(artifact_transfer="push")
 
     good_hex, forged_hex = good.removeprefix("sha256:"), forged.removeprefix("sha256:")
     assert ready.status_code == 200 and ready.headers["x-model-digest"] == good
+    assert without.status_code == 401 and with_token.status_code == 200, (without.text, with_token.text)
+    staging_host = fleet.hosts[0]
+    token_file = staging_host.root / "run" / "token"
+    assert token_file.read_text().strip() == token and (token_file.stat().st_mode & 0o077) == 0
+    assert all(token not in line for line in lines)  # masked in the streamed playbook output
     assert not (target.state_dir / "artifacts" / good_hex).exists()  # pulled by the hosts, not copied from here
     for host in fleet.hosts:
         artifacts = host.root / "artifacts"

@@ -152,6 +152,49 @@ def test_a_real_playbook_run_streams_into_the_log_and_reports(target_env: tuple[
     assert not list((target.state_dir / "tmp").iterdir())  # the private run directory is gone
 
 
+ENV_PLAYBOOK = """
+- name: Show what the controller and a local host's modules see
+  hosts: model_servers
+  gather_facts: false
+  tasks:
+    - name: Lookups run in ansible-playbook itself
+      ansible.builtin.debug:
+        msg: "conn=[{{ lookup('env', 'AIRFLOW_CONN_FOO') }}] aws=[{{ lookup('env', 'AWS_SECRET_ACCESS_KEY') }}]
+          fernet=[{{ lookup('env', 'AIRFLOW__CORE__FERNET_KEY') }}] home=[{{ lookup('env', 'HOME') }}]"
+    - name: A module's whole environment
+      ansible.builtin.command: env
+      register: module_env
+      changed_when: false
+    - name: Print it
+      ansible.builtin.debug:
+        var: module_env.stdout_lines
+"""
+
+
+def test_ansible_playbook_sees_no_secret_of_the_workers_environment(
+        target_env: tuple[Path, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"AIRFLOW_CONN_FOO": "postgres://u:conn-secret@db/x", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+               "AIRFLOW__CORE__FERNET_KEY": "fernet-secret", "GITHUB_TOKEN": "gh-secret"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ANSIBLE_STDOUT_CALLBACK", "json")  # the worker's ANSIBLE_* are not ours: not taken either
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    playbook = tmp_path / "env.yml"
+    playbook.write_text(ENV_PLAYBOOK)
+    lines: list[str] = []
+    target = make_target(target_env, lines)
+
+    result = target.run_playbook(str(playbook), {})
+
+    output = "\n".join(lines)
+    assert result.ok, output[-4000:]
+    assert "conn=[] aws=[] fernet=[]" in output and f"home=[{os.environ['HOME']}]" in output
+    assert not [value for value in secrets.values() if value in output]
+    assert not [name for name in secrets if f"{name}=" in output]
+    assert "LC_TIME=C.UTF-8" in output and "ANSIBLE_STDOUT_CALLBACK" not in output  # allowed; ignored
+    assert any("PLAY RECAP" in line for line in lines)  # the default callback: ours, not the worker's json
+
+
 def test_rollback_of_a_run_that_deployed_nothing_is_a_no_op(target_env: tuple[Path, Settings]) -> None:
     assert make_target(target_env).rollback("never-ran") == {"action": "none", "serving": None}
 

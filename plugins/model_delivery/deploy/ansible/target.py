@@ -23,7 +23,10 @@ playbook is stopped by the next step (:meth:`AnsibleTarget.recover`).
 Commands, inventories and variable files are built from data (lists, ``json.dumps``,
 ``yaml.safe_dump``). Secrets from Airflow connections go to 0600 files in a private
 temporary directory, are passed by path, are masked in the streamed output, and are
-never logged or returned.
+never logged or returned. ``ansible-playbook`` starts with an allow-listed environment
+(:data:`CONTROLLER_ENV` and our ``ANSIBLE_*`` settings): none of the worker's Airflow
+connections, variables, config or cloud credentials reach it, its lookups, or the modules of a
+local-connection host.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +56,7 @@ from model_delivery.settings import PROJECT_ROOT
 from model_server.manifest import MANIFEST_NAME, parse_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from model_delivery.deploy import Candidate
     from model_delivery.settings import Settings
@@ -120,6 +124,17 @@ class _Secrets:
 
     args: list[str] = field(default_factory=list)
     masked: list[str] = field(default_factory=list)
+
+
+CONTROLLER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "SSH_AUTH_SOCK")
+"""What ``ansible-playbook`` takes from the worker's environment (names, or ``fnmatch`` patterns), when set there;
+the ``ANSIBLE_*`` settings it runs with are ours (:meth:`AnsibleTarget._env`), never the worker's."""
+
+
+def controller_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` that :data:`CONTROLLER_ENV` allows."""
+    return {name: value for name, value in environ.items()
+            if any(fnmatchcase(name, pattern) for pattern in CONTROLLER_ENV)}
 
 
 def _write_private(path: Path, content: str) -> Path:
@@ -306,7 +321,8 @@ class AnsibleTarget:
         command = self.runtime.command(python="{python}", artifact="{artifact}", digest="{digest}", model="{model}",
                                        version="{version}", host="{host}", port="{port}", args=args)  # type: ignore[arg-type]
         return {"model_server_runtime": self.runtime.name, "model_server_command": command,
-                "model_server_env": self.runtime.host_env(), "model_server_ready_protocol": self.runtime.protocol}
+                "model_server_env": self.runtime.host_env(), "model_server_ready_protocol": self.runtime.protocol,
+                "model_server_token_env": self.runtime.token_env or ""}
 
     def _inventory(self, tmp: Path) -> Path:
         if self.config.inventory is not None:
@@ -341,6 +357,11 @@ class AnsibleTarget:
             elif extra.get("key_file"):
                 secrets.args += ["--private-key", str(extra["key_file"])]
             secrets.args += self._host_key_args(extra, tmp)
+        token = self._token()
+        if token:  # the servers' bearer token: a private variables file, masked in the output
+            secrets.args += ["--extra-vars", "@" + str(_write_private(tmp / "serving_token.json",
+                                                                      json.dumps({"model_server_token": token})))]
+            secrets.masked.append(token)
         if self.config.become_conn_id:
             password = _connection(self.config.become_conn_id).password or ""
             secrets.args += ["--become", "--become-password-file",
@@ -348,6 +369,13 @@ class AnsibleTarget:
             if password:
                 secrets.masked.append(password)
         return secrets
+
+    def _token(self) -> str | None:
+        """The servers' bearer token (``serving.token_conn_id``), read for each playbook: a rotated one reaches the
+        hosts, whose servers restart with it."""
+        from model_delivery.serving_auth import serving_token
+
+        return serving_token(self.spec.serving.token_conn_id)
 
     def _host_key_args(self, extra: dict[str, Any], tmp: Path) -> list[str]:
         """Host key checking from the SSH connection's extra: ``known_hosts`` (the lines of a known_hosts
@@ -375,7 +403,10 @@ class AnsibleTarget:
         return cmd + list(secret_args or [])
 
     def _env(self, tmp: Path, control_dir: str) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
+        """The whole environment of ``ansible-playbook``: the worker's variables of :data:`CONTROLLER_ENV`, then
+        ours. Nothing else is inherited: no Airflow connections, variables or config, no cloud credentials (a
+        local-connection host's modules, and every lookup, would see them); secrets go by 0600 files."""
+        env = controller_env(os.environ)
         env.update(
             ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
             ANSIBLE_NOCOLOR="1",

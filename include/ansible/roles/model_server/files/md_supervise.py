@@ -91,7 +91,15 @@ class Instance:
         for path in (scratch, tmp):
             if any(str(path) in value for value in extra.values()):
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return {**os.environ, **extra, "PYTHONPATH": config["pythonpath"]}
+        token = self.token(config)
+        return {**os.environ, **extra, "PYTHONPATH": config["pythonpath"],
+                **({config["token_env"]: token} if token else {})}
+
+    @staticmethod
+    def token(config: dict) -> str | None:
+        """The servers' bearer token (``token_file``, 0600, written by the role), or None without one."""
+        path = config.get("token_file")
+        return Path(path).read_text().strip() or None if path else None
 
     def write_status(self, **status: object) -> None:
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,11 +232,14 @@ def _probe(url: str) -> tuple[int, str | None]:
         return 0, None
 
 
-def _probe_openai(base: str, model: str, digest: str) -> tuple[int, str | None]:
+def _probe_openai(base: str, model: str, digest: str, token: str | None = None) -> tuple[int, str | None]:
     """``/v1/models``: (status, the digest ``model`` is served from); then, when that is ``digest``, a warm-up
-    completion, whose failure reads as HTTP 0 from it (the server lists the model but cannot answer yet)."""
+    completion, whose failure reads as HTTP 0 from it (the server lists the model but cannot answer yet).
+    With ``token``, both send it (vLLM with an API key guards ``/v1/*``)."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as response:  # noqa: S310 - a URL we build
+        models = urllib.request.Request(f"{base}/v1/models", headers=auth)
+        with urllib.request.urlopen(models, timeout=2) as response:  # noqa: S310 - a URL we build
             entries = json.loads(response.read()).get("data") or []
     except urllib.error.HTTPError as exc:
         return int(exc.code), None
@@ -239,7 +250,7 @@ def _probe_openai(base: str, model: str, digest: str) -> tuple[int, str | None]:
     if served != digest:
         return 200, served
     request = urllib.request.Request(f"{base}/v1/completions", data=json.dumps({"model": model, **WARM_UP}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers={"Content-Type": "application/json", **auth}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - a URL we build
             answered = bool(json.loads(response.read()).get("choices"))
@@ -265,7 +276,8 @@ def _wait_ready(instance: Instance, timeout: float, health_host: str) -> int:
         if instance.pid() is None:
             print(f"the supervisor of {instance.name} is not running.\n{instance.tail()}", file=sys.stderr)
             return 1
-        last = _probe_openai(base, config["model"], config["digest"]) if openai else _probe(url)
+        last = (_probe_openai(base, config["model"], config["digest"], instance.token(config)) if openai
+                else _probe(url))
         if last[0] == 200 and last[1] == config["digest"]:
             print(json.dumps({"ready": True, "url": url, "digest": config["digest"]}))
             return 0
