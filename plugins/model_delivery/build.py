@@ -184,6 +184,83 @@ def _check_outputs(spec: ModelSpec, work_dir: Path, out: Path) -> BuildOutputs:
     return BuildOutputs(work_dir, model, data, environment)
 
 
+def _serving_problem(spec: ModelSpec, config: dict[str, Any], golden: list[Any]) -> str | None:
+    """What in an open-inference ``serving.json`` does not fit the spec (its evaluation and its golden requests)."""
+    (declared,) = config["inputs"]
+    outputs = [o["name"] for o in config["outputs"]]
+    if not declared.get("columns"):
+        return ("field 'inputs[0].columns' is missing: evaluation selects the model's features from the evaluation "
+                "data by these names")
+    width = declared["shape"][1]
+    for index, case in enumerate(golden):
+        for sent in case.inputs:
+            name, shape = sent.get("name"), sent.get("shape")
+            if name != declared["name"]:
+                return (f"field 'inputs[0].name' is {declared['name']!r}, but golden case {index} "
+                        f"({_cut(case.name)}) sends input {_cut(name)}")
+            if width >= 0 and isinstance(shape, list) and shape and shape[-1] != width:
+                return (f"field 'inputs[0].shape' declares {width} features, but golden case {index} "
+                        f"({_cut(case.name)}) sends shape {_cut(shape)}")
+        if case.expect.output not in outputs:
+            return (f"field 'outputs' declares {outputs}, but golden case {index} ({_cut(case.name)}) checks output "
+                    f"{_cut(case.expect.output)}")
+    needed = ["predict"] + (["predict_proba"] if {"roc_auc", "log_loss"} & set(spec.evaluation.metrics) else [])
+    missing = [name for name in needed if name not in outputs]
+    if missing:
+        return (f"field 'outputs' declares {outputs}, but evaluation.metrics {spec.evaluation.metrics} need "
+                f"{missing}")
+    return None
+
+
+def _cut(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_serving(spec: ModelSpec, artifact_dir: Path, model_dir: Path) -> dict[str, Any]:
+    """Check the ``serving.json`` a build wrote against the spec, before anything is stored.
+
+    Its ``name`` must be the spec's. For a runtime that speaks the Open Inference Protocol it must also be valid
+    for the model server (``model_server.flavors.read_serving_config``), declare the columns evaluation needs,
+    accept the inputs the golden requests send, and declare every output they check and the metrics need.
+
+    :param artifact_dir: the build's ``model/`` directory.
+    :param model_dir: the model folder (its golden file).
+    :return: the serving config.
+    :raises BuildFailed: naming the field of ``serving.json`` and the fix (no retries: a rebuild writes the same).
+    """
+    from model_delivery.runtimes import get_runtime
+    from model_delivery.spec import check_golden
+    from model_server.flavors import SERVING_FILE, ServingConfigError, read_serving_config
+
+    path = artifact_dir / SERVING_FILE
+
+    def refuse(problem: str) -> BuildFailed:
+        return BuildFailed(f"build entrypoint {spec.build.entrypoint} of {spec.name!r} wrote a {SERVING_FILE} that "
+                           f"does not fit the spec: {problem}. Fix the entrypoint so that model/{SERVING_FILE} "
+                           "matches model.yaml (the build contract in docs/model-spec.md).")
+
+    if get_runtime(spec.serving.runtime).protocol != "open-inference":
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise refuse(f"it is not valid JSON ({_cut(str(exc), 200)})") from None
+        if not isinstance(config, dict):
+            raise refuse(f"it must hold a JSON object, not {type(config).__name__}")
+    else:
+        try:
+            config = read_serving_config(artifact_dir)
+        except ServingConfigError as exc:
+            raise refuse(_cut(str(exc).removeprefix(f"{path}: "), 300)) from None
+    if config.get("name") != spec.name:
+        raise refuse(f"field 'name' is {_cut(config.get('name'))}, not the spec's name {spec.name!r}")
+    if get_runtime(spec.serving.runtime).protocol == "open-inference":
+        problem = _serving_problem(spec, config, check_golden(spec, model_dir))
+        if problem:
+            raise refuse(problem)
+    return config
+
+
 def git_sha(repo: Path) -> str:
     """The commit of the project checkout, with ``-dirty`` when it has changes; ``unknown`` outside git."""
     try:

@@ -99,8 +99,29 @@ def trigger(client: Any, dag_id: str, conf: dict[str, Any], *, unpause: bool) ->
     if response.status_code == 409 and _call(client, "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").status_code == 200:
         return run_id  # an earlier attempt created it, and its answer was lost
     if response.status_code >= 400:
-        raise UsageError(f"Airflow refused the run (HTTP {response.status_code}): {response.text[:500]}")
+        raise UsageError(f"Airflow refused the run (HTTP {response.status_code}): {refusal(response)}")
     return str(response.json()["dag_run_id"])
+
+
+MAX_REFUSAL = 300
+"""Characters of an API refusal printed: Airflow's param errors quote the bad value, and its schema, in full."""
+
+
+def refusal(response: Any) -> str:
+    """The first line of what the API said (its ``detail``), at most :data:`MAX_REFUSAL` characters.
+
+    Airflow answers a param that fails its schema with ``Invalid input for param reason: '<the value>' is too
+    long``, then the schema and the value again; a 10 kB reason must not be printed twice.
+    """
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    if not isinstance(detail, str):  # FastAPI's 422: a list of {loc, msg, ...}
+        detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
+                           if isinstance(d, dict)) if isinstance(detail, list) else json.dumps(detail)
+    line = next((part.strip() for part in str(detail).splitlines() if part.strip()), "(no detail)")
+    return line if len(line) <= MAX_REFUSAL else f"{line[:MAX_REFUSAL]}... ({len(line)} characters)"
 
 
 def new_run_id() -> str:
@@ -151,21 +172,40 @@ def exit_code(summary: dict[str, Any]) -> int:
     return EXIT_FAILED
 
 
-def release(args: Any, out: Any = sys.stdout) -> int:
-    """Run ``model-delivery release``; return the exit code."""
+def release_conf(args: Any) -> dict[str, Any]:
+    """The run's conf from ``--conf``, ``--reason``, ``--force`` and ``--dry-run``, checked as the build task will.
+
+    :raises UsageError: in one line naming the key, before any run exists.
+    """
+    from model_delivery.exceptions import InvalidConf
+    from model_delivery.release import check_conf
+
     try:
         conf = json.loads(args.conf) if args.conf else {}
-        if not isinstance(conf, dict):
-            raise UsageError("--conf must be a JSON object")
     except ValueError as exc:
-        print(f"error: --conf is not JSON: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--conf is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise UsageError(f"--conf must be a JSON object such as '{{\"reason\": \"...\"}}', not {type(conf).__name__}")
     if args.reason:
         conf["reason"] = args.reason
     if args.force:
         conf["force"] = True
     if args.dry_run:
         conf["dry_run"] = True
+    try:
+        check_conf(conf)  # the same rules as the build task's first step
+    except InvalidConf as exc:
+        raise UsageError(f"refused the run before triggering it: {exc}") from None
+    return conf
+
+
+def release(args: Any, out: Any = sys.stdout) -> int:
+    """Run ``model-delivery release``; return the exit code."""
+    try:
+        conf = release_conf(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     dag_id = f"release__{args.model}"
     try:
         client = _client(args.api_url, args.token or os.environ.get("AIRFLOW_API_TOKEN"),

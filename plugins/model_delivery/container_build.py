@@ -183,9 +183,9 @@ class ContainerBuildOperator(BuildModelOperator):
         return super().execute(context)
 
     def run(self, rc: ReleaseContext) -> dict[str, Any]:
-        from model_delivery.release import build, check_conf
+        from model_delivery.release import build, check_before_build
 
-        check_conf(rc.conf)
+        check_before_build(rc)
         spec = rc.spec
         assert spec.build.container is not None
         work_dir = rc.settings.scratch_dir / spec.name / uuid.uuid4().hex

@@ -29,7 +29,7 @@ from model_delivery.operators import (
     SmokeTestModelOperator,
     ValidateDataOperator,
 )
-from model_delivery.release import has_changes
+from model_delivery.release import MAX_REASON, check_conf, has_changes
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, discover_specs
 
@@ -61,7 +61,7 @@ def release_params() -> dict[str, Param]:
         "reason": Param(
             "",
             type="string",
-            maxLength=500,
+            maxLength=MAX_REASON,
             title="Reason",
             description="Why this release is made; recorded in the release record. Required with force.",
         ),
@@ -131,10 +131,24 @@ def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None =
     return staging
 
 
+class ReleaseDAG(DAG):
+    """A release DAG: ``dag.test`` (and so ``airflow dags test``) refuses a conf that is not a JSON object.
+
+    Airflow stores a conf of ``[]``, ``0`` or ``""`` as ``{}``, so no task can tell it from no conf; the REST API
+    and ``airflow dags trigger`` already refuse anything but an object.
+    """
+
+    def test(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        run_conf = kwargs.get("run_conf")
+        if run_conf is not None and not isinstance(run_conf, dict):
+            check_conf(run_conf)  # raises InvalidConf; the other rules are the build task's first step
+        return super().test(*args, **kwargs)
+
+
 def release_dag(spec: ModelSpec) -> DAG:
     """The release DAG of one model."""
     name = spec.name
-    with DAG(
+    with ReleaseDAG(
         dag_id=spec.dag_id,
         description=f"Release {name}: build, evaluate, gate, deploy, smoke, promote or roll back",
         doc_md=f"## Release `{name}`\n\n{spec.description}\n" + STAGE_DOC.format(model=name, dag_id=spec.dag_id),

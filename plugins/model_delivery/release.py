@@ -33,16 +33,59 @@ if TYPE_CHECKING:
 
 
 CONF_KEYS = ("reason", "force", "dry_run")
+MAX_REASON = 500
+"""Characters a ``reason`` may have (the DAG's param says the same to Airflow)."""
+_CONF_TYPES: dict[str, tuple[type, str]] = {
+    "reason": (str, "a string"), "force": (bool, "true or false"), "dry_run": (bool, "true or false"),
+}
 
 
-def check_conf(conf: dict[str, Any]) -> None:
-    """Refuse conf keys the release does not know: a typo must not be silently ignored."""
-    unknown = sorted(set(conf) - set(CONF_KEYS))
+def _echo(value: Any, limit: int = 60) -> str:
+    """A value as it may appear in a refusal: its repr, cut at ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_conf(conf: Any) -> None:
+    """Refuse a run's conf the release does not accept, in one line naming the key and the fix.
+
+    The rules JSON schema cannot state for Airflow's params: the conf is a JSON object, it has no key the
+    release does not know (a typo must not be silently ignored), and ``force`` comes with a non-empty
+    ``reason``. The types and the reason's length are checked too, for callers that skip the params
+    (``model-delivery release`` checks before it triggers). A bad value is never echoed whole.
+
+    :raises InvalidConf: naming the key.
+    """
+    if not isinstance(conf, dict):
+        raise InvalidConf(f"conf must be a JSON object (got {'a list' if isinstance(conf, list) else _echo(conf)}). "
+                          'Fix: pass an object such as {"reason": "weekly retrain"}, or no conf at all.')
+    unknown = sorted((_echo(key, 40) if not isinstance(key, str) or len(key) > 40 else key) for key in conf
+                     if key not in CONF_KEYS)
     if unknown:
-        raise InvalidConf(
-            f"conf has unknown key(s) {unknown}; a release takes only {list(CONF_KEYS)}. "
-            "Fix: correct the spelling and trigger again."
-        )
+        listed = f"{unknown[:5]}" + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise InvalidConf(f"conf has unknown key(s) {listed}; a release takes only {list(CONF_KEYS)}. "
+                          "Fix: correct the spelling and trigger again.")
+    for key, (kind, what) in _CONF_TYPES.items():
+        value = conf.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise InvalidConf(f"conf '{key}' must be {what} (got {_echo(value)}). Fix: correct it and trigger again.")
+    reason = conf.get("reason") or ""
+    if len(reason) > MAX_REASON:
+        raise InvalidConf(f"conf 'reason' has {len(reason)} characters, more than {MAX_REASON}. "
+                          "Fix: say why in fewer words (link to the details).")
+    if conf.get("force") and not reason.strip():
+        raise InvalidConf("conf 'force' is true but 'reason' is empty: a forced release must say why. "
+                          'Fix: trigger again with {"force": true, "reason": "..."}.')
+
+
+def check_before_build(rc: ReleaseContext) -> None:
+    """What the build task checks in its first seconds, before it builds anything: the conf, and that no other
+    model's spec claims one of this model's fixed ports. Each refusal is final (no retries)."""
+    from model_delivery.spec import check_port_clashes, discover_specs
+
+    check_conf(rc.conf)
+    others, _ = discover_specs(rc.settings.models_dir)  # a broken spec is its own problem, reported at parse
+    check_port_clashes(rc.spec, rc.model_dir, others.values())
 
 
 @dataclass
@@ -121,18 +164,26 @@ class ReleaseContext(OpensStores):
         return Candidate(self.model, str(build["version"]), str(build["digest"]))
 
 
-def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, Any]:
-    """Run the build entrypoint (unless a container build passes its ``outputs``), store, register."""
-    from model_delivery.build import data_format, git_sha, run_build
+def build(rc: ReleaseContext, outputs: BuildOutputs | None = None, *, pickle_scan: str | None = None) -> dict[str, Any]:
+    """Run the build entrypoint (unless a container build passes its ``outputs``), scan, store, register.
+
+    :param pickle_scan: the pickle scan policy (``refuse-dangerous``, ``warn``, ``off``); None: the spec's
+        ``security.pickle_scan`` (``refuse-dangerous`` when the spec has none).
+    :raises UnsafePickle: the build output holds a pickle the policy refuses; nothing is stored.
+    """
+    from model_delivery.build import check_serving, data_format, git_sha, run_build
     from model_delivery.build_env import build_tags
+    from model_delivery.pickle_scan import check_artifact
     from model_delivery.signing import sign_artifact
     from model_server.manifest import build_manifest, manifest_digest
 
-    check_conf(rc.conf)
+    check_before_build(rc)
     spec = rc.spec
     if outputs is None:
         outputs = run_build(spec, rc.model_dir, rc.settings.scratch_dir, log=lambda line: rc.log("build | %s", line))
     try:
+        check_serving(spec, outputs.model_dir, rc.model_dir)  # before anything is stored
+        scan = check_artifact(outputs.model_dir, pickle_scan or spec.security.pickle_scan, log=rc.log)
         artifact = rc.store.put_directory(spec.name, outputs.model_dir, log=rc.log)
         signature = sign_artifact(rc.store, spec.name, artifact.digest, outputs.model_dir, spec.signing, log=rc.log)
         data: dict[str, dict[str, Any]] = {}
@@ -162,7 +213,7 @@ def build(rc: ReleaseContext, outputs: BuildOutputs | None = None) -> dict[str, 
         rc.log("version %s is production already, built from the same spec and data: nothing new", version.version)
     return {**artifact.to_dict(), "version": version.version, "version_existed": existed, "data": data,
             "no_change": no_change, **{k: lineage[k] for k in ("git_sha", "spec_digest")}, **signature,
-            "build_env": outputs.environment}
+            "build_env": outputs.environment, "pickle_scan": scan.to_dict()}
 
 
 NO_CHANGE_KEYS = ("spec_digest", "data.train.sha256", "data.eval.sha256")
@@ -290,6 +341,7 @@ def _champion(rc: ReleaseContext, candidate: dict[str, Any], scratch: Path,
 
     ``measure(artifact_dir)`` gives its metrics and what the bootstrap pairs (outputs or block scores).
     """
+    from model_delivery.pickle_scan import check_artifact
     from model_delivery.registry import PRODUCTION
     from model_server.manifest import ArtifactIntegrityError, parse_digest
 
@@ -302,6 +354,9 @@ def _champion(rc: ReleaseContext, candidate: dict[str, Any], scratch: Path,
     try:
         artifact_dir = rc.store.fetch(rc.model, champion.digest, scratch / f"eval-{parse_digest(champion.digest)}",
                                       log=rc.log)
+        # it may have been built before builds were scanned, or under another policy: scanned before it runs
+        check_artifact(artifact_dir, rc.spec.security.pickle_scan, what=f"production version {champion.version}",
+                       consequence="It is not loaded to be measured again.", log=rc.log)
         metrics, paired = measure(artifact_dir)
     except (ReleaseFailed, ArtifactIntegrityError, ValueError) as exc:
         rc.log("production version %s could not be measured on this data: %s", champion.version, exc)
@@ -541,9 +596,11 @@ def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, A
     OpenAI completions API (golden prompts, TTFT and TPOT under load) to a language model's.
     """
     from model_delivery.runtimes import get_runtime
+    from model_delivery.serving_auth import serving_token
 
     spec = rc.spec
     runtime = get_runtime(spec.serving.runtime)
+    token = serving_token(spec.serving.token_conn_id)  # never logged or recorded
     if runtime.protocol == "openai":
         from model_delivery.smoke_lm import load_golden_prompts, run_smoke_lm
 
@@ -551,14 +608,14 @@ def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, A
             deployment["url"], spec.name, load_golden_prompts(rc.model_dir / spec.smoke.golden),
             repeats=spec.smoke.repeats, concurrency=spec.smoke.concurrency, ttft_budget_ms=spec.smoke.ttft_budget_ms,
             tpot_budget_ms=spec.smoke.tpot_budget_ms, expect_digest=candidate["digest"],
-            served_digest=runtime.served_digest,
+            served_digest=runtime.served_digest, token=token,
         )
     else:
         from model_delivery.smoke import load_golden, run_smoke
 
         report = run_smoke(
             deployment["url"], spec.name, load_golden(rc.model_dir / spec.smoke.golden), repeats=spec.smoke.repeats,
-            budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"],
+            budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"], token=token,
         )
     rc.log("smoke against %s: %d requests, %s, passed=%s", report["url"], report["requests"],
            latency_summary(report.get("latency_ms") or {}), report["passed"])

@@ -28,6 +28,8 @@ from model_delivery.deploy.kubernetes.spec import DNS_LABEL, ResourcesSpec, Tole
 from model_delivery.exceptions import InvalidModelSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from model_delivery.deploy.ansible.spec import AnsibleTargetSpec
     from model_delivery.deploy.kubernetes.spec import KubernetesTargetSpec
     from model_delivery.deploy.local.spec import LocalTargetSpec
@@ -271,7 +273,8 @@ class SmokeSpec(_Strict):
 
     golden: str = Field(
         "golden.json",
-        description="JSON file in the model folder: a list of {name, inputs, expect}; see docs/model-spec.md.",
+        description="JSON file in the model folder: a list of {name, inputs, expect} (for a language model, golden "
+        "prompts: see docs/llm.md); see docs/model-spec.md. Its form is checked when the spec loads.",
     )
     latency_budget_ms: float = Field(
         250.0, gt=0, description="Budget for the p95 latency of the golden requests, in milliseconds."
@@ -304,6 +307,14 @@ class ServingSpec(_Strict):
         description="Arguments of the runtime's server, each as `--key value` (`_` becomes `-`; `true` is a bare "
         "flag). For vllm: max_model_len, dtype, kv_cache_memory_bytes, enforce_eager, ...",
     )
+    token_conn_id: str | None = Field(
+        None, min_length=1,
+        description="Airflow connection whose password field is the bearer token the model servers require "
+        "(`Authorization: Bearer`): metadata, model readiness and inference need it; /v2/health/* and /metrics stay "
+        "open. The target passes it to its servers in their environment (never on a command line), and the smoke "
+        "test and verify send it. Empty: no authentication. E.g. `model_delivery_serving_token`. The kubernetes "
+        "target reads it from deploy.kubernetes.token_secret.",
+    )
 
     @field_validator("runtime")
     @classmethod
@@ -313,6 +324,20 @@ class ServingSpec(_Strict):
         if value not in RUNTIMES:
             raise ValueError(f"unknown runtime {value[:80]!r}: choose from {sorted(RUNTIMES)}")
         return value
+
+
+class SecuritySpec(_Strict):
+    """What the release does with untrusted model files."""
+
+    pickle_scan: Literal["refuse-dangerous", "warn", "off"] = Field(
+        "refuse-dangerous",
+        description="Static scan (picklescan) of every pickle-bearing file of the build output before it is "
+        "stored, and of the production version before it is measured again. `refuse-dangerous`: a file that "
+        "imports something able to run code when loaded (`os.system`, `subprocess`, `builtins.eval`, ...), or "
+        "that could not be scanned to its end, fails the build naming the file and the globals; nothing is "
+        "stored. `warn`: the same findings are logged and recorded, and the build goes on. `off`: no scan. See "
+        "docs/ARCHITECTURE.md (Untrusted model files).",
+    )
 
 
 class SigningSpec(_Strict):
@@ -443,6 +468,10 @@ class ModelSpec(_Strict):
         "approve: the triggering user's approval is refused (and recorded) and the request waits on for someone "
         "else; anyone may reject."
     )
+    security: SecuritySpec = Field(
+        default_factory=SecuritySpec,  # type: ignore[arg-type]
+        description="Guards against untrusted model files: `pickle_scan`.",
+    )
     signing: SigningSpec = Field(
         default_factory=SigningSpec,  # type: ignore[arg-type]
         description="Artifact signatures: `required`, `optional` or `off` (the default), or a mapping; see "
@@ -460,7 +489,7 @@ class ModelSpec(_Strict):
         from croniter import croniter
 
         if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression (five fields, e.g. '0 2 * * *')")
+            raise ValueError(f"{value[:80]!r} is not a cron expression (five fields, e.g. '0 2 * * *')")
         return value
 
     @field_validator("timezone")
@@ -470,15 +499,15 @@ class ModelSpec(_Strict):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA timezone (e.g. 'UTC', 'Europe/Paris')") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+            raise ValueError(f"{value[:80]!r} is not an IANA timezone (e.g. 'UTC', 'Europe/Paris')") from None
         return value
 
     @field_validator("trigger_on")
     @classmethod
     def _asset_uri(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
-            raise ValueError(f"{value!r} is not an asset URI (scheme://path, e.g. 'model-delivery://data/<name>')")
+            raise ValueError(f"{value[:80]!r} is not an asset URI (scheme://path, e.g. 'model-delivery://data/<name>')")
         return value
 
     @field_validator("tags")
@@ -520,6 +549,15 @@ class ModelSpec(_Strict):
             raise _FieldError("gate.slices", "gate.slices judge the rows of a table; a language model is judged "
                               "on its held-out blocks as a whole. Fix: remove gate.slices")
         k8s = self.deploy.kubernetes
+        token_secret = k8s.token_secret if self.deploy.target == "kubernetes" and k8s else None
+        if self.serving.token_conn_id and self.deploy.target == "kubernetes" and not token_secret:
+            raise _FieldError("deploy.kubernetes.token_secret", "serving.token_conn_id asks for authentication, and "
+                              "the pods read their token from a Secret. Fix: create a Secret with key 'token' (the "
+                              "connection's password) and name it in deploy.kubernetes.token_secret")
+        if token_secret and not self.serving.token_conn_id:
+            raise _FieldError("serving.token_conn_id", "deploy.kubernetes.token_secret makes the servers require a "
+                              "token, which the smoke test and verify read from an Airflow connection. Fix: name that "
+                              "connection (the same token as its password) in serving.token_conn_id")
         if self.deploy.target == "kubernetes" and k8s and not (k8s.image or k8s.model_image or runtime.image):
             raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "
                               "'model_image'. Fix: name the image that runs python -m model_server")
@@ -581,7 +619,7 @@ def format_validation_error(path: Path, error: ValidationError) -> str:
         named = not loc and isinstance(cross, _FieldError)
         if not loc and isinstance(cross, _FieldError):
             loc = tuple(cross.field.split("."))
-        field = ".".join(str(p) for p in loc) or "(top level)"
+        field = _clip(".".join(str(p) for p in loc)) or "(top level)"
         hint = _FIX_HINTS.get(item["type"], "correct the value")
         doc = _describe(loc)
         got = f" (got {_clip(repr(item['input']))})" if item["type"] not in ("missing",) and loc and not named else ""
@@ -616,43 +654,41 @@ class _SpecLoader(yaml.SafeLoader):
 
 def _inside(model_dir: Path, rel: str) -> bool:
     """Whether ``rel`` names a file inside ``model_dir``, symlinks resolved."""
-    if not rel or Path(rel).is_absolute():
+    if not rel or "\0" in rel or Path(rel).is_absolute():
         return False
     root = model_dir.resolve()
-    return (root / rel).resolve().is_relative_to(root)
+    try:
+        return (root / rel).resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a name too long, a symlink loop
+        return False
 
 
-def load_spec(model_dir: Path) -> ModelSpec:
-    """Load and validate ``model_dir/model.yaml``, checking the files it names exist.
-
-    :raises InvalidModelSpec: with a message naming the file, the field and the fix.
-    """
-    path = model_dir / SPEC_FILE
+def _read_yaml(path: Path, model_dir: Path) -> dict[Any, Any]:
+    """The spec file as a YAML mapping: bounded in size, without aliases, not nested without end."""
     try:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:
             raise InvalidModelSpec(f"{path}: {size} bytes, more than a model spec may have ({MAX_SPEC_BYTES}). "
                                    "Fix: keep data out of model.yaml (reference data and golden requests are files).")
-        raw = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader without aliases
+        raw = yaml.load(path.read_bytes(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader without aliases
     except FileNotFoundError:
         raise InvalidModelSpec(f"{path}: not found. Fix: add a {SPEC_FILE} to {model_dir}.") from None
     except yaml.YAMLError as exc:
         raise InvalidModelSpec(f"{path}: not valid YAML: {_clip(str(exc))}. Fix: correct the syntax, and write "
                                "each value out instead of using anchors and aliases.") from None
+    except RecursionError:
+        raise InvalidModelSpec(f"{path}: not valid YAML: nested too deeply. Fix: a model spec is a few levels of "
+                               "mappings and lists (see docs/model-spec.md).") from None
     if not isinstance(raw, dict):
         raise InvalidModelSpec(
             f"{path}: must be a YAML mapping of fields, got {type(raw).__name__}. "
             "Fix: write one `field: value` per top-level field (see docs/model-spec.md)."
         )
-    try:
-        spec = ModelSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise InvalidModelSpec(format_validation_error(path, exc)) from None
-    if spec.name != model_dir.name:
-        raise InvalidModelSpec(
-            f"{path}: field 'name' is {spec.name!r} but the folder is {model_dir.name!r}. "
-            "Fix: make them equal (the folder name is the model's identity)."
-        )
+    return raw
+
+
+def _check_files(spec: ModelSpec, model_dir: Path, path: Path) -> None:
+    """Every file the spec names exists inside the model folder (symlinks resolved)."""
     named = (
         ("build.entrypoint", spec.build.entrypoint),
         ("smoke.golden", spec.smoke.golden),
@@ -670,10 +706,112 @@ def load_spec(model_dir: Path) -> ModelSpec:
             )
         if not (model_dir / rel).is_file():
             raise InvalidModelSpec(
-                f"{path}: field '{field}' names {rel!r}, which does not exist in {model_dir}. "
+                f"{path}: field '{field}' names {_clip(repr(rel))}, which does not exist in {model_dir}. "
                 "Fix: add the file or correct the name."
             )
+
+
+def load_spec(model_dir: Path) -> ModelSpec:
+    """Load and validate ``model_dir/model.yaml``, checking the files it names exist and the golden file's form.
+
+    :raises InvalidModelSpec: with a message naming the file, the field and the fix.
+    """
+    path = model_dir / SPEC_FILE
+    raw = _read_yaml(path, model_dir)
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidModelSpec(format_validation_error(path, exc)) from None
+    except RecursionError:
+        raise InvalidModelSpec(f"{path}: a value is nested too deeply. Fix: a model spec is a few levels of "
+                               "mappings and lists (see docs/model-spec.md).") from None
+    if spec.name != model_dir.name:
+        raise InvalidModelSpec(
+            f"{path}: field 'name' is {spec.name!r} but the folder is {model_dir.name!r}. "
+            "Fix: make them equal (the folder name is the model's identity)."
+        )
+    _check_files(spec, model_dir, path)
+    check_golden(spec, model_dir)
     return spec
+
+
+MAX_GOLDEN_BYTES = 4 * 1024 * 1024
+"""A golden file larger than this is refused before it is read: golden requests are a handful of cases."""
+GOLDEN_FORMS = {
+    "language-model": ("a JSON list of {name, prompt, max_tokens, expect}, expect taking contains, regex, equals, "
+                       "min_length or max_length (see docs/llm.md)"),
+    "table": ("a JSON list of {name, inputs, expect}, each input {name, datatype, shape, data} and expect "
+              "{output, equals|allclose|one_of|shape} (see docs/model-spec.md, Golden requests)"),
+}
+
+
+def check_golden(spec: ModelSpec, model_dir: Path) -> list[Any]:
+    """Read ``smoke.golden`` as the smoke stage will (golden prompts for a language model), at parse.
+
+    :return: the golden cases.
+    :raises InvalidModelSpec: naming ``smoke.golden``, the file, what is wrong and the fix.
+    """
+    from model_delivery.smoke import load_golden
+    from model_delivery.smoke_lm import load_golden_prompts
+
+    path = model_dir / spec.smoke.golden
+    form = GOLDEN_FORMS["language-model" if spec.task == "language-model" else "table"]
+
+    def refuse(problem: str) -> InvalidModelSpec:
+        return InvalidModelSpec(f"{model_dir / SPEC_FILE}: field 'smoke.golden' names {spec.smoke.golden!r}, "
+                                f"which is not valid golden {'prompts' if spec.task == 'language-model' else 'requests'}"
+                                f": {_clip(problem.rstrip('.'))}. Fix: make {path} {form}.")
+
+    size = path.stat().st_size
+    if size > MAX_GOLDEN_BYTES:
+        raise refuse(f"{size} bytes, more than a golden file may have ({MAX_GOLDEN_BYTES})")
+    try:
+        if spec.task == "language-model":
+            return list(load_golden_prompts(path))
+        return list(load_golden(path))
+    except InvalidModelSpec as exc:
+        raise refuse(str(exc).removeprefix(f"{path}: ")) from None
+    except RecursionError:
+        raise refuse("nested too deeply") from None
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "*")  # noqa: S104 - names of the wildcard address, not a bind
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def claimed_ports(spec: ModelSpec) -> list[tuple[str, str, int]]:
+    """The fixed ports the spec's deploy target claims on a machine: ``(field, host, port)``.
+
+    Only the local target binds a fixed port on a shared machine (its front, ``deploy.local.port``); an Ansible
+    host's ports are the inventory's, and a Kubernetes Service's port is its own per model.
+    """
+    local = spec.deploy.local
+    if spec.deploy.target == "local" and local is not None:
+        return [("deploy.local.port", local.host, local.port)]
+    return []
+
+
+def _same_address(a: str, b: str) -> bool:
+    return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS or {a, b} <= set(LOOPBACK)
+
+
+def check_port_clashes(spec: ModelSpec, model_dir: Path, others: Iterable[ModelSpec]) -> None:
+    """Refuse a spec that claims a fixed port another model's spec claims too (two fronts cannot share one).
+
+    :param others: every model's spec (``discover_specs``); ``spec`` itself among them is skipped.
+    :raises InvalidModelSpec: naming both models, the field and the fix.
+    """
+    for field, host, port in claimed_ports(spec):
+        for other in others:
+            if other.name == spec.name:
+                continue
+            for other_field, other_host, other_port in claimed_ports(other):
+                if port == other_port and _same_address(host, other_host):
+                    raise InvalidModelSpec(
+                        f"{model_dir / SPEC_FILE}: field '{field}' is {port} on {host}, which model "
+                        f"{other.name!r} claims too ({other_field}: {other_port} on {other_host}); the second front "
+                        f"to start would fail, or take the other model's traffic. Fix: give one of {spec.name!r} "
+                        f"and {other.name!r} another free port in its model.yaml.")
 
 
 def discover_specs(models_dir: Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
@@ -718,6 +856,13 @@ It must write:
 - `OUT/data/eval.csv` or `OUT/data/eval.parquet`: the held-out data the candidate is
   evaluated on (with the `evaluation.label` column; for a language model, a `text` column
   of string blocks).
+
+`serving.json` is checked against the spec right after the entrypoint ends, before anything
+is stored: its `name` must be the spec's `name`, and for the `model_server` runtime it must
+be valid for the server, list the input's `columns`, take the input (name, number of
+features) that the golden requests send, and declare every output they check, `predict`,
+and `predict_proba` when `roc_auc` or `log_loss` is measured. A mismatch fails the build
+naming the field (no retries: a rebuild would write the same).
 
 Each data set is exactly one file, CSV or Parquet; the two sets may differ in format. A
 build that writes both files of a set, or neither, fails and names them. The release stores
@@ -776,6 +921,18 @@ the traffic shift, through the production address (`verify`):
 `one_of` (every value must be one of these) and `shape`. Every answer must also come from
 the candidate's digest (the `X-Model-Digest` header), and the p95 latency over
 `smoke.repeats` rounds must be within `smoke.latency_budget_ms`.
+
+The golden file is read when the spec loads (at most 4 MiB), as the smoke stage will read
+it: a malformed file makes the spec invalid, naming `smoke.golden`, the case and its field,
+so the model's DAG does not load (the other models' DAGs do).
+
+## Fixed ports
+
+Two models must not claim the same fixed port on one machine: with the `local` target, each
+model's `deploy.local.port` (on the same `deploy.local.host`, a wildcard address overlapping
+every other) is its own. Each spec alone is valid, so both DAGs load; the build task refuses
+a release of either in its first seconds, naming both models, until one moves to another
+port.
 """
 
 

@@ -23,12 +23,26 @@ def free_port() -> int:
 
 
 def copy_models(dest: Path, names: tuple[str, ...] = ("breast_cancer", "wine")) -> Path:
-    """Copy model folders into ``dest`` and give each a free front port."""
+    """Copy model folders into ``dest`` and give each a free front port, one no other model in ``dest`` claims
+    (the build refuses two specs on one port)."""
     dest.mkdir(parents=True, exist_ok=True)
+    claimed = {_local_port(path) for path in dest.glob("*/model.yaml")}
     for name in names:
         shutil.copytree(PROJECT / "include" / "models" / name, dest / name)
-        edit_spec(dest / name, lambda spec: spec["deploy"]["local"].update(port=free_port()))
+        port = free_port()
+        while port in claimed:
+            port = free_port()
+        claimed.add(port)
+        edit_spec(dest / name, lambda spec, port=port: spec["deploy"]["local"].update(port=port))
     return dest
+
+
+def _local_port(path: Path) -> Any:
+    """The ``deploy.local.port`` a model.yaml claims, or None (a broken spec claims nothing)."""
+    try:
+        return yaml.safe_load(path.read_text())["deploy"]["local"]["port"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def edit_spec(model_dir: Path, change: Any) -> dict[str, Any]:

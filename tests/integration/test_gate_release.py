@@ -116,7 +116,9 @@ def test_force_needs_a_reason_and_is_recorded(env) -> None:
     set_gate(models_dir, C=0.3, gate={})
     no_reason = run_release(MODEL, {"force": True, "reason": ""})
     assert no_reason.state == "failed"
-    assert "'reason' is empty" in load_record(MODEL, no_reason.run_id)["stages"]["gate"]["error"]
+    refused = load_record(MODEL, no_reason.run_id)["stages"]
+    assert "conf 'force' is true but 'reason' is empty" in refused["build"]["error"]  # the first task, not the gate
+    assert "gate" not in refused
 
     forced = run_release(MODEL, {"force": True, "reason": "hotfix approved by the on-call lead"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -230,12 +231,19 @@ def test_the_model_server_command_reaches_the_host_whole_and_matches_the_role_de
                     "--port", "8080", "--graceful-timeout", "5.0"]
 
 
-def test_a_vllm_spec_sends_vllms_command_env_and_readiness(target_env: tuple[Path, Settings], tmp_path: Path) -> None:
-    model_dir, _ = target_env
+def _as_language_model(model_dir: Path, **serving: Any) -> None:
+    """Make the copied breast_cancer a language model served by vLLM (with golden prompts, as one needs)."""
+    shutil.copy(Path(__file__).resolve().parents[3] / "include" / "models" / "code_lm" / "golden.json",
+                model_dir / "golden.json")
     edit_spec(model_dir, lambda spec: spec.update(
         task="language-model", evaluation={"metrics": ["perplexity"]}, gate={"thresholds": {"perplexity": {"max": 9}}},
-        serving={"runtime": "vllm", "args": {"max_model_len": 256, "enforce_eager": True,
-                                             "override_generation_config": '{"temperature": 0}'}}))
+        serving={"runtime": "vllm", **serving}))
+
+
+def test_a_vllm_spec_sends_vllms_command_env_and_readiness(target_env: tuple[Path, Settings], tmp_path: Path) -> None:
+    model_dir, _ = target_env
+    _as_language_model(model_dir, args={"max_model_len": 256, "enforce_eager": True,
+                                        "override_generation_config": '{"temperature": 0}'})
     target = make_target(target_env)
     base = target._base_vars()
     assert base["model_server_runtime"] == "vllm" and base["model_server_ready_protocol"] == "openai"
@@ -265,9 +273,7 @@ def test_a_vllm_artifact_with_a_pickle_is_refused_before_it_reaches_a_host(targe
     from model_delivery.exceptions import TamperedArtifact
 
     model_dir, settings = target_env
-    edit_spec(model_dir, lambda spec: spec.update(
-        task="language-model", evaluation={"metrics": ["perplexity"]}, gate={"thresholds": {"perplexity": {"max": 9}}},
-        serving={"runtime": "vllm"}))
+    _as_language_model(model_dir)
     lm = tmp_path / "lm"
     lm.mkdir()
     (lm / "config.json").write_text("{}")

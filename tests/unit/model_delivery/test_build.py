@@ -289,3 +289,84 @@ def test_a_different_blas_kernel_may_change_the_bytes_not_the_predictions(
     models = {name: joblib.load(out.model_dir / "model.joblib") for name, out in built.items()}
     assert (models["haswell"].predict(features) == models["prescott"].predict(features)).all()
     assert abs(models["haswell"].predict_proba(features) - models["prescott"].predict_proba(features)).max() < 1e-9
+
+
+def _serving(**change: Any) -> dict[str, Any]:
+    """The serving.json breast_cancer's train.py writes, with ``change`` applied."""
+    columns = [f"feature {i}" for i in range(30)]
+    serving = {"name": "breast_cancer", "flavor": "sklearn", "model_file": "model.joblib",
+               "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 30], "columns": columns}],
+               "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]},
+                           {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]}]}
+    return {**serving, **change}
+
+
+INPUT = _serving()["inputs"][0]
+PREDICT, PROBA = _serving()["outputs"]
+
+BAD_SERVING = [
+    pytest.param(_serving(name="wine"), "field 'name' is 'wine', not the spec's name 'breast_cancer'", id="name"),
+    pytest.param({k: v for k, v in _serving().items() if k != "inputs"}, "field 'inputs' is missing",
+                 id="no-inputs"),
+    pytest.param(_serving(inputs=[{**INPUT, "name": "x"}]),
+                 "field 'inputs[0].name' is 'x', but golden case 0 ('a clear example of class 0 (malignant)') "
+                 "sends input 'features'", id="input-name"),
+    pytest.param(_serving(inputs=[{**INPUT, "shape": [-1, 29], "columns": INPUT["columns"][:29]}]),
+                 "field 'inputs[0].shape' declares 29 features, but golden case 0", id="input-width"),
+    pytest.param(_serving(inputs=[{k: v for k, v in INPUT.items() if k != "columns"}]),
+                 "field 'inputs[0].columns' is missing", id="no-columns"),
+    pytest.param(_serving(outputs=[PREDICT]),
+                 "field 'outputs' declares ['predict'], but golden case 2", id="output-a-golden-case-checks"),
+    pytest.param(_serving(outputs=[{**PREDICT, "datatype": "FLOAT"}]), "field 'outputs[0].datatype' is 'FLOAT'",
+                 id="output-datatype"),
+]
+
+
+@pytest.mark.parametrize(("serving", "detail"), BAD_SERVING)
+def test_a_serving_json_that_does_not_fit_the_spec_fails_the_build_naming_the_field(
+    tmp_path: Path, serving: dict[str, Any], detail: str
+) -> None:
+    from model_delivery.build import check_serving
+
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    artifact = tmp_path / "out" / "model"
+    artifact.mkdir(parents=True)
+    (artifact / "serving.json").write_text(json.dumps(_serving()))
+    assert check_serving(load_spec(model_dir), artifact, model_dir)["name"] == "breast_cancer"
+    (artifact / "serving.json").write_text(json.dumps(serving))
+
+    with pytest.raises(BuildFailed) as caught:
+        check_serving(load_spec(model_dir), artifact, model_dir)
+
+    message = str(caught.value)
+    assert message.startswith("build entrypoint train.py of 'breast_cancer' wrote a serving.json that does not fit "
+                              "the spec: "), message
+    assert detail in message and "Fix the entrypoint" in message
+    assert len(message) < 1000
+
+
+def test_metrics_that_need_predict_proba_need_it_in_serving_json(tmp_path: Path) -> None:
+    from model_delivery.build import check_serving
+
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    golden = json.loads((model_dir / "golden.json").read_text())
+    (model_dir / "golden.json").write_text(json.dumps([c for c in golden if c["expect"]["output"] == "predict"]))
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+    (artifact / "serving.json").write_text(json.dumps(_serving(outputs=[PREDICT])))
+    with pytest.raises(BuildFailed, match=r"evaluation.metrics \['accuracy', 'f1', 'roc_auc', 'log_loss'\] need "
+                                          r"\['predict_proba'\]"):
+        check_serving(load_spec(model_dir), artifact, model_dir)
+
+
+def test_a_language_models_serving_json_must_name_the_model(tmp_path: Path) -> None:
+    from model_delivery.build import check_serving
+
+    model_dir = copy_models(tmp_path / "models", ("code_lm",)) / "code_lm"
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+    (artifact / "serving.json").write_text(json.dumps({"name": "code_lm", "flavor": "transformers"}))
+    check_serving(load_spec(model_dir), artifact, model_dir)
+    (artifact / "serving.json").write_text(json.dumps({"name": "wine", "flavor": "transformers"}))
+    with pytest.raises(BuildFailed, match="field 'name' is 'wine', not the spec's name 'code_lm'"):
+        check_serving(load_spec(model_dir), artifact, model_dir)

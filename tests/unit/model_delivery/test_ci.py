@@ -126,3 +126,47 @@ def test_a_client_error_is_not_retried(serve: Any) -> None:
     with httpx.Client(base_url=api.url) as client, pytest.raises(ci.UsageError, match="HTTP 400"):
         ci.trigger(client, "release__wine", {}, unpause=False)
     assert len(api.posts()) == 1
+
+
+LONG_REASON = "x" * 10_000
+PARAM_REFUSAL = {"detail": f"Invalid input for param reason: '{LONG_REASON}' is too long\n\nFailed validating "
+                           f"'maxLength' in schema:\n    {{'maxLength': 500, 'type': 'string'}}\n\nOn instance:\n"
+                           f"    '{LONG_REASON}'"}
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    pytest.param(["--conf", "[]"], "--conf must be a JSON object", id="conf-a-list"),
+    pytest.param(["--conf", '"force"'], "--conf must be a JSON object", id="conf-a-string"),
+    pytest.param(["--conf", "{"], "--conf is not JSON", id="conf-not-json"),
+    pytest.param(["--force"], "conf 'force' is true but 'reason' is empty", id="force-without-reason"),
+    pytest.param(["--conf", '{"reasn": "typo"}'], "conf has unknown key(s) ['reasn']", id="unknown-key"),
+    pytest.param(["--conf", '{"force": "yes"}', "--reason", "r"], "conf 'force' must be true or false",
+                 id="force-not-boolean"),
+    pytest.param(["--reason", LONG_REASON], "conf 'reason' has 10000 characters, more than 500", id="long-reason"),
+])
+def test_release_refuses_a_bad_conf_in_one_line_before_triggering(serve: Any, capsys: Any, args: list[str],
+                                                                   field: str) -> None:
+    from model_delivery.cli import main
+
+    api = serve({DAG: [(200, {"is_paused": False})], RUNS: [(200, created)]})
+    code = main(["release", "wine", "--api-url", api.url, "--token", "t", *args])
+
+    captured = capsys.readouterr()
+    assert code == ci.EXIT_USAGE
+    assert captured.err.startswith("error: ") and field in captured.err
+    assert captured.err.count("\n") == 1 and len(captured.err) < 500  # one line, the long reason not echoed
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert api.posts() == []  # no run was created
+
+
+def test_an_api_refusal_is_one_bounded_line(serve: Any, capsys: Any) -> None:
+    """What Airflow answers when a param fails its schema quotes the value twice; the CLI prints its first line."""
+    from model_delivery.cli import main
+
+    api = serve({DAG: [(200, {"is_paused": False})], RUNS: [(400, PARAM_REFUSAL)]})
+    code = main(["release", "wine", "--api-url", api.url, "--token", "t", "--reason", "ok"])
+
+    err = capsys.readouterr().err
+    assert code == ci.EXIT_USAGE
+    assert err.startswith("error: Airflow refused the run (HTTP 400): Invalid input for param reason: 'xxx")
+    assert err.count("\n") == 1 and len(err) < 500 and f"... ({len(LONG_REASON) + 46} characters)" in err

@@ -20,13 +20,14 @@ from model_delivery.release import ReleaseContext, _download_data, build, evalua
 from model_delivery.settings import Settings
 from model_delivery.validation.data import ValidationFailed
 from model_server.manifest import hash_file
-from tests.helpers.models import copy_models, edit_spec
+from tests.helpers.models import PROJECT, copy_models, edit_spec
 
 if TYPE_CHECKING:
     from tests.unit.model_delivery.conftest import Builds
 
 MODEL = "breast_cancer"
 FEATURES_NOT_USED = ("target", "size_group")
+PROJECT_MODELS = PROJECT / "include" / "models"
 
 
 def _context(tmp_path: Path) -> tuple[ReleaseContext, list[str]]:
@@ -142,3 +143,81 @@ def test_the_data_is_downloaded_under_the_name_of_its_recorded_format(
 def test_a_record_naming_an_unknown_format_is_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ReleaseFailed, match=r"eval data record names format 'feather' .*Fix: rebuild"):
         _download_data({"data": {"eval": {"uri": "file:///x/eval.feather", "format": "feather"}}}, "eval", tmp_path)
+
+
+CONFS = [
+    pytest.param({}, None, id="empty"),
+    pytest.param({"reason": "weekly", "force": False, "dry_run": False}, None, id="every-key"),
+    pytest.param({"force": True, "reason": "hotfix"}, None, id="force-with-a-reason"),
+    pytest.param([], "conf must be a JSON object (got a list)", id="a-list"),
+    pytest.param("reason", "conf must be a JSON object (got 'reason')", id="a-string"),
+    pytest.param({"force": True}, "conf 'force' is true but 'reason' is empty", id="force-without-reason"),
+    pytest.param({"force": True, "reason": " \n"}, "conf 'force' is true but 'reason' is empty", id="blank-reason"),
+    pytest.param({"reason": "r", "dryrun": True}, "conf has unknown key(s) ['dryrun']", id="unknown-key"),
+    pytest.param({"force": "yes"}, "conf 'force' must be true or false (got 'yes')", id="force-not-boolean"),
+    pytest.param({"reason": 42}, "conf 'reason' must be a string (got 42)", id="reason-not-a-string"),
+    pytest.param({"reason": "x" * 10_000}, "conf 'reason' has 10000 characters, more than 500", id="reason-too-long"),
+    pytest.param({"k" * 10_000: 1, **{f"x{i}": i for i in range(50)}}, "and 46 more", id="many-long-unknown-keys"),
+]
+
+
+@pytest.mark.parametrize(("conf", "refusal"), CONFS)
+def test_check_conf_refuses_in_one_bounded_line_naming_the_key(conf: Any, refusal: str | None) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from model_delivery.exceptions import InvalidConf
+    from model_delivery.release import check_conf
+
+    if refusal is None:
+        check_conf(conf)
+        return
+    with pytest.raises(InvalidConf) as caught:
+        check_conf(conf)
+    message = str(caught.value)
+    assert refusal in message and "Fix:" in message
+    assert "\n" not in message and len(message) < 400  # one line; a 10 kB value is never echoed
+    assert isinstance(caught.value, AirflowFailException)  # never retried
+
+
+def test_the_build_refuses_force_without_a_reason_before_it_builds_anything(tmp_path: Path) -> None:
+    from model_delivery.exceptions import InvalidConf
+
+    rc, _ = _context(tmp_path)
+    rc.conf = {"force": True, "reason": "", "dry_run": False}
+    with pytest.raises(InvalidConf, match="'reason' is empty"):
+        build(rc)
+    assert not rc.settings.scratch_dir.exists()  # no build was started
+
+
+def test_the_build_refuses_a_port_another_model_claims_before_it_builds_anything(tmp_path: Path) -> None:
+    from model_delivery.exceptions import InvalidModelSpec
+
+    rc, _ = _context(tmp_path)
+    models = copy_models(rc.settings.models_dir, ("wine",))
+    port = rc.spec.deploy.local.port  # type: ignore[union-attr]
+    edit_spec(models / "wine", lambda spec: spec["deploy"]["local"].update(port=port))
+    with pytest.raises(InvalidModelSpec, match=rf"field 'deploy.local.port' is {port} on 127.0.0.1, which model "
+                                               r"'wine' claims too .*Fix: give one of 'breast_cancer' and 'wine'"):
+        build(rc)
+    assert not rc.settings.scratch_dir.exists()
+
+
+def test_the_build_refuses_a_serving_json_of_another_model_before_storing_anything(tmp_path: Path) -> None:
+    from model_delivery.exceptions import BuildFailed
+
+    rc, _ = _context(tmp_path)
+    out = tmp_path / "work" / "out"
+    shutil.copytree(PROJECT_MODELS / "wine", out / "model")  # any files; the serving.json is what counts
+    (out / "model" / "serving.json").write_text('{"name": "wine", "flavor": "sklearn", "model_file": "model.yaml", '
+                                                '"inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 30]}],'
+                                                ' "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]}]}')
+    (out / "data").mkdir()
+    for name in ("train", "eval"):
+        (out / "data" / f"{name}.csv").write_text("a,target\n1,0\n")
+    outputs = _check_outputs(rc.spec, out.parent, out)
+
+    with pytest.raises(BuildFailed, match="serving.json that does not fit the spec: field 'name' is 'wine', not the "
+                                          "spec's name 'breast_cancer'"):
+        build(rc, outputs=outputs)
+    assert rc.store.layout.models() == [] and not (tmp_path / "store" / MODEL).exists()  # nothing stored
+    assert not outputs.work_dir.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -121,6 +122,13 @@ BROKEN = [
     pytest.param(_write("name: breast_cancer\ntask: [classification\n"), None, "not valid YAML", id="not-yaml"),
     pytest.param(_write("- name: breast_cancer\n- task: classification\n"), None, "got list", id="yaml-list"),
     pytest.param(_delete("model.yaml"), None, "not found", id="missing-model-yaml"),
+    # each of these raised something else than InvalidModelSpec before (found by tests/unit/.../test_fuzz.py)
+    pytest.param(_edit(lambda s: s["build"].update(entrypoint="train\0.py")), "build.entrypoint", "'train\\x00.py'",
+                 id="nul-byte-in-a-file-name"),  # ValueError: embedded null byte
+    pytest.param(lambda d: (d / "model.yaml").write_bytes(b"name: \xff\xfe\xfa"), None, "not valid YAML",
+                 id="not-utf-8"),  # UnicodeDecodeError
+    pytest.param(_edit(lambda s: s.update(timezone="x" * 5000)), "timezone", "is not an IANA timezone",
+                 id="timezone-too-long-for-a-file-name"),  # OSError: File name too long
 ]
 
 
@@ -141,6 +149,21 @@ def test_broken_spec_names_file_field_and_fix(
         assert f"field '{field}'" in message
     assert detail in message
     assert "Fix:" in message
+
+
+def test_deeply_nested_yaml_is_refused_as_an_invalid_spec(tmp_path: Path) -> None:
+    """It raised RecursionError before (found by test_fuzz.py); the limit is Python's default, as in Airflow."""
+    import sys
+
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    (model_dir / "model.yaml").write_text("[" * 1500 + "]" * 1500)
+    limit = sys.getrecursionlimit()  # Hypothesis may have raised it for the fuzz tests in this process
+    sys.setrecursionlimit(1000)
+    try:
+        with pytest.raises(InvalidModelSpec, match="not valid YAML: nested too deeply. Fix:"):
+            load_spec(model_dir)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_discover_specs_loads_good_folders_and_reports_broken_ones(tmp_path: Path) -> None:
@@ -205,6 +228,10 @@ def test_a_huge_spec_or_a_huge_bad_value_gives_a_short_error(tmp_path: Path) -> 
     with pytest.raises(InvalidModelSpec) as caught:
         load_spec(model_dir)
     assert "field 'owner'" in str(caught.value) and len(str(caught.value)) < 2000
+    edit_spec(model_dir, lambda spec: spec.update(owner="ok", **{"k" * 100_000: 1}))  # a 100 kB unknown field name
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+    assert "field 'kkk" in str(caught.value) and len(str(caught.value)) < 2000
 
 
 def test_a_symlink_out_of_the_model_folder_is_refused(tmp_path: Path) -> None:
@@ -215,3 +242,117 @@ def test_a_symlink_out_of_the_model_folder_is_refused(tmp_path: Path) -> None:
     (model_dir / "reference.csv").symlink_to(secret)
     with pytest.raises(InvalidModelSpec, match="field 'validation.reference' names 'reference.csv', which is outside"):
         load_spec(model_dir)
+
+
+def _golden(text: str) -> Callable[[Path], None]:
+    return lambda model_dir: (model_dir / "golden.json").write_text(text)
+
+
+CASE = {"name": "one row", "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 30], "data": [0] * 30}],
+        "expect": {"output": "predict", "equals": [1]}}
+
+BAD_GOLDEN = [
+    pytest.param(_golden("[{\"name\": "), "cannot read golden requests", id="not-json"),
+    pytest.param(_golden("{}"), "must be a non-empty JSON list of cases", id="an-object"),
+    pytest.param(_golden("[]"), "must be a non-empty JSON list of cases", id="empty"),
+    pytest.param(_golden(json.dumps([{**CASE, "expect": {"equals": [1]}}])), "case 0, field 'expect.output'",
+                 id="expect-without-output"),
+    pytest.param(_golden(json.dumps([CASE, {**CASE, "inputs": []}])), "case 1, field 'inputs'", id="no-inputs"),
+    pytest.param(_golden(json.dumps([{**CASE, "expected": CASE["expect"]}])), "case 0, field 'expected': Extra inputs",
+                 id="misspelled-expect"),
+    pytest.param(_golden("[" * 100_000 + "]" * 100_000), "golden requests", id="nested-too-deeply"),
+    pytest.param(_golden("[" + " " * (5 * 1024 * 1024) + "]"), "more than a golden file may have", id="huge"),
+]
+
+
+@pytest.mark.parametrize(("breaker", "detail"), BAD_GOLDEN)
+def test_a_malformed_golden_file_is_refused_at_parse_naming_smoke_golden(
+    tmp_path: Path, breaker: Callable[[Path], None], detail: str
+) -> None:
+    model_dir = copy_models(tmp_path / "models", ("breast_cancer",)) / "breast_cancer"
+    breaker(model_dir)
+
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+
+    message = str(caught.value)
+    assert message.startswith(f"{model_dir / 'model.yaml'}: field 'smoke.golden' names 'golden.json', which is not "
+                              "valid golden requests: "), message
+    assert detail in message
+    assert f"Fix: make {model_dir / 'golden.json'} a JSON list of {{name, inputs, expect}}" in message
+    assert len(message) < 1200
+
+
+@pytest.mark.parametrize(("golden", "detail"), [
+    pytest.param([{"name": "no prompt", "expect": {}}], "prompt 0, field 'prompt'", id="no-prompt"),
+    pytest.param([{"name": "r", "prompt": "x", "expect": {"regex": "("}}], "field 'expect.regex': not a regular",
+                 id="bad-regex"),
+    pytest.param([CASE], "prompt 0, field", id="a-table-case"),
+])
+def test_a_language_models_golden_prompts_are_checked_at_parse(tmp_path: Path, golden: list, detail: str) -> None:
+    model_dir = copy_models(tmp_path / "models", ("code_lm",)) / "code_lm"
+    load_spec(model_dir)
+    (model_dir / "golden.json").write_text(json.dumps(golden))
+
+    with pytest.raises(InvalidModelSpec) as caught:
+        load_spec(model_dir)
+
+    message = str(caught.value)
+    assert "field 'smoke.golden' names 'golden.json', which is not valid golden prompts" in message
+    assert detail in message and "Fix: make" in message and "{name, prompt, max_tokens, expect}" in message
+
+
+def test_a_broken_golden_file_leaves_the_other_models_specs_loading(tmp_path: Path) -> None:
+    models = copy_models(tmp_path / "models", ("breast_cancer", "wine"))
+    (models / "wine" / "golden.json").write_text("not json")
+
+    specs, errors = discover_specs(models)
+
+    assert list(specs) == ["breast_cancer"] and list(errors) == ["wine"]
+    assert "field 'smoke.golden'" in errors["wine"]
+
+
+def _port(port: int, host: str = "127.0.0.1") -> Callable[[dict[str, Any]], None]:
+    return lambda spec: spec["deploy"]["local"].update(port=port, host=host)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "clash"), [
+    pytest.param(_port(8700), _port(8700), True, id="same-port"),
+    pytest.param(_port(8700, "0.0.0.0"), _port(8700), True, id="wildcard-and-loopback"),
+    pytest.param(_port(8700, "localhost"), _port(8700), True, id="localhost-and-127.0.0.1"),
+    pytest.param(_port(8700), _port(8701), False, id="different-ports"),
+    pytest.param(_port(8700, "10.0.0.1"), _port(8700, "10.0.0.2"), False, id="different-addresses"),
+    pytest.param(_port(8700), lambda spec: (_port(8700)(spec), spec["deploy"].update(
+        target="kubernetes", kubernetes={"image": "serving:1"})), False, id="the-other-does-not-deploy-locally"),
+])
+def test_two_specs_claiming_one_local_port_are_refused_naming_both(
+    tmp_path: Path, ours: Callable[[dict[str, Any]], None], theirs: Callable[[dict[str, Any]], None], clash: bool
+) -> None:
+    from model_delivery.spec import check_port_clashes
+
+    models = copy_models(tmp_path / "models", ("breast_cancer", "wine"))
+    edit_spec(models / "breast_cancer", ours)
+    edit_spec(models / "wine", theirs)
+    specs, errors = discover_specs(models)
+    assert not errors  # each spec alone is valid, and both DAGs load
+
+    if not clash:
+        check_port_clashes(specs["breast_cancer"], models / "breast_cancer", specs.values())
+        return
+    for name, other in (("breast_cancer", "wine"), ("wine", "breast_cancer")):
+        with pytest.raises(InvalidModelSpec) as caught:
+            check_port_clashes(specs[name], models / name, specs.values())
+        message = str(caught.value)
+        assert message.startswith(f"{models / name / 'model.yaml'}: field 'deploy.local.port' is 8700")
+        assert f"which model '{other}' claims too (deploy.local.port: 8700" in message
+        assert "Fix: give one of" in message and "another free port" in message
+
+
+def test_the_demo_models_and_the_test_copies_claim_different_ports(tmp_path: Path) -> None:
+    from model_delivery.spec import check_port_clashes
+
+    for models in (MODELS, copy_models(tmp_path / "models", ("breast_cancer", "wine", "code_lm"))):
+        specs, errors = discover_specs(models)
+        assert not errors
+        for spec in specs.values():
+            check_port_clashes(spec, models / spec.name, specs.values())
