@@ -2,7 +2,8 @@
 
 - :mod:`~model_delivery.store.layout`: every path (blobs, manifests, release records, ...).
 - :mod:`~model_delivery.store.artifacts`: blobs and manifests; put, verify, fetch, migrate, gc.
-- :mod:`~model_delivery.store.transfer`: parallel verified copies, links, progress.
+- :mod:`model_server.transfer` (shipped with the model server, which hosts use to pull): parallel verified
+  copies, links, progress.
 - :mod:`~model_delivery.store.records`: reading the release records kept in the store.
 """
 

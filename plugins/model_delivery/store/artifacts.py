@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +36,17 @@ from airflow.sdk import ObjectStoragePath
 
 from model_delivery.exceptions import TamperedArtifact
 from model_delivery.store.layout import StoreLayout
-from model_delivery.store.transfer import Progress, copy_verified, link_or_clone
 from model_server.manifest import (
     MANIFEST_NAME,
     PART_SIZE,
     ArtifactIntegrityError,
     canonical_manifest,
+    describe_part,
+    entry_checks,
     hash_entries,
+    hash_path_range,
     hash_stream,
+    hash_workers,
     list_files,
     manifest_bytes,
     manifest_digest,
@@ -50,6 +54,7 @@ from model_server.manifest import (
     verify_directory,
     verify_files,
 )
+from model_server.transfer import Progress, copy_files_verified, copy_hashing, link_or_clone
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -109,6 +114,11 @@ def _copy(src_open: Any, dest: ObjectStoragePath, expect: str | None = None) -> 
 
 def _local(path: ObjectStoragePath) -> Path:
     return Path(path.path)
+
+
+def _changed(local_dir: Path, problems: list[str]) -> TamperedArtifact:
+    return TamperedArtifact(f"{local_dir} changed while it was stored ({'; '.join(problems)}). Fix: run the release "
+                            "again; nothing in the build's output may change once the build ended.")
 
 
 class ArtifactStore:
@@ -183,10 +193,14 @@ class ArtifactStore:
         Idempotent: storing the same content again finds the existing artifact (re-verified)
         and reports ``reused=True``; a put killed half-way resumes where it stopped.
         """
-        files = [(rel, local_dir / rel) for rel in list_files(local_dir)]
-        total = sum(path.stat().st_size for _, path in files)
-        hashing = Progress(f"hash {model}", total, log)
-        manifest = canonical_manifest(hash_entries(files, done=hashing), PART_SIZE)
+        files = [(rel, local_dir / rel, (local_dir / rel).stat().st_size) for rel in list_files(local_dir)]
+        fresh = self._certainly_missing(files)
+        copying = Progress(f"store {model}", sum(size for _, _, size in fresh), log)
+        stored = self._store_fresh(local_dir, fresh, copying)
+        copying.finish()
+        rest = [(rel, path) for rel, path, _ in files if rel not in {r for r, _, _ in fresh}]
+        hashing = Progress(f"hash {model}", sum(size for _, _, size in files) - copying.total, log)
+        manifest = canonical_manifest(stored + hash_entries(rest, done=hashing), PART_SIZE)
         hashing.finish()
         digest = manifest_digest(manifest)
         final = self.artifact_path(model, digest)
@@ -194,42 +208,129 @@ class ArtifactStore:
         if self.exists(model, digest):
             self._check_existing(model, digest)
             return StoredArtifact(str(final), digest, size, len(manifest["files"]), True)
-        missing = [e for e in manifest["files"] if not self._has_blob(e)]
+        blobs = {e["sha256"] for e in stored}
+        missing = list({e["sha256"]: e for e in manifest["files"]
+                        if e["sha256"] not in blobs and not self._has_blob(e)}.values())  # a blob once
         uploading = Progress(f"upload {model}", sum(e["size"] for e in missing), log)
-        copied = sum(self._upload(local_dir / e["path"], e, manifest.get("chunk_size"), uploading) for e in missing)
+        copied = self._upload(local_dir, missing, manifest.get("chunk_size"), uploading)
         uploading.finish()
-        self._touch(e for e in manifest["files"] if e not in missing)
+        self._touch(e for e in manifest["files"] if e not in missing and e["sha256"] not in blobs)
         self.write_text(self.layout.manifest(model, digest), manifest_bytes(manifest).decode())
         return StoredArtifact(str(final), digest, size, len(manifest["files"]), False,
-                              uploaded_bytes=copied, uploaded_files=len(missing))
+                              uploaded_bytes=copied + sum({e["sha256"]: e["size"] for e in stored}.values()),
+                              uploaded_files=len(missing) + len(blobs))
+
+    def _certainly_missing(self, files: list[tuple[str, Path, int]]) -> list[tuple[str, Path, int]]:
+        """The files whose blob the store cannot hold, known before hashing: no blob (nor upload) of their size.
+
+        A blob of the same content has the same size, so a file of a size no blob has needs
+        uploading whatever its digest; it is then copied and hashed in one pass
+        (:meth:`_store_fresh`). Any other file is hashed in place first, and uploaded only if
+        its blob is missing (dedup). None while an upload named by a digest waits to be resumed.
+        """
+        if not self.is_local or not files:
+            return []
+        uploads = _local(self.layout.uploads())
+        taken = set()
+        for location in (_local(self.layout.blobs()), uploads):
+            try:
+                with os.scandir(location) as found:
+                    for item in found:
+                        head = item.name.removesuffix(".part").split("-")[0]
+                        if location == uploads and not head.isdigit():
+                            return []  # a killed upload of a known digest: hash in place, then resume it
+                        taken.add(int(head) if location == uploads else item.stat().st_size)
+            except FileNotFoundError:
+                continue
+        return [(rel, path, size) for rel, path, size in files if size not in taken]
+
+    def _store_fresh(self, local_dir: Path, fresh: list[tuple[str, Path, int]], progress: Progress,
+                     ) -> list[dict[str, Any]]:
+        """Copy files the store certainly lacks into their blobs, hashing the bytes written (one read pass).
+
+        Each is copied into ``blobs/uploads/<size>-<random>.part`` (which a later put of that
+        file, after a kill, adopts as its upload and resumes from the parts that verify) and
+        renamed into ``blobs/sha256/<its sha256>`` when complete.
+
+        :return: their manifest entries.
+        """
+        def one(rel: str, path: Path, size: int) -> dict[str, Any]:
+            part = _local(self.layout.upload(f"{size}-{uuid.uuid4().hex}"))
+            part.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                sha, chunks, copied = copy_hashing(path, part, PART_SIZE, done=progress)
+            except ArtifactIntegrityError as exc:
+                part.unlink(missing_ok=True)
+                raise _changed(local_dir, [str(exc)]) from None
+            os.chmod(part, 0o444)  # a blob is immutable; a fetch may hard-link it
+            blob = _local(self.layout.blob(sha))
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, blob)
+            return {"path": rel, "sha256": sha, "size": copied, **({"chunks": chunks} if chunks else {})}
+
+        if not fresh:
+            return []
+        with ThreadPoolExecutor(max_workers=hash_workers(), thread_name_prefix="md-store") as pool:
+            return list(pool.map(lambda file: one(*file), fresh))
 
     def _has_blob(self, entry: dict[str, Any]) -> bool:
+        """Whether the store holds the entry's blob, of its size (one stat)."""
         blob = self.layout.blob(entry["sha256"])
         try:
-            return bool(blob.exists() and blob.stat()["size"] == entry["size"])
+            if self.is_local:
+                return os.stat(_local(blob)).st_size == entry["size"]
+            return bool(blob.stat()["size"] == entry["size"])
         except (OSError, KeyError):
             return False
 
-    def _upload(self, src: Path, entry: dict[str, Any], chunk_size: int | None, progress: Progress) -> int:
-        """Copy one file into its blob, verified part by part; a killed upload resumes from its parts.
+    def _upload(self, local_dir: Path, missing: list[dict[str, Any]], chunk_size: int | None,
+                progress: Progress) -> int:
+        """Copy files into their blobs, verified part by part, all parts of all files on one pool.
+
+        Each lands in its upload name (``blobs/uploads/<hex>.part``), which a killed put resumes
+        from the parts that verify, and is renamed into ``blobs/sha256/`` when all its parts matched.
 
         :return: the bytes copied (a resumed upload does not copy again the parts it held).
         """
-        blob = self.layout.blob(entry["sha256"])
-        try:
-            if not self.is_local:
-                _copy(lambda: open(src, "rb"), blob, expect=entry["sha256"])
+        if not self.is_local:
+            for entry in missing:
+                src = local_dir / entry["path"]
+                try:
+                    _copy(lambda s=src: open(s, "rb"), self.layout.blob(entry["sha256"]), expect=entry["sha256"])
+                except ArtifactIntegrityError as exc:
+                    raise _changed(local_dir, [str(exc)]) from None
                 progress(entry["size"])
-                return int(entry["size"])
-            part = _local(self.layout.upload(entry["sha256"]))
-            copied = copy_verified(src, part, entry, chunk_size, done=progress)
+            return sum(int(e["size"]) for e in missing)
+        jobs = [(local_dir / e["path"], self._upload_of(e), e) for e in missing]
+        done = copy_files_verified(jobs, chunk_size, done=progress)
+        bad = []
+        for (_src, part, entry), (_copied, problems) in zip(jobs, done, strict=True):
+            if problems:
+                bad += problems
+                continue
             os.chmod(part, 0o444)  # a blob is immutable; a fetch may hard-link it
-            _local(blob).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, _local(blob))
-            return copied
-        except ArtifactIntegrityError as exc:
-            raise TamperedArtifact(f"{src} changed while it was stored ({exc}). Fix: run the release again; "
-                                   "nothing in the build's output may change once the build ended.") from None
+            blob = _local(self.layout.blob(entry["sha256"]))
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, blob)
+        if bad:
+            raise _changed(local_dir, bad)
+        return sum(copied for copied, _ in done)
+
+    def _upload_of(self, entry: dict[str, Any]) -> Path:
+        """Where an entry's blob is uploaded: ``<hex>.part``; a same-size upload a killed put left is adopted.
+
+        Adopting another file's upload of that size is harmless: only its parts that verify are kept.
+        """
+        part = _local(self.layout.upload(entry["sha256"]))
+        if not part.exists():
+            for left in sorted(part.parent.glob(f"{entry['size']}-*.part")):
+                try:
+                    os.chmod(left, 0o644)
+                    os.replace(left, part)
+                    break
+                except FileNotFoundError:  # another put took it
+                    continue
+        return part
 
     def _touch(self, entries: Iterable[dict[str, Any]]) -> None:
         """Mark reused blobs as young, so that garbage collection's grace protects a put in flight."""
@@ -325,11 +426,12 @@ class ArtifactStore:
         try:
             for extra in set(list_files(partial)) - {e["path"] for e in manifest["files"]}:
                 (partial / extra).unlink()
-            for entry in manifest["files"]:
-                self._fetch_file(model, digest, entry, manifest.get("chunk_size"), partial / entry["path"], progress)
+            problems = self._fetch_files(model, digest, manifest, partial, progress)
         except ArtifactIntegrityError as exc:
+            problems = [str(exc)]
+        if problems:
             shutil.rmtree(partial, ignore_errors=True)  # what came from the store is wrong: start again next time
-            raise self._refuse(model, digest, [str(exc)]) from None
+            raise self._refuse(model, digest, problems)
         progress.finish()
         (partial / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
         _stamp(partial, manifest, digest)
@@ -337,24 +439,45 @@ class ArtifactStore:
         (dest.parent / f".{partial.name}.verified").rename(dest.parent / f".{dest.name}.verified")
         return dest
 
-    def _fetch_file(self, model: str, digest: str, entry: dict[str, Any], chunk_size: int | None, target: Path,
-                    progress: Progress) -> None:
-        source = self.locate(model, digest, entry)
-        if not source.exists():
-            raise ArtifactIntegrityError(f"missing file {entry['path']}")
-        if not self.is_local:
-            _copy(lambda: source.open("rb"), ObjectStoragePath(f"file://{target}"), expect=entry["sha256"])
-            progress(entry["size"])
-            return
-        src = _local(source)
-        shared = self.link != "copy" and src.name == entry["sha256"]
-        if shared and link_or_clone(src, target, hardlink=self.link == "hardlink"):  # a blob: share its bytes, then hash them
-            problems = verify_files({"files": [entry], "chunk_size": chunk_size}, lambda e: target, done=progress)
-            if problems:
-                target.unlink()
-                raise ArtifactIntegrityError("; ".join(problems))
-            return
-        copy_verified(src, target, entry, chunk_size, done=progress)
+    def _fetch_files(self, model: str, digest: str, manifest: dict[str, Any], partial: Path,
+                     progress: Progress) -> list[str]:
+        """Give ``partial`` every file of the manifest, verified, on one thread pool; return what did not match.
+
+        A blob on this filesystem is shared (reflink, or hard link if allowed) and then hashed,
+        reading only; any other file is copied part by part, each part hashed as it is written.
+        """
+        chunk_size = manifest.get("chunk_size")
+        linked: list[tuple[Path, dict[str, Any]]] = []
+        copies: list[tuple[Path, Path, dict[str, Any]]] = []
+        problems: list[str] = []
+        for entry in manifest["files"]:
+            source, target = self.locate(model, digest, entry), partial / entry["path"]
+            if not source.exists():
+                problems.append(f"missing file {entry['path']}")
+            elif not self.is_local:
+                _copy(lambda s=source: s.open("rb"), ObjectStoragePath(f"file://{target}"), expect=entry["sha256"])
+                progress(entry["size"])
+            elif (self.link != "copy" and _local(source).name == entry["sha256"]
+                  and link_or_clone(_local(source), target, hardlink=self.link == "hardlink")):
+                linked.append((target, entry))
+            else:
+                copies.append((_local(source), target, entry))
+        if problems or not (linked or copies):
+            return problems
+        with ThreadPoolExecutor(max_workers=hash_workers(), thread_name_prefix="md-fetch") as pool:
+            hashing = [(entry, off, length, want, pool.submit(hash_path_range, target, off, length, progress))
+                       for target, entry in linked for off, length, want in entry_checks(entry, chunk_size)]
+            for _copied, bad in copy_files_verified(copies, chunk_size, done=progress, pool=pool):
+                problems += bad
+            for entry, off, length, want, job in hashing:
+                try:
+                    have = job.result()
+                except (OSError, ArtifactIntegrityError) as exc:
+                    problems.append(f"{describe_part(entry, off, length)}: {exc}")
+                    continue
+                if have != want:
+                    problems.append(f"{describe_part(entry, off, length)}: sha256 {have[:12]}… != {want[:12]}…")
+        return problems
 
     # -- layout migration and garbage collection ----------------------------------------------------
     def migrate(self, log: Callable[..., Any] | None = None) -> dict[str, int]:

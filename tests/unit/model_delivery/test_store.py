@@ -20,7 +20,6 @@ import pytest
 from model_delivery.exceptions import TamperedArtifact
 from model_delivery.store import ArtifactStore
 from model_delivery.store.layout import StoreLayout, artifact_uri, blobs_uri, model_segment, store_root_of
-from model_delivery.store.transfer import Progress, copy_verified, verified_parts
 from model_server.manifest import (
     MANIFEST_NAME,
     PART_SIZE,
@@ -30,6 +29,13 @@ from model_server.manifest import (
     manifest_digest,
     parse_digest,
     verify_directory,
+)
+from model_server.transfer import (
+    Progress,
+    copy_files_verified,
+    copy_hashing,
+    copy_verified,
+    verified_parts,
 )
 
 if TYPE_CHECKING:
@@ -227,23 +233,91 @@ def test_copy_verified_refuses_a_source_that_does_not_match(tmp_path: Path) -> N
         copy_verified(src, tmp_path / "dst.bin", entry, PART_SIZE)
 
 
+def test_copy_files_verified_copies_many_files_on_one_pool_and_names_each_bad_part(tmp_path: Path) -> None:
+    src = _shards(tmp_path / "src", 3)
+    _big_file(src / "weights.bin", 2 * PART_SIZE + 7)
+    entries = build_manifest(src)["files"]
+    _flip(src / "weights.bin", PART_SIZE + 3)  # the second part of the large file no longer matches
+    jobs = [(src / e["path"], tmp_path / "dst" / e["path"], e) for e in entries]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = copy_files_verified(jobs, PART_SIZE, pool=pool)
+
+    by_path = {e["path"]: result for e, result in zip(entries, results, strict=True)}
+    copied, problems = by_path.pop("weights.bin")
+    assert copied == 2 * PART_SIZE + 7
+    assert len(problems) == 1 and f"part at bytes {PART_SIZE}-{2 * PART_SIZE - 1}" in problems[0]
+    for path, (copied, problems) in by_path.items():  # every other file copied whole and verified
+        assert problems == [] and copied == (src / path).stat().st_size
+        assert (tmp_path / "dst" / path).read_bytes() == (src / path).read_bytes()
+
+
+def test_a_put_uploads_content_two_files_share_once(store: ArtifactStore, store_dir: Path, tmp_path: Path) -> None:
+    src = _shards(tmp_path / "src", 1)
+    _big_file(src / "a.bin", PART_SIZE + 5)
+    shutil.copy(src / "a.bin", src / "b.bin")
+
+    stored = store.put_directory(MODEL, src)
+
+    assert stored.uploaded_files == 3  # the shard, config.json, and a.bin's bytes once for both (one blob)
+    assert stored.uploaded_bytes == 256 * 1024 + len((src / "config.json").read_bytes()) + PART_SIZE + 5
+    assert list((store_dir / "blobs" / "uploads").iterdir()) == []
+    assert len(list((store_dir / "blobs" / "sha256").iterdir())) == 3
+    fetched = store.fetch(MODEL, stored.digest, tmp_path / "fetched")
+    assert (fetched / "b.bin").read_bytes() == (src / "a.bin").read_bytes()
+
+
+def test_copy_hashing_gives_the_digests_of_exactly_the_bytes_it_wrote(tmp_path: Path) -> None:
+    src = _big_file(tmp_path / "src" / "weights.bin", 2 * PART_SIZE + 12345)
+    expected = build_manifest(src.parent)["files"][0]
+
+    sha, chunks, size = copy_hashing(src, tmp_path / "copy.bin", PART_SIZE)
+
+    assert {"path": "weights.bin", "sha256": sha, "size": size, "chunks": chunks} == expected
+    assert hashlib.sha256((tmp_path / "copy.bin").read_bytes()).hexdigest() == sha
+
+
+def test_a_file_of_a_size_no_blob_has_is_copied_and_hashed_in_one_pass(store: ArtifactStore, store_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    src = _shards(tmp_path / "src", 2)
+    _big_file(src / "weights.bin", PART_SIZE + 77)
+    lines: list[str] = []
+
+    stored = store.put_directory(MODEL, src, log=lambda fmt, *args: lines.append(fmt % args))
+
+    assert stored.digest == manifest_digest(build_manifest(src))  # the same digest as hashing in place
+    assert any(line.startswith(f"store {MODEL}: ") for line in lines), lines  # the one-pass copy ran
+    assert not any(line.startswith(f"hash {MODEL}: ") for line in lines), lines  # nothing hashed in place
+    assert list((store_dir / "blobs" / "uploads").iterdir()) == []
+    assert store.verify(MODEL, stored.digest)
+    again = _shards(tmp_path / "again", 2, seed=1)  # sizes the store has now: hashed in place first
+    (again / "weights.bin").write_bytes((src / "weights.bin").read_bytes())
+    lines.clear()
+    second = store.put_directory(MODEL, again, log=lambda fmt, *args: lines.append(fmt % args))
+    assert any(line.startswith(f"hash {MODEL}: ") for line in lines), lines
+    assert second.uploaded_bytes == 2 * 256 * 1024  # the two new shards; weights.bin's blob was there
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     import model_delivery.store.artifacts as artifacts
     from model_delivery.store import ArtifactStore
 
-    real, total, seen = artifacts.copy_verified, int(sys.argv[4]), [0]
+    total, seen = int(sys.argv[4]), [0]
 
-    def copy_then_die(src, dst, entry, chunk_size, *, done=None, workers=None):
-        def count(n):
+    def count(done):
+        def counted(n):
             done(n)
             seen[0] += n
             if seen[0] >= total // 2:
                 os.kill(os.getpid(), signal.SIGKILL)  # kill -9 half-way: no finally, no clean-up
-        return real(src, dst, entry, chunk_size, done=count, workers=workers)
+        return counted
 
-    artifacts.copy_verified = copy_then_die
+    copy_files, copy_hashing = artifacts.copy_files_verified, artifacts.copy_hashing
+    artifacts.copy_files_verified = lambda files, size, *, done, pool=None: copy_files(files, size, done=count(done),
+                                                                                      pool=pool)
+    artifacts.copy_hashing = lambda src, dst, size, *, done: copy_hashing(src, dst, size, done=count(done))
     store = ArtifactStore(sys.argv[2], link="copy")
     if sys.argv[1] == "put":
         store.put_directory("demo", Path(sys.argv[3]))
