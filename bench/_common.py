@@ -189,3 +189,33 @@ def vm_hwm_kib(pid: int | str = "self") -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def settle(seconds: float) -> None:
+    """Flush dirty pages, then let the machine calm down (this VM hands freed memory back to its host)."""
+    import subprocess
+
+    subprocess.run(["sync"], check=True)
+    time.sleep(seconds)
+
+
+def run_child(script: str, op: str, env: dict[str, str], work: Path, settle_s: float, **kw: str) -> dict[str, Any]:
+    """Run ``script --child op --out F --key value ...`` in a fresh process (after :func:`settle`) and return the
+    JSON it wrote; ``{"killed": True}`` when it died of SIGKILL (a resume case kills itself)."""
+    import subprocess
+
+    out = work / f"child-{op}.json"
+    cmd = [sys.executable, script, "--child", op, "--out", str(out)]
+    for key, value in kw.items():
+        cmd += [f"--{key.replace('_', '-')}", value]
+    settle(settle_s)
+    with open(work / "children.log", "ab") as log:
+        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if code == -signal.SIGKILL:
+        return {"killed": True}
+    if code != 0:
+        raise RuntimeError(f"{op} exited {code}: {(work / 'children.log').read_text()[-3000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    subprocess.run(["sync"], check=True)
+    return result

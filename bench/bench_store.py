@@ -41,7 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import finish, fmt_s, isolated_env, median, ratio_line, table, vm_hwm_kib, workdir  # noqa: E402
+from _common import finish, fmt_s, isolated_env, median, ratio_line, run_child, table, vm_hwm_kib, workdir  # noqa: E402
+from _common import settle as common_settle
 
 NAME = "store"
 MODEL = "bench_model"
@@ -55,8 +56,7 @@ SETTLE_S = 5.0
 
 
 def settle() -> None:
-    subprocess.run(["sync"], check=True)
-    time.sleep(SETTLE_S)
+    common_settle(SETTLE_S)
 
 
 def child(args: argparse.Namespace) -> int:
@@ -97,21 +97,7 @@ def child(args: argparse.Namespace) -> int:
 
 
 def ours(op: str, env: dict[str, str], work: Path, **kw: str) -> dict[str, Any]:
-    out = work / f"child-{op}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", op, "--out", str(out)]
-    for key, value in kw.items():
-        cmd += [f"--{key.replace('_', '-')}", value]
-    settle()
-    with open(work / "children.log", "ab") as log:
-        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    if code == -signal.SIGKILL:
-        return {"killed": True}
-    if code != 0:
-        raise RuntimeError(f"{op} exited {code}: {(work / 'children.log').read_text()[-3000:]}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    out.unlink()
-    subprocess.run(["sync"], check=True)
-    return result
+    return run_child(str(Path(__file__).resolve()), op, env, work, SETTLE_S, **kw)
 
 
 def timed(cmd: list[str] | str, shell: bool = False) -> float:
