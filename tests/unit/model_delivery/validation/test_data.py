@@ -173,3 +173,25 @@ def test_memory_is_bounded_whatever_the_size(tmp_path: Path) -> None:
     assert chunked["peak"] - chunked["before"] < GROWTH_BOUND, (
         f"validating {data.stat().st_size / 2**20:.0f} MiB grew the peak RSS by "
         f"{(chunked['peak'] - chunked['before']) / 2**20:.0f} MiB (bound {GROWTH_BOUND / 2**20:.0f} MiB)")
+
+
+def test_an_expectation_that_could_not_run_says_so_and_why(files: Path) -> None:
+    """A missing column and a non-numeric one: GX raises inside the metric (1.24 nests the exception under its
+    metric id); the report says the check could not run and names the error, never 'observed None'."""
+    from model_delivery.validation.data import describe_failure
+
+    suite = {"name": "cannot-run", "expectations": [
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "not_a_column", "min_value": 0}},
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "code", "min_value": 0}},
+    ]}
+    reference = summarize_reference(files / "reference.csv", "reference", categorical=CATEGORICAL,
+                                    exclude=CONFIG.drift.exclude)
+    report = validate_dataset("train", files / "train.csv", reference, suite, CONFIG, categorical=CATEGORICAL)
+
+    failures = {f["column"]: f for f in report.summary()["failed_expectations"]}
+    assert set(failures) == {"not_a_column", "code"}
+    for failure in failures.values():
+        line = describe_failure(failure)
+        assert "could not run" in line and "observed None" not in line, line
+        assert failure["error"], failure
+    assert "not_a_column" in failures["not_a_column"]["error"]
