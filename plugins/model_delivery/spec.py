@@ -558,6 +558,11 @@ class ModelSpec(_Strict):
             raise _FieldError("serving.token_conn_id", "deploy.kubernetes.token_secret makes the servers require a "
                               "token, which the smoke test and verify read from an Airflow connection. Fix: name that "
                               "connection (the same token as its password) in serving.token_conn_id")
+        if self.deploy.target == "kubernetes" and k8s and k8s.model_image and self.signing.mode == "required":
+            raise _FieldError("deploy.kubernetes.model_image", "signing is required, but an image with the weights "
+                              "baked in has no init container, so nothing in the pod would check the signature. Fix: "
+                              "deploy from the store (image plus artifact_fetch), or sign and verify the image with "
+                              "your registry's tooling and set signing to optional or off")
         if self.deploy.target == "kubernetes" and k8s and not (k8s.image or k8s.model_image or runtime.image):
             raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "
                               "'model_image'. Fix: name the image that runs python -m model_server")

@@ -442,3 +442,15 @@ def test_a_half_configured_serving_token_is_refused_naming_the_field(serving: di
     raw["serving"] = {**raw.get("serving", {}), **serving}
     with pytest.raises(ValidationError, match=field.replace(".", r"\.")):
         ModelSpec.model_validate(raw)
+
+
+def test_required_signing_with_baked_weights_is_refused_naming_the_field() -> None:
+    """Nothing in a pod of a model_image checks a signature: refused at parse, not served unchecked."""
+    from pydantic import ValidationError
+
+    raw = k8s_raw({**CPU, "image": None, "model_image": "registry.example/breast-cancer:7"})
+    raw["signing"] = {"mode": "required", "public_key": "signing.pub"}
+    with pytest.raises(ValidationError, match="signing is required, but an image with the weights baked in"):
+        ModelSpec.model_validate(raw)
+    raw["signing"] = {"mode": "off"}
+    assert ModelSpec.model_validate(raw).deploy.kubernetes.model_image  # the same image without signing is fine
