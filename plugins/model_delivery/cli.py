@@ -20,6 +20,7 @@ import json
 import sys
 from typing import Any
 
+from model_delivery.exceptions import InvalidModelSpec
 from model_delivery.settings import get_settings
 
 
@@ -214,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "release":
         return release(args)
+    try:
+        return _local_command(args)
+    except InvalidModelSpec as exc:  # the message names the file, the field and the fix: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _local_command(args: argparse.Namespace) -> int:
+    """The commands that read the model's spec and the store on this machine."""
     if args.command == "summary":
         return summary(args.model)
     if args.command == "lease":
