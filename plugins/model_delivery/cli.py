@@ -151,6 +151,7 @@ def protected_digests(models: list[str]) -> dict[str, set[str]]:
 def store_command(args: argparse.Namespace) -> int:
     """``store migrate``, ``store gc`` and ``store verify``."""
     from model_delivery.exceptions import TamperedArtifact
+    from model_delivery.store import UnsupportedByStore
 
     store = get_settings().open_store()
 
@@ -158,7 +159,11 @@ def store_command(args: argparse.Namespace) -> int:
         print(fmt % values, flush=True)
 
     if args.store_command == "migrate":
-        print(json.dumps(store.migrate(log=say)))
+        try:
+            print(json.dumps(store.migrate(log=say)))
+        except UnsupportedByStore as exc:  # an oci:// store: nothing to migrate
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.store_command == "verify":
         try:
@@ -168,8 +173,12 @@ def store_command(args: argparse.Namespace) -> int:
             return 3
         print(f"{args.model} {args.digest}: {len(manifest['files'])} file(s) verified")
         return 0
-    report = store.collect_garbage(protected_digests(store.layout.models()), keep_last=args.keep_last,
-                                   grace_seconds=args.grace_hours * 3600, dry_run=args.dry_run)
+    try:
+        report = store.collect_garbage(protected_digests(store.layout.models()), keep_last=args.keep_last,
+                                       grace_seconds=args.grace_hours * 3600, dry_run=args.dry_run)
+    except UnsupportedByStore as exc:  # an oci:// store: the registry collects its own garbage
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"dry_run": args.dry_run, **report.to_dict()}, indent=2))
     return 0
 

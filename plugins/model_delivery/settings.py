@@ -6,7 +6,11 @@ Every setting has an embedded default that works on one machine with no services
 ``MODEL_DELIVERY_HOME``            state directory, default ``<project>/.local``
 ``MODEL_DELIVERY_MODELS_DIR``      model specs, default ``<project>/include/models``
 ``MODEL_DELIVERY_ARTIFACT_ROOT``   artifact store URI, default ``file://<home>/artifacts``;
-                                   ``s3://bucket/prefix`` or ``gs://...`` with the provider
+                                   ``s3://bucket/prefix`` or ``gs://...`` with the provider;
+                                   ``oci://host[:port]/repository``: an OCI registry
+``MODEL_DELIVERY_RECORDS_ROOT``    release records, reports and delivery metrics, default the
+                                   artifact root; ``file://<home>/records`` when that is
+                                   ``oci://`` (a registry holds artifacts only)
 ``MODEL_DELIVERY_TRACKING_URI``    MLflow tracking/registry URI, default SQLite under home
 ``MODEL_DELIVERY_LEDGER_URL``      the deployment ledger (lease, serving state, journal), a
                                    SQLAlchemy URL, default SQLite under home; or
@@ -42,6 +46,8 @@ class Settings:
     :param artifact_root: URI of the artifact store root.
     :param artifact_conn_id: Airflow connection used for a remote artifact store, if any.
     :param tracking_uri: MLflow tracking and registry URI.
+    :param records_root: where release records live, when set (``MODEL_DELIVERY_RECORDS_ROOT``); else
+        :func:`model_delivery.store.layout.records_location` decides from the artifact root.
     """
 
     home: Path
@@ -49,6 +55,7 @@ class Settings:
     artifact_root: str
     artifact_conn_id: str | None
     tracking_uri: str
+    records_root: str | None = None
 
     @property
     def deploy_dir(self) -> Path:
@@ -61,10 +68,11 @@ class Settings:
         return self.home / "work"
 
     def open_store(self) -> ArtifactStore:
-        """The artifact store at ``artifact_root`` (through ``artifact_conn_id`` when set)."""
-        from model_delivery.store import ArtifactStore
+        """The artifact store at ``artifact_root`` (through ``artifact_conn_id`` when set): files, or an OCI registry
+        (``oci://``), its records where :func:`model_delivery.store.layout.records_location` says."""
+        from model_delivery.store import open_store
 
-        return ArtifactStore(self.artifact_root, self.artifact_conn_id)
+        return open_store(self.artifact_root, self.artifact_conn_id, home=self.home, records_root=self.records_root)
 
     def open_registry(self) -> Registry:
         """The MLflow model registry at ``tracking_uri``."""
@@ -107,4 +115,5 @@ def get_settings() -> Settings:
         artifact_root=os.environ.get("MODEL_DELIVERY_ARTIFACT_ROOT", f"file://{home / 'artifacts'}"),
         artifact_conn_id=os.environ.get("MODEL_DELIVERY_ARTIFACT_CONN_ID") or None,
         tracking_uri=os.environ.get("MODEL_DELIVERY_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+        records_root=os.environ.get("MODEL_DELIVERY_RECORDS_ROOT") or None,
     )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import ObjectStoragePath
 
 from model_delivery.exceptions import TamperedArtifact
-from model_delivery.store.layout import StoreLayout
+from model_delivery.store.layout import StoreLayout, is_registry
 from model_server.manifest import (
     MANIFEST_NAME,
     PART_SIZE,
@@ -132,11 +132,24 @@ class ArtifactStore:
         the fetched file shares the blob's inode, so a write in place to it changes the store's
         only copy, which every later fetch then refuses; for read-only serving directories),
         or ``copy``. ``MODEL_DELIVERY_STORE_LINK`` sets it for the whole deployment.
+    :param records: the records root (release records, reports, metrics) when it is not ``root``
+        (:func:`~model_delivery.store.layout.records_location` decides), opened with ``records_conn_id``.
+
+    An ``oci://`` root is an OCI registry: :func:`model_delivery.store.open_store` (what
+    ``Settings.open_store`` calls) opens it as an :class:`~model_delivery.store.oci_store.OciArtifactStore`.
     """
 
-    def __init__(self, root: str, conn_id: str | None = None, *, link: str | None = None) -> None:
+    root: Any  # an ObjectStoragePath; the registry's URI for an OciArtifactStore
+    layout: StoreLayout
+
+    def __init__(self, root: str, conn_id: str | None = None, *, link: str | None = None,
+                 records: str | None = None, records_conn_id: str | None = None) -> None:
+        if is_registry(root):
+            raise ValueError(f"{root!r} is an OCI registry, which ArtifactStore does not open (it reads files). Fix: "
+                             "open the store with model_delivery.store.open_store (Settings.open_store does).")
         self.root = ObjectStoragePath(root, conn_id=conn_id)
-        self.layout = StoreLayout(self.root)
+        self.layout = StoreLayout(self.root, records=None if records is None
+                                  else ObjectStoragePath(records, conn_id=records_conn_id))
         self.is_local = self.root.protocol in ("file", "local")
         self.link = link or os.environ.get("MODEL_DELIVERY_STORE_LINK") or "reflink"
         if self.link not in LINK_MODES:

@@ -41,6 +41,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 import urllib.parse
 import uuid
 from functools import cached_property
@@ -216,6 +217,10 @@ class OciRepository:
     def __repr__(self) -> str:
         return f"OciRepository({self.uri!r}, insecure={self.insecure})"
 
+    def same_repository(self, other: OciRepository) -> bool:
+        """Whether ``other`` names the same repository of the same registry."""
+        return (self.registry, self.repository) == (other.registry, other.repository)
+
     # -- the one place that talks to the registry ------------------------------------------------
     @cached_property
     def _client(self) -> Registry:
@@ -352,14 +357,15 @@ class OciRepository:
         :param manifest_bytes: our MANIFEST.json, exactly as stored.
         :param files: where each file of the manifest is, by its path in the manifest.
         :return: JSON-able: ``uri``, ``oci_digest``, ``tag``, ``reference``, ``uploaded`` and
-            ``reused`` blob counts, ``size_bytes``.
+            ``reused`` blob counts, ``size_bytes``; ``uploaded_files`` and ``uploaded_bytes``: the files'
+            blobs this push uploaded (not our manifest nor the config).
         :raises TamperedArtifact: the manifest does not hash to ``digest``, or a file does not match it.
         """
         document, listed = checked_manifest(manifest_bytes, digest, "the manifest to push")
         if canonical_bytes(document) != manifest_bytes:  # its blob digest must be the artifact digest
             raise TamperedArtifact(f"the manifest of {digest} to push is not in canonical form (sorted keys, no "
                                    "whitespace: model_server.manifest.manifest_bytes). Fix: push the stored bytes.")
-        layers, uploaded, reused = [], 0, 0
+        layers, uploaded, reused, file_bytes, file_blobs = [], 0, 0, 0, 0
         for entry in listed["files"]:
             path = Path(files(entry["path"]))
             if path.stat().st_size != entry["size"]:
@@ -369,6 +375,7 @@ class OciRepository:
                      "size": entry["size"], "annotations": {TITLE: entry["path"], FILEPATH: entry["path"]}}
             done = self._put_blob(layer, path, entry["path"])
             uploaded, reused = uploaded + done, reused + (not done)
+            file_bytes, file_blobs = file_bytes + (entry["size"] if done else 0), file_blobs + done
             layers.append(layer)
         ours = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(manifest_bytes),
                 "annotations": {TITLE: MANIFEST_NAME}}
@@ -383,7 +390,8 @@ class OciRepository:
                  oci_digest, uploaded, reused)
         return {"uri": f"{self.uri}@{oci_digest}", "digest": digest, "oci_digest": oci_digest,
                 "tag": tag_for(digest), "reference": f"{self.registry}/{self.repository}:{tag_for(digest)}",
-                "uploaded": uploaded, "reused": reused, "size_bytes": sum(e["size"] for e in listed["files"])}
+                "uploaded": uploaded, "reused": reused, "size_bytes": sum(e["size"] for e in listed["files"]),
+                "uploaded_files": file_blobs, "uploaded_bytes": file_bytes}
 
     def _put_manifest(self, model: str, digest: str, config: dict[str, Any], layers: list[dict[str, Any]]) -> str:
         import jsonschema
@@ -489,6 +497,108 @@ class OciRepository:
             raise TamperedArtifact(f"{self.uri}: {reference} is not an OCI image manifest of ours.")
         return layers
 
+    def read_manifest(self, digest: str, *, oci_digest: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Our manifest of an artifact, as a document and as its canonical file list, checked against the registry.
+
+        It must hash to ``digest``, and the OCI manifest's file layers must be exactly its files.
+
+        :raises OciArtifactMissing: the registry has no artifact under this digest.
+        :raises TamperedArtifact: anything differs; names what.
+        """
+        where = f"{self.uri}@{oci_digest or tag_for(digest)}"
+        layers = self._oci_layers(digest, oci_digest)
+        ours = [x for x in layers if x.get("mediaType") == MANIFEST_MEDIA_TYPE]
+        if len(ours) != 1:
+            raise TamperedArtifact(f"{where} has {len(ours)} layers of type {MANIFEST_MEDIA_TYPE}, not 1: it is not "
+                                   "an artifact pushed by model-delivery. Push it again.")
+        raw = self._read_blob(ours[0], MAX_OUR_MANIFEST_BYTES, MANIFEST_NAME)
+        document, files = checked_manifest(raw, digest, f"{where} {MANIFEST_NAME}")
+        problems = layer_problems(files, [x for x in layers if x is not ours[0]])
+        if problems:
+            raise TamperedArtifact(f"{where} does not hold the files of {digest}: " + "; ".join(problems) + ". Do not "
+                                   "deploy it; push the artifact again from the store.")
+        return document, files
+
+    def oci_digest(self, digest: str) -> str | None:
+        """The digest of the OCI manifest tagged for an artifact (what its referrers name), or None when absent."""
+        response = self._send("GET", f"{self.base}/manifests/{tag_for(digest)}", headers={"Accept": OCI_MANIFEST})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._error(response, f"GET the OCI manifest of {digest} from {self.uri}")
+        return _sha256(response.content)
+
+    def blob_problems(self, files: dict[str, Any], done: Callable[[int], Any] | None = None) -> list[str]:
+        """Stream every file's blob and hash it (nothing written); what does not match ``files`` (empty: all do)."""
+        problems = []
+        for entry in files["files"]:
+            url = f"{self.base}/blobs/{DIGEST_PREFIX}{entry['sha256']}"
+            with self._send("GET", url, stream=True) as response:
+                if response.status_code == 404:
+                    problems.append(f"missing file {entry['path']}")
+                    continue
+                if response.status_code != 200:
+                    raise self._error(response, f"GET {entry['path']} from {self.uri}")
+                sha, size = _hash_body(response)
+            if done is not None:
+                done(size)
+            if (sha, size) != (entry["sha256"], entry["size"]):
+                problems.append(f"{entry['path']}: sha256 {sha[:12]}… of {size} bytes != {entry['sha256'][:12]}… of "
+                                f"{entry['size']} bytes")
+        return problems
+
+    def signatures(self, digest: str) -> list[bytes]:
+        """The model-signing bundles attached to the artifact's OCI manifest (oldest first), as cosign attaches them.
+
+        The referrers API, else the referrers tag (``sha256-<hex of the OCI manifest digest>``); a referrer
+        counts only when its ``subject`` is this artifact's OCI manifest and its bundle layer hashes to its digest.
+        """
+        oci_digest = self.oci_digest(digest)
+        if oci_digest is None:
+            return []
+        listed = self._index(f"referrers/{oci_digest}?artifactType={urllib.parse.quote(BUNDLE_MEDIA_TYPE)}")
+        if listed is None:
+            listed = self._index(f"manifests/{TAG_PREFIX}{parse_digest(oci_digest)}") or []
+        bundles = []
+        for item in listed:
+            reference = str(item.get("digest"))
+            if item.get("artifactType") == BUNDLE_MEDIA_TYPE and re.fullmatch(r"sha256:[0-9a-f]{64}", reference):
+                bundles += self._referrer_bundles(reference, oci_digest)
+        return bundles
+
+    def _referrer_bundles(self, reference: str, oci_digest: str) -> list[bytes]:
+        """The bundle layers of one referrer whose ``subject`` is ``oci_digest``, each hashing to its descriptor."""
+        response = self._send("GET", f"{self.base}/manifests/{reference}", headers={"Accept": OCI_MANIFEST})
+        if response.status_code != 200 or _sha256(response.content) != reference:
+            return []  # gone, or not what its digest says: no signature of ours
+        try:
+            document = json.loads(response.content)
+            subject, layers = (document.get("subject") or {}).get("digest"), list(document["layers"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []
+        if subject != oci_digest:
+            return []  # about another artifact
+        bundles = []
+        for layer in layers:
+            if isinstance(layer, dict) and layer.get("mediaType") == BUNDLE_MEDIA_TYPE:
+                blob = self._read_blob(layer, MAX_MANIFEST_BYTES, "a signature bundle")
+                if _sha256(blob) == layer.get("digest"):
+                    bundles.append(blob)
+        return bundles
+
+    def _index(self, path: str) -> list[dict[str, Any]] | None:
+        """The ``manifests`` of an OCI image index (a referrers list), or None when the registry has none there."""
+        response = self._send("GET", f"{self.base}/{path}", headers={"Accept": OCI_INDEX})
+        if response.status_code in (400, 404, 405):  # no referrers API (distribution 2.x), or no such tag
+            return None
+        if response.status_code != 200:
+            raise self._error(response, f"GET {path} from {self.uri}")
+        try:
+            listed = json.loads(response.content)["manifests"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OciRegistryError(f"{self.uri}: {path} is not an OCI image index ({exc}).") from None
+        return [x for x in listed if isinstance(x, dict)] if isinstance(listed, list) else []
+
     def pull(self, digest: str, dest: Path, *, oci_digest: str | None = None) -> Path:
         """Fetch an artifact into ``dest``, verified; return ``dest``.
 
@@ -508,17 +618,7 @@ class OciRepository:
             except ArtifactIntegrityError:
                 shutil.rmtree(dest)
         where = f"{self.uri}@{oci_digest or tag_for(digest)}"
-        layers = self._oci_layers(digest, oci_digest)
-        ours = [x for x in layers if x.get("mediaType") == MANIFEST_MEDIA_TYPE]
-        if len(ours) != 1:
-            raise TamperedArtifact(f"{where} has {len(ours)} layers of type {MANIFEST_MEDIA_TYPE}, not 1: it is not "
-                                   "an artifact pushed by model-delivery. Push it again.")
-        raw = self._read_blob(ours[0], MAX_OUR_MANIFEST_BYTES, MANIFEST_NAME)
-        document, files = checked_manifest(raw, digest, f"{where} {MANIFEST_NAME}")
-        problems = layer_problems(files, [x for x in layers if x is not ours[0]])
-        if problems:
-            raise TamperedArtifact(f"{where} does not hold the files of {digest}: " + "; ".join(problems) + ". Do not "
-                                   "deploy it; push the artifact again from the store.")
+        document, files = self.read_manifest(digest, oci_digest=oci_digest)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
         try:
             tmp.mkdir(parents=True)
@@ -563,6 +663,11 @@ def _strict_token_auth(client: Registry) -> Any:
     return auth
 
 
+def _hash_body(response: requests.Response) -> tuple[str, int]:
+    """The sha256 and size of a streamed response body, read as sent (nothing kept)."""
+    return hash_stream(lambda n: bytes(response.raw.read(n, decode_content=False)))
+
+
 def _canonical_json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
@@ -577,16 +682,37 @@ __all__ = ["OciArtifactMissing", "OciRegistryError", "OciRepository", "layer_med
 def push_stored(store: ArtifactStore, model: str, digest: str, repository: OciRepository) -> dict[str, Any]:
     """Push an artifact of a local store to a registry, its files read from their blobs (or legacy paths).
 
+    From a store that is itself a registry (:class:`~model_delivery.store.oci_store.OciArtifactStore`), the
+    artifact is pulled (verified) into a temporary directory and pushed from there; into its own repository
+    that uploads nothing (every blob is there).
+
     Its signature bundle, when the store keeps one, is attached to it (:meth:`OciRepository.attach_signature`);
     ``signature`` in the result is the referrer's digest, or None (unsigned).
     """
-    if not store.is_local:
+    from model_delivery.store.oci_store import OciArtifactStore
+
+    if isinstance(store, OciArtifactStore) and repository.same_repository(store.repository):
+        oci_digest = repository.oci_digest(digest)
+        if oci_digest is None:
+            raise OciArtifactMissing(f"{repository.uri} has no artifact {tag_for(digest)} ({digest}). Fix: build it "
+                                     "first (the build stage stores it there).")
+        _, files = repository.read_manifest(digest, oci_digest=oci_digest)
+        pushed = {"uri": f"{repository.uri}@{oci_digest}", "digest": digest, "oci_digest": oci_digest,
+                  "tag": tag_for(digest), "reference": f"{repository.registry}/{repository.repository}:{tag_for(digest)}",
+                  "uploaded": 0, "reused": len(files["files"]) + 2, "size_bytes": sum(e["size"] for e in files["files"]),
+                  "uploaded_files": 0, "uploaded_bytes": 0}
+    elif isinstance(store, OciArtifactStore):  # another registry: copy through a verified local pull
+        with tempfile.TemporaryDirectory(prefix="md-oci-copy-") as scratch:
+            fetched = store.fetch(model, digest, Path(scratch) / "artifact")
+            pushed = repository.push(model, digest, (fetched / MANIFEST_NAME).read_bytes(), lambda rel: fetched / rel)
+    elif not store.is_local:
         raise OciRegistryError(f"pushing {digest} to {repository.uri} reads the store's files in place, and "
                                f"{store.root} is not local. Fix: push from a worker with a file:// store.")
-    manifest = store.read_manifest(model, digest)
-    entries = {e["path"]: e for e in manifest["files"]}
-    pushed = repository.push(model, digest, canonical_bytes(manifest),
-                             lambda rel: Path(store.locate(model, digest, entries[rel]).path))
+    else:
+        manifest = store.read_manifest(model, digest)
+        entries = {e["path"]: e for e in manifest["files"]}
+        pushed = repository.push(model, digest, canonical_bytes(manifest),
+                                 lambda rel: Path(store.locate(model, digest, entries[rel]).path))
     signature = store.layout.signature(model, digest)
     pushed["signature"] = (repository.attach_signature(digest, pushed["oci_digest"], signature.read_bytes())
                            if signature.exists() else None)
