@@ -16,8 +16,8 @@ import httpx
 
 from tests.helpers.models import free_port
 
-USERS = "admin:admin,dag_test:admin"
-"""The api-server's users (simple auth manager, ``name:role``): ``dag_test`` is the user ``dag.test()`` triggers as."""
+USERS = "admin:admin,dag_test:admin,viewer:viewer"
+"""The api-server's users (simple auth manager, ``name:role``): ``dag_test`` is the user ``dag.test()`` triggers as; ``viewer`` may read but not act."""
 
 
 @dataclass

@@ -86,9 +86,19 @@ def test_the_json_api_gives_versions_aliases_gates_and_deployments(history: Hist
     assert against["champion_version"] == "1"
     accuracy = next(m for m in against["metrics"] if m["name"] == "accuracy")
     assert accuracy["delta"] == pytest.approx(accuracy["value"] - accuracy["champion"])
-    stages = {d["stage"] for d in versions["1"]["deployments"]}
-    assert stages == {"deploy_staging", "deploy_production"}
+    # What stands: production of the released run (live: v1 serves); staging servers of finished runs are gone.
+    assert [(d["stage"], d["live"]) for d in versions["1"]["deployments"]] == [("deploy_production", True)]
     assert all(d["url"].startswith("http://127.0.0.1:") and d["at"] for d in versions["1"]["deployments"])
+    assert all(not d["live"] for v in view["versions"] if v["version"] != "1" for d in v["deployments"])
+    # The fixed version was first built by a run that failed its smoke test and rolled back, then released by
+    # the next: its report is the release's, and the rolled-back run's staging server is not listed.
+    assert records["smoke_fails"]["artifact"]["version"] == fixed
+    assert versions[fixed]["report_url"].endswith(f"/releases/{safe_segment(records['fixed']['run_id'])}/report")
+    assert [d["run_id"] for d in versions[fixed]["deployments"]] == [records["fixed"]["run_id"]]
+    assert view["serving"]["front_link"].endswith(f"/v2/models/{MODEL}")
+    # The trend has one point per version, production marked by its alias.
+    trend = view["trend"]
+    assert len({p["version"] for p in trend}) == len(trend) and [p["version"] for p in trend if p["production"]] == ["1"]
     rows = {r["run_id"]: r for r in view["releases"]}
     assert {rows[r["run_id"]]["outcome"] for r in records.values()} == {"released", "rejected", "rolled-back",
                                                                         "reverted"}
@@ -142,11 +152,19 @@ def test_the_page_in_a_browser_shows_versions_and_metrics(history: History, tmp_
     assert sorted(run_rows) == sorted(f"run-{safe_segment(r['run_id'])}" for r in history.records.values())
 
 
-def test_the_page_in_a_browser_without_a_login_is_refused(history: History, tmp_path: Path) -> None:
+def test_a_signed_out_browser_is_sent_to_the_login_and_back(history: History, tmp_path: Path) -> None:
+    """The README's URL in a browser without a login: Airflow's login page, which comes back to the page."""
     with chromium(tmp_path / "profile") as page:
-        assert page.open(f"{history.server.url}/model-releases/") == 401
+        page.open(f"{history.server.url}/model-releases/?window=7")
+        where = page.evaluate("location.pathname + location.search")
         text = page.text()
-    assert "Not authenticated" in text and MODEL not in text
+    assert where.startswith("/auth/login") and "next=%2Fmodel-releases%2F%3Fwindow%3D7" in where, where
+    assert MODEL not in text
+
+
+def test_an_api_client_without_a_login_still_gets_401_json(history: History) -> None:
+    response = httpx.get(f"{history.server.url}/model-releases/", headers={"Accept": "application/json"}, timeout=30)
+    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
 
 
 def test_the_page_is_in_the_airflow_ui_navigation(history: History, tmp_path: Path) -> None:
@@ -167,3 +185,130 @@ def test_the_page_is_in_the_airflow_ui_navigation(history: History, tmp_path: Pa
         page.screenshot("model-releases-in-airflow-ui.png")
     assert frame is not None, "the Airflow UI did not embed the page"
     assert frame[0].endswith("/model-releases/") and MODEL in frame[1] and "production v1" in frame[1]
+
+
+def test_an_airflow_run_link_in_the_embedded_page_opens_the_run_in_the_ui(history: History, tmp_path: Path) -> None:
+    """Airflow sandboxes the iframe without top navigation: the link must still open the run in the UI itself."""
+    url = history.server.url
+    revert = history.records["revert"]
+    with chromium(tmp_path / "profile") as page:
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        assert page.open(f"{url}/plugin/model-releases") == 200
+        deadline = time.monotonic() + 60
+        clicked = None
+        while time.monotonic() < deadline and not clicked:
+            clicked = page.evaluate(
+                "(() => { const f = document.querySelector('iframe'); const d = f && f.contentDocument;"
+                f" const row = d && d.getElementById('run-{safe_segment(revert['run_id'])}');"
+                " const a = row && row.querySelector('a[data-airflow]');"
+                " if (!a) return null; a.click(); return a.getAttribute('href') })()")
+            time.sleep(0.5)
+        assert clicked, "no Airflow run link in the embedded page"
+        where, body = None, ""
+        while time.monotonic() < deadline:
+            where, body = page.evaluate("[location.pathname, document.body.innerText]")
+            if where == clicked and revert["run_id"] in body:
+                break
+            time.sleep(0.5)
+        page.screenshot("model-releases-airflow-run-link.png")
+    assert where == clicked == f"/dags/model_rollback/runs/{quote(revert['run_id'], safe='')}", (where, clicked)
+    assert revert["run_id"] in body  # the UI's own run page, not the iframe
+
+
+# -- the page: actions, through Airflow's REST API as the signed-in user --------------------------------------
+
+
+def _act(history: History, tmp_path: Path, user: str, fill: str, name: str) -> tuple[str, str]:
+    """Open the page as ``user``, run the ``fill`` script on the model's actions, submit, and wait for the answer."""
+    url = history.server.url
+    with chromium(tmp_path / "profile", width=390, height=1400) as page:
+        page.set_cookie("_token", history.server.tokens[user], f"{url}/")
+        assert page.open(f"{url}/model-releases/models/{MODEL}") == 200
+        page.evaluate(f"(() => {{ const box = document.querySelector('.actions[data-model=\"{MODEL}\"]'); {fill} }})()")
+        deadline = time.monotonic() + 60
+        result = ("", "")
+        while time.monotonic() < deadline:
+            result = page.evaluate("(() => { const r = document.querySelector('.act-result');"
+                                   " return [r.className, r.innerText] })()")
+            if result[1]:
+                break
+            time.sleep(0.3)
+        page.screenshot(name)
+    return result
+
+
+def _new_runs(history: History, dag_id: str, before: set[str]) -> list[dict]:
+    with history.server.client() as client:
+        runs = client.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
+        new = [r for r in runs if r["dag_run_id"] not in before]
+        for run in new:  # no scheduler runs here: the queued run would only linger for the tests after this one
+            assert client.delete(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}").status_code == 204
+    return new
+
+
+def _run_ids(history: History, dag_id: str) -> set[str]:
+    with history.server.client() as client:
+        return {r["dag_run_id"] for r in client.get(f"/api/v2/dags/{dag_id}/dagRuns",
+                                                    params={"limit": 100}).json()["dag_runs"]}
+
+
+SUBMIT_RELEASE = ("const f = box.querySelector('form.act-release'); f.elements.reason.value = {reason!r};"
+                  " f.elements.force.checked = {force}; f.elements.dry_run.checked = {dry};"
+                  " f.querySelector('button').click();")
+
+
+def test_a_signed_in_user_triggers_a_dry_run_with_a_reason_from_the_page(history: History, tmp_path: Path) -> None:
+    dag_id = f"release__{MODEL}"
+    before = _run_ids(history, dag_id)
+    state, text = _act(history, tmp_path, "admin",
+                       SUBMIT_RELEASE.format(reason="what would change?", force="false", dry="true"),
+                       "model-releases-trigger-390.png")
+    new = _new_runs(history, dag_id, before)
+    assert "ok" in state and text.startswith("Dry run triggered:"), (state, text)
+    assert len(new) == 1 and new[0]["dag_run_id"] in text
+    assert new[0]["conf"] == {"reason": "what would change?", "force": False, "dry_run": True}
+    assert new[0]["triggering_user_name"] == "admin" and new[0]["note"] == "what would change?"
+
+
+def test_force_without_a_reason_is_refused_on_the_page_before_anything_is_sent(history: History,
+                                                                              tmp_path: Path) -> None:
+    dag_id = f"release__{MODEL}"
+    before = _run_ids(history, dag_id)
+    state, text = _act(history, tmp_path, "admin", SUBMIT_RELEASE.format(reason="", force="true", dry="false"),
+                       "model-releases-force-without-reason.png")
+    assert "error" in state and "force needs a reason" in text
+    assert _new_runs(history, dag_id, before) == []
+
+
+def test_a_user_without_trigger_rights_is_refused_by_airflow_and_nothing_runs(history: History,
+                                                                             tmp_path: Path) -> None:
+    dag_id = f"release__{MODEL}"
+    before = _run_ids(history, dag_id)
+    state, text = _act(history, tmp_path, "viewer", SUBMIT_RELEASE.format(reason="a viewer tries", force="false",
+                                                                          dry="false"),
+                       "model-releases-viewer-refused.png")
+    assert "error" in state and "HTTP 403" in text and "does not allow" in text, (state, text)
+    assert _new_runs(history, dag_id, before) == []
+
+
+def test_a_rollback_to_a_chosen_version_is_triggered_from_the_page(history: History, tmp_path: Path) -> None:
+    fixed = history.records["fixed"]["artifact"]["version"]
+    before = _run_ids(history, "model_rollback")
+    state, text = _act(history, tmp_path, "admin",
+                       "const f = box.querySelector('form.act-rollback');"
+                       f" f.elements.version.value = {fixed!r}; f.elements.reason.value = 'back to the fixed one';"
+                       " f.querySelector('button').click();", "model-releases-rollback.png")
+    new = _new_runs(history, "model_rollback", before)
+    assert "ok" in state and text.startswith(f"Rollback to v{fixed} triggered:"), (state, text)
+    assert len(new) == 1 and new[0]["conf"] == {"model": MODEL, "version": fixed, "reason": "back to the fixed one"}
+    assert new[0]["triggering_user_name"] == "admin"
+
+
+def test_the_page_fits_a_phone(history: History, tmp_path: Path) -> None:
+    url = history.server.url
+    with chromium(tmp_path / "profile", width=390, height=1400) as page:
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        assert page.open(f"{url}/model-releases/") == 200
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        page.screenshot("model-releases-390.png")
+    assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"

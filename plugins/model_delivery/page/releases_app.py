@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).parent / "templates"
 DEFAULT_WINDOW = 30
+DAY_SECONDS = 86400.0
 SEGMENT_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
@@ -37,6 +38,15 @@ def fmt_rate(value: float | None, unit: str = "/day") -> str:
     if value >= 100:
         return f"{value:,.0f}{unit}"
     return f"{value:.1f}{unit}" if value >= 1 else f"{value:.3g}{unit}"
+
+
+def fmt_count_rate(count: int | None, per_day: float | None, observed_seconds: float | None, noun: str) -> str:
+    """A rate never extrapolated beyond what was observed: ``3 releases in 27m`` over less than a day, else
+    ``2.5/day``."""
+    if observed_seconds is not None and 0 < observed_seconds < DAY_SECONDS:
+        n = count or 0
+        return f"{n} {noun}{'' if n == 1 else 's'} in {human_duration(observed_seconds)}"
+    return fmt_rate(per_day)
 
 
 def fmt_when(value: str | None) -> str:
@@ -58,11 +68,14 @@ def figure_cells(f: dict[str, Any], coverage: dict[str, Any] | None) -> dict[str
         "coverage": fmt_ratio(cov) if cov is not None else (coverage or {}).get("note", "—"),
         "runs": str(f.get("runs", 0)),
         "failures": str(f.get("failures", 0)),
-        "failure_rate": notes.get("failure_rate") or fmt_rate(f.get("failure_rate_per_day")),
+        "failure_rate": notes.get("failure_rate")
+        or fmt_count_rate(f.get("failures"), f.get("failure_rate_per_day"), f.get("observed_seconds"), "failure"),
         "mttf": notes.get("mttf") or human_duration(f.get("mttf_seconds")),
         "mttr": notes.get("mttr") or human_duration(f.get("mttr_seconds"))
         + (f" ({f['open_failures']} open)" if f.get("open_failures") else ""),
-        "deployment_frequency": notes.get("deployment_frequency") or fmt_rate(f.get("deployment_frequency_per_day")),
+        "deployment_frequency": notes.get("deployment_frequency")
+        or fmt_count_rate(f.get("deployments"), f.get("deployment_frequency_per_day"), f.get("observed_seconds"),
+                          "release"),
         "lead_time": notes.get("lead_time") or human_duration(lead.get("median")),
         "change_failure_rate": notes.get("change_failure_rate")
         or f"{fmt_ratio(f.get('change_failure_rate'))} ({f.get('changes_needing_rollback')}/{f.get('changes_deployed')})",
@@ -87,8 +100,7 @@ def plots(model: dict[str, Any], window: int, today: datetime) -> dict[str, str]
     """The model's three plots: metric trend, releases per day by outcome, failures and rollbacks per day."""
     from model_delivery.page.releases_svg import per_day, stacked_bars, trend
 
-    points = [(when, float(p["value"]), str(p["version"])) for p in model["trend"]
-              if (when := parse_time(p["at"])) is not None]
+    points = [(parse_time(p["at"]), float(p["value"]), str(p["version"])) for p in model["trend"]]
     releases = [r for r in model["releases"] if r["kind"] == "release"]
     failures = {"failed": "failed", "rolled-back": "rolled back", "reverted": "reverted"}
     return {
@@ -207,18 +219,36 @@ def _metrics_for(request: Any, user: Any) -> dict[str, Any]:
     return document
 
 
+def login_url(request: Any) -> str:
+    """Airflow's login page, with this page (path and query, never another host) as where to come back."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return get_auth_manager().get_url_login(next_url=back)
+
+
 def create_app() -> "FastAPI":
     """The app; every route requires an authenticated Airflow user (``get_user`` of the core API)."""
     import json
 
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     UserDep = Annotated[Any, Depends(get_user)]
     WindowQuery = Annotated[int, Query(description=f"days: one of {list(WINDOWS)}")]
     app = FastAPI(title="Model releases", dependencies=[Depends(get_user)],
                   docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _sign_in_first(request: Request, exc: StarletteHTTPException) -> Any:
+        """A browser that is not signed in (it asks for HTML) goes to Airflow's login, then back here; an API
+        client keeps the 401."""
+        if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse(login_url(request), status_code=303)
+        return await http_exception_handler(request, exc)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: UserDep, window: WindowQuery = DEFAULT_WINDOW) -> str:

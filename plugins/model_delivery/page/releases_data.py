@@ -64,6 +64,7 @@ def release_row(record: dict[str, Any], links: Links) -> dict[str, Any]:
     ]
     rollback = stages.get("rollback") or {}
     rolled_back = rollback.get("status") == "success" and (rollback.get("result") or {}).get("action") not in (None, "none")
+    approve = stages.get("approve") or {}
     return {
         "model": model,
         "run_id": run_id,
@@ -77,6 +78,9 @@ def release_row(record: dict[str, Any], links: Links) -> dict[str, Any]:
         "digest": artifact.get("digest") or resolve.get("digest"),
         "gate": (record.get("gate") or {}).get("verdict"),
         "conf": record.get("conf") or {},
+        "triggered_by": record.get("triggered_by") or approve.get("triggered_by"),
+        "reason": str((record.get("conf") or {}).get("reason") or ""),
+        "approved_by": (approve.get("result") or {}).get("by") if approve.get("status") == "success" else None,
         "created_at": _iso(record.get("created_at")),
         "finished_at": _iso(record.get("finished_at")),
         "deployments": deployments,
@@ -115,8 +119,12 @@ def version_rows(versions: list[Any], records: list[dict[str, Any]], serving: di
     for mv in reversed(versions):
         mine = _newest_first([r for r in records if (r.get("artifact") or {}).get("version") == mv.version])
         judged = next((r for r in mine if ((r.get("stages") or {}).get("evaluate") or {}).get("result")), None)
-        built = next((r for r in mine if r.get("run_id") == mv.tags.get("run_id")), None) or (mine[-1] if mine else None)
-        deployments = [{**d, "run_id": r.get("run_id")} for r in mine for d in release_row(r, links)["deployments"]]
+        serving_roles = [role for role, slot in serving.get("slots", {}).items()
+                         if slot and str(slot.get("version")) == mv.version]
+        built = shown_run(mine, mv.tags.get("run_id"))
+        deployments = [{**d, "run_id": r.get("run_id"), "live": d["stage"] == "deploy_production" and "active" in serving_roles}
+                       for r in mine for d in release_row(r, links)["deployments"]
+                       if _deployment_stands(r, d["stage"])]
         promoted = [release_row(r, links)["promoted_at"] for r in mine]
         rows.append({
             "version": mv.version,
@@ -130,10 +138,50 @@ def version_rows(versions: list[Any], records: list[dict[str, Any]], serving: di
             "airflow_url": links.airflow_run(built.get("dag_id"), str(built["run_id"])) if built else None,
             "deployments": deployments,
             "promoted_at": max((p for p in promoted if p), default=None),
-            "serving": [role for role, slot in serving.get("slots", {}).items()
-                        if slot and str(slot.get("version")) == mv.version],
+            "serving": serving_roles,
         })
     return rows
+
+
+def shown_run(records: list[dict[str, Any]], registered_by: str | None) -> dict[str, Any] | None:
+    """The run whose report explains the state a version is shown in (``records`` newest first).
+
+    The newest run that promoted it (a version built by a run that rolled it back, then released by a
+    later one, links to the release); else the run that registered it; else its newest run.
+    """
+    promoted = next((r for r in records if ((r.get("stages") or {}).get("promote") or {}).get("status") == "success"),
+                    None)
+    return promoted or next((r for r in records if r.get("run_id") == registered_by), None) or (
+        records[0] if records else None)
+
+
+def _deployment_stands(record: dict[str, Any], stage: str) -> bool:
+    """Whether a deployment of this run still describes the version: production of a released run, or any stage
+    of a run still in progress. A staging server of a finished run, or production of a run rolled back, is gone."""
+    outcome = record.get("outcome")
+    if not outcome:
+        return True
+    return stage == "deploy_production" and outcome == "released"
+
+
+def version_trend(versions: list[Any], metric: str | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per registered version that has ``metric`` (its registry tag), oldest version first; ``at`` is
+    when the run that registered it finished. The production version is marked by its alias, not by a run."""
+    if not metric:
+        return []
+    finished = {str(r.get("run_id")): _iso(r.get("finished_at")) for r in records}
+    points = []
+    for mv in versions:
+        value = mv.tags.get(f"metric.{metric}")
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        points.append({"version": mv.version, "value": number, "at": finished.get(str(mv.tags.get("run_id"))),
+                       "production": "production" in mv.aliases})
+    return sorted(points, key=lambda p: int(p["version"]) if str(p["version"]).isdigit() else 0)
 
 
 def deploy_state(spec: ModelSpec | None, settings: Settings) -> dict[str, Any]:
@@ -145,13 +193,16 @@ def deploy_state(spec: ModelSpec | None, settings: Settings) -> dict[str, Any]:
         return {"target": target, "slots": {}, "note": f"the {target} target's state is not read by the page"}
     state = settings.open_ledger().state(spec.name, "local")
     front = f"http://{spec.deploy.local.host}:{spec.deploy.local.port}"
+    # A link that answers: the model's metadata, or (when the servers need a token) the open readiness probe.
+    probe = "/v2/health/ready" if spec.serving.token_conn_id else f"/v2/models/{quote(spec.name)}"
     slots = {}
     for role in ("active", "standby"):
         slot = state.get(role)
         if slot:
             slots[role] = {"version": slot.get("version"), "digest": slot.get("digest"), "url": slot.get("url"),
                            "since": _iso(slot.get("shifted_at") or slot.get("started_at"))}
-    return {"target": "local", "front_url": front, "slots": slots}
+    return {"target": "local", "front_url": front, "front_link": front + probe if slots.get("active") else None,
+            "slots": slots}
 
 
 class PageData(OpensStores):
@@ -223,12 +274,7 @@ class PageData(OpensStores):
             "primary_metric": primary,
             "versions": version_rows(versions, records, serving, self.links),
             "releases": releases,
-            "trend": [
-                {"at": row["finished_at"], "version": row["version"],
-                 "value": (r.get("metrics") or {}).get(primary)}
-                for row, r in zip(releases, records, strict=True)
-                if primary and (r.get("metrics") or {}).get(primary) is not None and row["kind"] == "release"
-            ],
+            "trend": version_trend(versions, primary, records),
             "registry_note": registry_note,
         }
 

@@ -35,11 +35,11 @@ def _label(x: float, y: float, text: str, anchor: str = "start") -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}">{escape(text)}</text>'
 
 
-def trend(points: Sequence[tuple[datetime, float, str]], *, title: str, production: str | None = None) -> str:
-    """A metric over time: ``(when, value, version)`` points joined by a line; production's point is ringed."""
+def trend(points: Sequence[tuple[datetime | None, float, str]], *, title: str, production: str | None = None) -> str:
+    """A metric by version: ``(when, value, version)`` points, one per version in the order given, joined by a
+    line; the production version's point is ringed. ``when`` (the version's release) goes in the tooltip."""
     if not points:
         return _empty(title, "no evaluated version yet")
-    points = sorted(points)
     values = [v for _, v, _ in points]
     low, high = min(values), max(values)
     span = (high - low) or 1.0
@@ -48,18 +48,23 @@ def trend(points: Sequence[tuple[datetime, float, str]], *, title: str, producti
 
     def xy(i: int, value: float) -> tuple[float, float]:
         x = left + i * step if len(points) > 1 else (left + right) / 2
-        return x, bottom - (value - low) / span * (bottom - top)
+        y = bottom - (value - low) / span * (bottom - top) if high > low else (top + bottom) / 2
+        return x, y
 
     coords = [xy(i, v) for i, (_, v, _) in enumerate(points)]
-    body = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>',
-            _label(left - 4, top + 4, f"{high:.4g}", "end"), _label(left - 4, bottom, f"{low:.4g}", "end")]
+    body = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" class="axis"/>']
+    if high > low:
+        body += [_label(left - 4, top + 4, f"{high:.4g}", "end"), _label(left - 4, bottom, f"{low:.4g}", "end")]
+    else:  # one value: one label, at its height
+        body.append(_label(left - 4, (top + bottom) / 2 + 4, f"{high:.4g}", "end"))
     if len(coords) > 1:
         body.append('<polyline class="line" fill="none" points="'
                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + '"/>')
     for (x, y), (when, value, version) in zip(coords, points, strict=True):
         ring = ' class="production"' if production is not None and version == production else ""
-        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5"{ring}><title>v{escape(version)}: {value:.4f} '
-                    f'({escape(when.strftime("%Y-%m-%d %H:%M"))})</title></circle>')
+        at = f' ({escape(when.strftime("%Y-%m-%d %H:%M"))})' if when else ""
+        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5"{ring}><title>v{escape(version)}: {value:.4f}{at}'
+                    '</title></circle>')
         body.append(_label(x, bottom + 12, f"v{version}", "middle"))
     return _svg(body, title)
 

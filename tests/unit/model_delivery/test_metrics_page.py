@@ -8,13 +8,21 @@ import subprocess
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from model_delivery.metrics import NO_DEPLOYMENT, NO_FAILURE, compute, figures
 from model_delivery.page import page_url
-from model_delivery.page.releases_app import figure_cells, fmt_rate, fmt_when, metrics_view
-from model_delivery.page.releases_data import Links, release_row, versus_champion
+from model_delivery.page.releases_app import figure_cells, fmt_count_rate, fmt_rate, fmt_when, metrics_view
+from model_delivery.page.releases_data import (
+    Links,
+    release_row,
+    shown_run,
+    version_rows,
+    version_trend,
+    versus_champion,
+)
 from model_delivery.page.releases_svg import per_day, stacked_bars, trend
 from model_delivery.records import ReleaseRecord
 from model_delivery.store import ArtifactStore
@@ -134,3 +142,63 @@ def test_the_plugin_registers_the_page_and_imports_nothing_heavy(tmp_path: Path)
     assert result["views"] == [{"name": "Model releases", "href": "/model-releases/", "destination": "nav",
                                 "url_route": "model-releases", "nav_top_level": True}]
     assert result["heavy"] == []
+
+
+def _version(n: int, value: float | None, aliases: tuple[str, ...] = (), run_id: str | None = None) -> Any:
+    from model_delivery.registry import ModelVersion
+
+    tags = {"run_id": run_id or f"run-{n}"} | ({"metric.accuracy": str(value)} if value is not None else {})
+    return ModelVersion(name="m", version=str(n), source="", run_id=None, tags=tags, aliases=list(aliases))
+
+
+def test_the_trend_has_one_point_per_version_and_marks_production_by_its_alias() -> None:
+    """v2 was built by a run that rolled back, then released by a later run: still one point; the rolled-back run
+    of v3 does not make v3 production."""
+    versions = [_version(1, 0.9), _version(2, 0.95, ("production",)), _version(3, 0.5), _version(4, None)]
+    records = [{"run_id": "run-2", "finished_at": "2026-03-02T10:00:00+00:00"},
+               {"run_id": "again-2", "finished_at": "2026-03-03T10:00:00+00:00", "artifact": {"version": "2"}}]
+    points = version_trend(versions, "accuracy", records)
+    assert [(p["version"], p["value"], p["production"]) for p in points] == [
+        ("1", 0.9, False), ("2", 0.95, True), ("3", 0.5, False)]
+    assert points[1]["at"] == "2026-03-02T10:00:00+00:00" and points[0]["at"] is None
+    assert version_trend(versions, None, records) == []
+    svg = trend([(None, p["value"], p["version"]) for p in points], title="t", production="2")
+    assert svg.count("<circle") == 3 and svg.count('class="production"') == 1
+
+
+def test_one_value_is_labelled_once_on_the_y_axis() -> None:
+    svg = trend([(None, 0.9, "1"), (None, 0.9, "2")], title="t")
+    assert svg.count(">0.9</text>") == 1
+
+
+@pytest.mark.parametrize(("count", "per_day", "seconds", "text"), [
+    pytest.param(3, 160.0, 27 * 60, "3 releases in 27.0 min", id="27 minutes: counted, not 160/day"),
+    pytest.param(1, 2.0, 12 * 3600, "1 release in 12.0 h", id="half a day"),
+    pytest.param(0, 0.0, 600, "0 releases in 10.0 min", id="none yet"),
+    pytest.param(14, 2.0, 7 * 86400, "2.0/day", id="a week: a rate"),
+    pytest.param(None, None, None, "—", id="nothing observed"),
+])
+def test_rates_are_never_extrapolated_beyond_the_observed_span(count: int | None, per_day: float | None,
+                                                               seconds: float | None, text: str) -> None:
+    assert fmt_count_rate(count, per_day, seconds, "release") == text
+
+
+def test_a_version_links_the_run_that_released_it_and_lists_only_what_stands() -> None:
+    """A version first built by a run that rolled it back, then released by another: the release's report, and only
+    the production deployment of the release (the rolled-back run's staging server is gone)."""
+    def record(run_id: str, outcome: str, promoted: bool, finished: str) -> dict[str, Any]:
+        stages = {"deploy_staging": {"status": "success", "result": {"target": "local", "url": f"http://s/{run_id}"}},
+                  "deploy_production": {"status": "success", "result": {"target": "local", "url": "http://front"}}}
+        if promoted:
+            stages["promote"] = {"status": "success"}
+        return {"model": "m", "run_id": run_id, "dag_id": "release__m", "outcome": outcome, "stages": stages,
+                "artifact": {"version": "2"}, "created_at": finished, "finished_at": finished}
+
+    records = [record("released-2", "released", True, "2026-03-03T00:00:00+00:00"),
+               record("rolled-2", "rolled-back", False, "2026-03-02T00:00:00+00:00")]
+    serving = {"slots": {"active": {"version": "2"}}}
+    [row] = version_rows([_version(2, 0.9, ("production",), run_id="rolled-2")], records, serving, Links())
+    assert row["report_url"] == "/model-releases/models/m/releases/released-2/report"
+    assert [(d["run_id"], d["stage"], d["live"]) for d in row["deployments"]] == [
+        ("released-2", "deploy_production", True)]
+    assert shown_run(records[1:], "rolled-2")["run_id"] == "rolled-2"  # never released: the run that built it
