@@ -4,7 +4,7 @@ Each benchmark is its own process with its own temporary environment; their ``RA
 lines are collected into one summary at the end. Exits non-zero only if a benchmark
 failed (an error, never a slow result). ``make bench`` runs it without flags.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only parse,artifacts,store,oci,release,validation,ansible,vllm,lm_release,ledger]
+    .venv/bin/python bench/run_all.py [--quick] [--only parse,artifacts,store,oci,release,validation,ansible,vllm,lm_release,ledger,oip]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import BENCH, PROJECT, table, write_results  # noqa: E402
 
-BENCHMARKS = ("parse", "artifacts", "store", "oci", "release", "validation", "ansible", "vllm", "lm_release", "ledger")
+BENCHMARKS = ("parse", "artifacts", "store", "oci", "release", "validation", "ansible", "vllm", "lm_release", "ledger",
+              "oip")
 
 
 def main() -> int:

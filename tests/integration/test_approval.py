@@ -19,7 +19,7 @@ import yaml
 
 from tests.helpers.api_server import api_server
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +61,30 @@ def _awaiting_approval(seen: set[str], deadline: float) -> Any:
     raise AssertionError("the approve task never waited for input")
 
 
-def answer_in_background(api: Any, answer: str | None, seen: set[str]) -> dict[str, Any]:
-    """Answer the next approval request: 'Approve', 'Reject', or None to let it time out."""
+def answer_on_the_page(api: Any, ti: Any, answer: str, profile: Path) -> dict[str, Any]:
+    """Answer as a person does on the Model releases page (admin, in a real Chromium): its pending approval's button."""
+    from tests.helpers.browser import chromium
+
+    button = f".approval[data-run=\"{ti.run_id}\"] button[data-option=\"{answer}\"]"
+    with chromium(profile) as page:
+        page.set_cookie("_token", api.tokens["admin"], f"{api.url}/")
+        assert page.open(f"{api.url}/model-releases/models/{MODEL}") == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not page.evaluate(f"!!document.querySelector('{button}')"):
+            time.sleep(0.3)
+        listed = page.evaluate("document.querySelector('.approvals').innerText")
+        page.evaluate(f"document.querySelector('{button}').click()")
+        said = ""
+        while time.monotonic() < deadline and not said:
+            said = page.evaluate("document.querySelector('.act-result').innerText")
+            time.sleep(0.3)
+        page.screenshot("model-releases-approval.png")
+    return {"listed": listed, "said": said}
+
+
+def answer_in_background(api: Any, answer: str | None, seen: set[str], page: Path | None = None) -> dict[str, Any]:
+    """Answer the next approval request: 'Approve', 'Reject', or None to let it time out; on the page with ``page``
+    (a browser profile directory), else through the REST API."""
     outcome: dict[str, Any] = {}
 
     def respond() -> None:
@@ -72,6 +94,10 @@ def answer_in_background(api: Any, answer: str | None, seen: set[str]) -> dict[s
             outcome["body"] = _hitl_detail(api, ti)["body"]
             if answer is None:
                 _let_it_time_out(ti)
+                return
+            if page is not None:
+                outcome["page"] = answer_on_the_page(api, ti, answer, page)
+                outcome["status"] = 200 if outcome["page"]["said"].startswith(f"{answer} sent for") else 0
                 return
             with api.client() as client:
                 response = client.patch(
@@ -105,16 +131,18 @@ def _let_it_time_out(ti: Any) -> None:
     SchedulerJobRunner(job=Job()).check_awaiting_input_timeouts()
 
 
-def test_an_approved_release_reaches_production(env) -> None:
+def test_a_release_approved_on_the_model_releases_page_reaches_production(env, tmp_path: Path) -> None:
+    """The page lists the pending approval and its buttons answer through Airflow's REST API as the signed-in user."""
     models_dir, api, _ = env
     edit_spec(models_dir / MODEL, lambda spec: spec["build"]["params"].update(C=0.3))
-    answer = answer_in_background(api, "Approve", set())
+    answer = answer_in_background(api, "Approve", set(), page=tmp_path / "profile")
 
     dag_run = run_release(MODEL, {"reason": "needs a person"})
 
     answer["thread"].join(timeout=60)
     assert "error" not in answer, answer.get("error")
-    assert answer["status"] == 200
+    assert f"Release {MODEL} to production?" in answer["page"]["listed"] and dag_run.run_id in answer["page"]["listed"]
+    assert answer["status"] == 200, answer["page"]
     assert "Gate verdict: **blessed**" in answer["body"]
     assert dag_run.state == "success"
     record = load_record(MODEL, dag_run.run_id)
@@ -148,6 +176,8 @@ def test_no_approval_stops_the_release_and_production_is_unchanged(env, answer: 
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "rejected"
     assert why in record["stages"]["approve"]["error"]
+    pushed = check_outcome(dag_run, "rejected")
+    assert pushed is not None and why in pushed["error"]
     assert record["stages"]["rollback"]["result"]["action"] == "stopped-candidate"
     assert serving_digest(models_dir) == before
 

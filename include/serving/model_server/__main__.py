@@ -1,4 +1,4 @@
-"""``python -m model_server``: verify an artifact, then serve it over HTTP.
+"""``python -m model_server``: verify an artifact, then serve it over HTTP (and gRPC with ``--grpc-port``).
 
 The artifact is verified against the expected digest before anything else happens: on a
 mismatch the error goes to stderr and the process exits with code 3 without binding the port.
@@ -8,6 +8,9 @@ Authentication (optional): the bearer token is read from the environment variabl
 only its owner can read, e.g. mode 0600), never from the command line. With one, every endpoint
 but the health probes and ``/metrics`` needs ``Authorization: Bearer <token>``. The token is never
 logged. ``--max-body-bytes``, ``--max-rows`` and ``--max-json-depth`` bound a request.
+
+``--grpc-port N`` (0, the default: off) also serves the Open Inference Protocol over gRPC on that port
+(``model_server.grpc_server``): same process and event loop, same model, limits and token.
 
 Signals: SIGTERM / SIGINT stop gracefully. SIGUSR1 marks the server *draining*: every
 response then carries ``Connection: close``, so a client's keep-alive connection ends after
@@ -92,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-version", required=True, help="model version to report")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind (default: %(default)s)")
+    parser.add_argument(
+        "--grpc-port", type=_port_or_off, default=0,
+        help="also serve the Open Inference Protocol over gRPC on this port, on --host (default: 0, off)",
+    )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default: %(default)s")
     parser.add_argument(
         "--token-file", type=Path, default=None,
@@ -122,6 +129,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _port_or_off(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, or 0 for off; got {value}")
     return value
 
 
@@ -183,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(**{name: value for name, value in given.items() if value is not None})
     app = create_app(model, version=args.model_version, digest=args.digest, token=token, limits=limits)
     _say(f"authentication: {'bearer token from ' + token_source if token else 'off'}; limits: body "
-         f"{limits.max_body_bytes} bytes, {limits.max_rows} rows, JSON depth {limits.max_json_depth}")
+         f"{limits.max_body_bytes} bytes, {limits.max_rows} rows, JSON depth {limits.max_json_depth}; gRPC: "
+         f"{f'port {args.grpc_port}' if args.grpc_port else 'off'}")
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -199,7 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: setattr(app.state, "draining", True))
     signal.signal(signal.SIGUSR2, lambda *_: setattr(app.state, "draining", False))
     try:
-        server.run()
+        if args.grpc_port:
+            import asyncio
+
+            from model_server.grpc_server import GrpcBindError, serve_with_grpc
+
+            try:
+                asyncio.run(serve_with_grpc(server, app, host=args.host, port=args.grpc_port, digest=args.digest,
+                                            token=token, graceful=args.graceful_timeout))
+            except GrpcBindError as exc:
+                _say(f"could not start serving: {exc}")
+                return EXIT_FAILURE
+        else:
+            server.run()
     except SystemExit as exc:
         # uvicorn exits with its own code 3 when it cannot bind: keep 3 for integrity failures only.
         if exc.code == STARTUP_FAILURE:

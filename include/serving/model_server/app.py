@@ -10,6 +10,10 @@ anything else is answered ``401`` with ``WWW-Authenticate: Bearer``, before the 
 it streams, so a chunked upload is cut off too), its rows (``413``) and its JSON nesting (``400``).
 An unexpected error is answered ``500 {"error": "internal error", "id": ...}``; the detail goes
 only to the server's log, under the same id.
+
+Inference also takes and gives tensors as raw bytes after a JSON header (the binary tensor data extension,
+:mod:`model_server.binary`); :mod:`model_server.grpc_server` serves the same model over gRPC with
+:func:`predict_request`.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from model_server import __version__
+from model_server import __version__, binary
 from model_server.flavors import DATATYPES, InvalidInput
 
 if TYPE_CHECKING:
@@ -61,6 +65,8 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 """Paths answered without a token: probes (kubelet, HAProxy) cannot send one easily, and they
 reveal only liveness, the model's name, version and digest, and request counts."""
 REALM = "model-server"
+EXTENSIONS = ("binary_tensor_data",)
+"""Open Inference Protocol extensions declared in server metadata (REST and gRPC alike)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ class InferenceInput(BaseModel):
     name: StrictStr
     shape: list[StrictInt]
     datatype: StrictStr
-    data: list[Any]
+    data: list[Any] | None = None  # None: sent as binary data (parameters.binary_data_size)
     parameters: dict[str, Any] | None = None
 
 
@@ -158,9 +164,8 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarray:
-    """Turn one request input (flat row-major or nested ``data``) into an array of ``inp.shape``."""
-    where = f"inputs[{index}]"
+def _check_spec(inp: InferenceInput, spec: TensorSpec, where: str) -> None:
+    """Refuse (400) an input whose datatype or shape does not fit the model's input ``spec``."""
     if inp.datatype != spec.datatype:
         raise ApiError(
             400, f"{where}.datatype is {inp.datatype!r} but input {spec.name!r} expects {spec.datatype!r}"
@@ -179,12 +184,26 @@ def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarr
                 f"{where}.shape {shape} has {got} in dimension {axis} but input {spec.name!r} "
                 f"needs {want} (shape {list(spec.shape)})",
             )
-    try:
-        array = np.asarray(inp.data)
-    except ValueError:
-        raise ApiError(
-            400, f"{where}.data is ragged: every row must hold the same number of values"
-        ) from None
+
+
+def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int, values: np.ndarray | None = None) -> np.ndarray:
+    """Turn one request input (flat row-major or nested ``data``, or ``values`` decoded from binary data,
+    flat) into an array of ``inp.shape``."""
+    where = f"inputs[{index}]"
+    _check_spec(inp, spec, where)
+    shape = inp.shape
+    if values is not None:
+        array = values
+    elif inp.data is None:
+        raise ApiError(400, f"{where} has no data: give 'data', or send it as binary data after the JSON header "
+                            f"(parameters.binary_data_size and the {binary.HEADER} header)")
+    else:
+        try:
+            array = np.asarray(inp.data)
+        except ValueError:
+            raise ApiError(
+                400, f"{where}.data is ragged: every row must hold the same number of values"
+            ) from None
     family = "".join(c for c in spec.datatype if not c.isdigit())
     if array.size and array.dtype.kind not in _ACCEPTED_KINDS[family]:
         raise ApiError(
@@ -203,9 +222,10 @@ def _decode_input(inp: InferenceInput, spec: TensorSpec, index: int) -> np.ndarr
     return array.astype(DATATYPES[spec.datatype])
 
 
-def _check_rows(request: InferenceRequest, max_rows: int) -> None:
+def check_rows(request: InferenceRequest, max_rows: int) -> None:
+    """Refuse (413, naming the input) an input of more than ``max_rows`` rows."""
     for index, inp in enumerate(request.inputs):
-        rows = inp.shape[0] if inp.shape else len(inp.data)
+        rows = inp.shape[0] if inp.shape else len(inp.data or ())
         if rows > max_rows:
             raise ApiError(
                 413,
@@ -214,24 +234,58 @@ def _check_rows(request: InferenceRequest, max_rows: int) -> None:
             )
 
 
-def _parse(body: bytes, model: LoadedModel, limits: Limits) -> InferenceRequest:
-    """Check the nesting, parse and check the rows (off the event loop: a large body takes a while)."""
-    depth = json_depth(body)
-    if depth > limits.max_json_depth:
-        raise ApiError(
-            400,
-            f"the request body nests JSON {depth} levels deep; this server accepts at most "
-            f"{limits.max_json_depth} (--max-json-depth). Expected e.g. {_example(model)}",
-        )
+Values = list["np.ndarray | None"]
+"""Per input: its flat values decoded from binary data, or None (its JSON ``data``)."""
+
+
+def _parse(body: bytes, model: LoadedModel, limits: Limits, header_length: str | None = None,
+           ) -> tuple[InferenceRequest, Values]:
+    """Check the nesting, parse and check the rows (off the event loop: a large body takes a while); with
+    ``header_length`` (``Inference-Header-Content-Length``), also cut out and decode the binary tensors."""
     try:
-        parsed = InferenceRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise ApiError(400, f"{format_validation_error(exc)}. Expected e.g. {_example(model)}") from None
-    _check_rows(parsed, limits.max_rows)
-    return parsed
+        header, data = (body, b"") if header_length is None else binary.split_body(body, header_length)
+        depth = json_depth(header)
+        if depth > limits.max_json_depth:
+            raise ApiError(
+                400,
+                f"the request body nests JSON {depth} levels deep; this server accepts at most "
+                f"{limits.max_json_depth} (--max-json-depth). Expected e.g. {_example(model)}",
+            )
+        try:
+            if header_length is None:
+                parsed = InferenceRequest.model_validate_json(header)
+            else:
+                parsed = InferenceRequest.model_validate(binary.parse_header(header))
+        except ValidationError as exc:
+            raise ApiError(400, f"{format_validation_error(exc)}. Expected e.g. {_example(model)}") from None
+        check_rows(parsed, limits.max_rows)
+        return parsed, _binary_inputs(parsed, data, header_length is not None)
+    except binary.BinaryDataError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
-def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, Any]:
+def _binary_inputs(request: InferenceRequest, data: bytes, has_header: bool) -> Values:
+    sizes = []
+    for index, inp in enumerate(request.inputs):
+        size = binary.binary_size(inp.parameters, f"inputs[{index}]")
+        if size is not None and inp.data is not None:
+            raise ApiError(400, f"inputs[{index}] has both 'data' and parameters.binary_data_size: send one")
+        if size is not None and not has_header:
+            raise ApiError(400, f"inputs[{index}] is sent as binary data (parameters.binary_data_size) but the "
+                                f"request has no {binary.HEADER} header giving the length of its JSON part")
+        sizes.append(size)
+    pieces = binary.split_tensors(data, sizes)
+    return [None if raw is None else binary.decode(raw, inp.datatype, inp.shape, f"inputs[{index}]")
+            for index, (inp, raw) in enumerate(zip(request.inputs, pieces, strict=True))]
+
+
+def predict_request(model: LoadedModel, request: InferenceRequest, values: Values | None = None,
+                    ) -> dict[str, np.ndarray]:
+    """Check a parsed request against ``model`` and predict; the outputs asked for (default: all), by name.
+
+    :param values: per input, its flat values already decoded from raw bytes, or None (its JSON ``data``).
+    :raises ApiError: the request does not fit the model (400).
+    """
     spec = model.inputs[0]
     names = [i.name for i in request.inputs]
     if names != [spec.name]:
@@ -240,7 +294,7 @@ def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, A
             f"input names {names} do not match model {model.name!r}: send exactly one input named "
             f"{spec.name!r}, e.g. {_example(model)}",
         )
-    features = _decode_input(request.inputs[0], spec, 0)
+    features = _decode_input(request.inputs[0], spec, 0, values[0] if values else None)
     wanted = None if request.outputs is None else [o.name for o in request.outputs]
     if wanted is not None:
         unknown = [n for n in wanted if n not in model.output_names]
@@ -249,16 +303,32 @@ def _run_inference(model: LoadedModel, request: InferenceRequest) -> dict[str, A
         if len(set(wanted)) != len(wanted):
             raise ApiError(400, f"'outputs' {wanted} names an output twice: ask for each at most once")
     try:
-        results = model.predict(features, outputs=wanted)
+        return model.predict(features, outputs=wanted)
     except InvalidInput as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def _run_inference(model: LoadedModel, request: InferenceRequest, values: Values | None = None,
+                   ) -> tuple[dict[str, Any], list[bytes]]:
+    """Predict; the response's ``outputs`` and the raw bytes of those asked for as binary data, in order."""
+    results = predict_request(model, request, values)
+    asked = {o.name: o.parameters for o in request.outputs or ()}
     specs = {o.name: o for o in model.outputs}
-    return {
-        "outputs": [
-            {"name": n, "datatype": specs[n].datatype, "shape": list(a.shape), "data": a.reshape(-1).tolist()}
-            for n, a in results.items()
-        ]
-    }
+    outputs, blobs = [], []
+    for n, a in results.items():
+        datatype = specs[n].datatype
+        entry: dict[str, Any] = {"name": n, "datatype": datatype, "shape": list(a.shape)}
+        try:
+            as_binary = binary.wants_binary(request.parameters, asked.get(n), f"outputs[{n!r}]")
+        except binary.BinaryDataError as exc:
+            raise ApiError(400, str(exc)) from None
+        if as_binary:
+            blobs.append(binary.encode(a, datatype))
+            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            entry["data"] = a.reshape(-1).tolist()
+        outputs.append(entry)
+    return {"outputs": outputs}, blobs
 
 
 class _Metrics:
@@ -302,6 +372,18 @@ async def _send_json(send: Send, status: int, doc: dict[str, Any], headers: dict
     await send({"type": "http.response.body", "body": body})
 
 
+def unauthorized(token: bytes, values: list[bytes]) -> tuple[str, str] | None:
+    """None when the ``Authorization`` values (HTTP headers, gRPC metadata) hold the bearer ``token``, else
+    (message, WWW-Authenticate value)."""
+    if not values:
+        return ("authentication required: send the header 'Authorization: Bearer <token>'",
+                f'Bearer realm="{REALM}"')
+    scheme, _, given = values[0].partition(b" ")
+    if len(values) == 1 and scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+        return None
+    return ("invalid bearer token", f'Bearer realm="{REALM}", error="invalid_token"')
+
+
 class _Guard:
     """ASGI middleware: the bearer token, then the body limit, both before the endpoint reads anything.
 
@@ -319,14 +401,7 @@ class _Guard:
         """None when the request may pass, else (message, WWW-Authenticate value)."""
         if self.token is None or scope["path"] in OPEN_PATHS:
             return None
-        values = [v for k, v in scope["headers"] if k == b"authorization"]
-        if not values:
-            return ("authentication required: send the header 'Authorization: Bearer <token>'",
-                    f'Bearer realm="{REALM}"')
-        scheme, _, given = values[0].partition(b" ")
-        if len(values) == 1 and scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
-            return None
-        return ("invalid bearer token", f'Bearer realm="{REALM}", error="invalid_token"')
+        return unauthorized(self.token, [v for k, v in scope["headers"] if k == b"authorization"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -427,7 +502,7 @@ class _Routes:
             )
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def live(self) -> dict[str, bool]:
         return {"live": True}
@@ -459,26 +534,26 @@ class _Routes:
         self._check(name, model_version)
         return {"name": self.model.name, "ready": True}
 
-    async def _infer(self, request: Request, name: str, model_version: str | None) -> JSONResponse:
+    async def _infer(self, request: Request, name: str, model_version: str | None) -> Response:
         self._check(name, model_version)
         body = await request.body()
-        parsed = await run_in_threadpool(_parse, body, self.model, self.limits)
+        header_length = request.headers.get(binary.HEADER)
+        parsed, values = await run_in_threadpool(_parse, body, self.model, self.limits, header_length)
         started = time.perf_counter()
-        result = await run_in_threadpool(_run_inference, self.model, parsed)
+        result, blobs = await run_in_threadpool(_run_inference, self.model, parsed, values)
         self.metrics.latency.observe(time.perf_counter() - started)
-        return JSONResponse(
-            {
-                "model_name": self.model.name,
-                "model_version": self.version,
-                "id": parsed.id or str(uuid.uuid4()),
-                **result,
-            }
-        )
+        document = {"model_name": self.model.name, "model_version": self.version,
+                    "id": parsed.id or str(uuid.uuid4()), **result}
+        if not blobs:
+            return JSONResponse(document)
+        header = bytes(JSONResponse(document).body)
+        return Response(binary.join_body(header, blobs), media_type="application/octet-stream",
+                        headers={binary.HEADER: str(len(header))})
 
-    async def model_infer(self, request: Request, name: str) -> JSONResponse:
+    async def model_infer(self, request: Request, name: str) -> Response:
         return await self._infer(request, name, None)
 
-    async def model_version_infer(self, request: Request, name: str, model_version: str) -> JSONResponse:
+    async def model_version_infer(self, request: Request, name: str, model_version: str) -> Response:
         return await self._infer(request, name, model_version)
 
     def prometheus(self) -> Response:
@@ -508,6 +583,7 @@ def create_app(
     app.add_middleware(_Guard, token=token, max_body_bytes=limits.max_body_bytes)
     _install_handlers(app, metrics, version, digest)
     routes = _Routes(model, version, metrics, limits)
+    app.state.routes = routes  # model_server.grpc_server serves the same model, limits and metrics
     versioned = "/v2/models/{name}/versions/{model_version}"
     table: list[tuple[str, Callable[..., Any], str]] = [
         ("/v2", routes.server_metadata, "GET"),

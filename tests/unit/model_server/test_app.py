@@ -57,7 +57,7 @@ def test_health_endpoints(iris_client: TestClient, path: str, expected: dict[str
 def test_server_metadata(iris_client: TestClient) -> None:
     body = iris_client.get("/v2").json()
     assert body["name"] == "model-delivery-model-server"
-    assert isinstance(body["version"], str) and body["extensions"] == []
+    assert isinstance(body["version"], str) and body["extensions"] == ["binary_tensor_data"]
 
 
 @pytest.mark.parametrize("path", ["/v2/models/iris", f"/v2/models/iris/versions/{VERSION}"])
