@@ -29,6 +29,7 @@ from model_delivery.operators import (
     SmokeTestModelOperator,
     ValidateDataOperator,
 )
+from model_delivery.operators.record import RECORD_TASK, ReleaseOutcomeOperator
 from model_delivery.release import MAX_REASON, check_conf, has_changes
 from model_delivery.settings import get_settings
 from model_delivery.spec import ModelSpec, discover_specs
@@ -45,35 +46,60 @@ STAGE_DOC = """
 build → detect_change → validate_data → evaluate → gate → deploy_staging → smoke → (approve, when the spec requires it) →
 deploy_production → verify → promote → retire;
 any failure after a deploy started, up to promote → rollback. `record` always runs and writes
-`release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`.
+`release.json` and `report.md` under the artifact store's `{model}/releases/<run_id>/`; it is green
+whenever it recorded. `outcome` comes last: it is green when the release is `released`, `no-change` or
+`dry-run`, and otherwise fails the run with the outcome and its reasons (e.g. `release rolled-back: smoke: ...`)
+and notifies the model's webhook.
 
 ### Trigger
 UI: *Trigger DAG w/ config*. CLI:
 `airflow dags trigger {dag_id} --conf '{{"reason": "weekly retrain"}}'`.
-`force: true` needs a `reason`; both are recorded. `dry_run: true` runs every check and
-reports what the deploy would change, without changing anything.
+Every field is optional (null is the same as empty). `force: true` needs a non-empty `reason`: the form
+cannot require one field because of another, so a forced run without a reason is refused by `build` in its
+first seconds (and `model-delivery release --force` refuses it before triggering). `reason` and `force` are
+recorded. `dry_run: true` runs every check and reports what the deploy would change, without changing anything.
+
+### Schedule
+With a cron `schedule`, runs start at the cron points in the spec's timezone, never to catch up. The DAG has
+no `start_date` and its timetable `run_immediately=timedelta(0)`, so unpausing it (the trigger form's
+*Unpause* box) creates no run: the first scheduled run is at the next cron point, and a manual run starts at
+once instead of queuing behind a scheduled one (max_active_runs=1). A DAG that already ran on schedule and
+was paused across a cron point still runs that latest missed point when unpaused (Airflow's catchup=False);
+see docs/operations.md.
 """
 
 
+OPTIONAL = "null"
+"""In a param's ``type``: the field is optional. Airflow 3's trigger form marks a field required (a red ``*``,
+an error badge while it is empty, Trigger disabled) unless its schema type is a list that includes "null"."""
+
+
 def release_params() -> dict[str, Param]:
-    """The release conf, validated by JSON schema before a run exists (keys: ``release.CONF_KEYS``)."""
+    """The release conf, validated by JSON schema before a run exists (keys: ``release.CONF_KEYS``).
+
+    Every field is optional in the trigger form (its type allows null; null means the default, see
+    ``release.CONF_DEFAULTS``). The rule JSON schema cannot state per field, ``force`` needs a ``reason``,
+    is ``release.check_conf``'s, checked by the build task first and by ``model-delivery release``.
+    """
     return {
         "reason": Param(
-            "",
-            type="string",
+            None,
+            type=[OPTIONAL, "string"],
             maxLength=MAX_REASON,
             title="Reason",
-            description="Why this release is made; recorded in the release record. Required with force.",
+            description="Why this release is made; recorded in the release record. Optional, but required when "
+            "Force is on: a forced run without a reason is refused in its first seconds.",
         ),
         "force": Param(
             False,
-            type="boolean",
+            type=[OPTIONAL, "boolean"],
             title="Force",
-            description="Release even if the gate rejects the candidate. Needs a reason.",
+            description="Release even if the gate rejects the candidate (or nothing changed). Needs a Reason: "
+            "a forced run without one is refused in its first seconds.",
         ),
         "dry_run": Param(
             False,
-            type="boolean",
+            type=[OPTIONAL, "boolean"],
             title="Dry run",
             description="Run every check, then report what the deploy would change (Ansible check mode, a "
             "Kubernetes server-side dry run, the local ports) and change nothing. The release ends as `dry-run`.",
@@ -81,13 +107,32 @@ def release_params() -> dict[str, Param]:
     }
 
 
+NOT_IMMEDIATELY = timedelta(0)
+"""``run_immediately`` of the cron timetable: never run the cron point just passed when the DAG is first
+scheduled (unpaused). ``False`` would not do: Airflow 3.3 treats it as ``None`` (run the past point if it is
+within 10% of the cron period, at least 5 minutes, ago). It only applies to a DAG without ``start_date``."""
+
+
 def release_schedule(spec: ModelSpec) -> Any:
-    """The spec's cron schedule (timezone-aware), its asset trigger, both, or None (manual only)."""
-    cron = CronTriggerTimetable(spec.schedule, timezone=spec.timezone) if spec.schedule else None
+    """The spec's cron schedule (timezone-aware), its asset trigger, both, or None (manual only).
+
+    The cron timetable never runs the cron point that has just passed: with no ``start_date`` (see
+    :func:`release_start_date`) and ``run_immediately=timedelta(0)``, unpausing the DAG schedules the
+    next cron point, so a manual run triggered with *Unpause* is not queued behind a scheduled one.
+    """
+    cron = (CronTriggerTimetable(spec.schedule, timezone=spec.timezone, run_immediately=NOT_IMMEDIATELY)
+            if spec.schedule else None)
     asset = Asset(spec.trigger_on) if spec.trigger_on else None
     if cron and asset:
         return AssetOrTimeSchedule(timetable=cron, assets=asset)
     return cron or ([asset] if asset else None)
+
+
+def release_start_date(spec: ModelSpec) -> datetime | None:
+    """None for a cron schedule: with catchup=False, Airflow 3.3's cron timetable takes the cron point just
+    passed as the first run whenever the DAG has a ``start_date`` (``run_immediately`` is then ignored), so
+    unpausing would start a release nobody asked for. Other DAGs keep ``START_DATE``."""
+    return None if spec.schedule else START_DATE
 
 
 def approval_minutes(spec: ModelSpec) -> float | None:
@@ -99,7 +144,8 @@ def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None =
     """The deploy side of a release or a rollback, created inside the current DAG.
 
     deploy_staging → smoke → [approve] → deploy_production → verify → promote → retire, with
-    ``rollback`` when any of them but retire fails and ``record`` (notifying on failure) at the end.
+    ``rollback`` when any of them but retire fails, then ``record`` (green whenever it recorded) and
+    ``outcome`` (fails with the outcome and its reasons when the release did not go out; notifies then).
     Every task that changes what serves has ``DEPLOY_TIMEOUT`` as its ``execution_timeout``.
 
     :param model: the model name, or a template such as ``{{ params.model }}``.
@@ -116,8 +162,12 @@ def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None =
     promote = PromoteModelOperator(task_id="promote", model=model, candidate=candidate)
     retire = RetireModelOperator(task_id="retire", model=model, **timeout)
     rollback = RollbackModelOperator(task_id="rollback", model=model, trigger_rule="one_failed", retries=2, **timeout)
-    record = RecordReleaseOperator(task_id="record", model=model, trigger_rule="all_done", retries=2,
-                                   on_failure_callback=ReleaseNotifier(model=model))
+    record = RecordReleaseOperator(task_id=RECORD_TASK, model=model, trigger_rule="all_done", retries=2)
+    # A failed release raises ReleaseFailed, never retried: the notifier (on the final failure only) posts once.
+    outcome = ReleaseOutcomeOperator(task_id="outcome", trigger_rule="all_done",
+                                     on_failure_callback=ReleaseNotifier(model=model),
+                                     doc_md="Fails the run with the release's outcome and reasons unless it is "
+                                     "released, no-change, dry-run (or a rollback's reverted).")
     deploy_side: list[Any] = [staging, smoke, production, verify, promote]
     if approval_minutes is not None:
         approve = ApproveReleaseOperator(task_id="approve", model=model, timeout_minutes=approval_minutes, retries=0)
@@ -127,7 +177,7 @@ def deploy_chain(model: str, candidate: Any, *, approval_minutes: float | None =
         smoke >> production
     verify >> promote >> retire
     deploy_side >> rollback
-    [promote, retire, rollback] >> record
+    [promote, retire, rollback] >> record >> outcome
     return staging
 
 
@@ -153,7 +203,7 @@ def release_dag(spec: ModelSpec) -> DAG:
         description=f"Release {name}: build, evaluate, gate, deploy, smoke, promote or roll back",
         doc_md=f"## Release `{name}`\n\n{spec.description}\n" + STAGE_DOC.format(model=name, dag_id=spec.dag_id),
         schedule=release_schedule(spec),
-        start_date=START_DATE,
+        start_date=release_start_date(spec),
         catchup=False,
         max_active_runs=1,
         tags=["model-delivery", "release", f"model:{name}", *spec.tags],

@@ -1,7 +1,8 @@
 """Notifications: a failed, rejected or rolled-back release is posted to a webhook.
 
-``ReleaseNotifier`` is an Airflow notifier, attached as the ``record`` task's
-``on_failure_callback`` (that task fails exactly when a release did not go out). The
+``ReleaseNotifier`` is an Airflow notifier, attached as the ``outcome`` task's
+``on_failure_callback`` (that task fails exactly when a release did not go out, or was not
+recorded, and is not retried: one message per failed release). The
 webhook is an Airflow connection: the spec's ``notify_conn_id``, else
 ``MODEL_DELIVERY_NOTIFY_CONN_ID``; with neither, nothing is sent. Connection fields:
 ``host``, ``port``, ``schema`` (http or https), ``extra.endpoint`` (the path), and an

@@ -98,7 +98,7 @@ def _artifact(build: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 SUCCESS_OUTCOMES = ("released", "no-change", "reverted", "dry-run")
-"""Outcomes of a run that did what was asked: the ``record`` task succeeds, the CLI exits 0."""
+"""Outcomes of a run that did what was asked: the ``outcome`` task succeeds, the CLI exits 0."""
 
 
 def _failures(stages: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -51,8 +51,11 @@ def check_conf(conf: Any) -> None:
 
     The rules JSON schema cannot state for Airflow's params: the conf is a JSON object, it has no key the
     release does not know (a typo must not be silently ignored), and ``force`` comes with a non-empty
-    ``reason``. The types and the reason's length are checked too, for callers that skip the params
-    (``model-delivery release`` checks before it triggers). A bad value is never echoed whole.
+    ``reason`` (each param is validated alone, so the trigger form cannot require one field because of
+    another: this check, the build task's first step, is where that rule holds). The types and the reason's
+    length are checked too, for callers that skip the params (``model-delivery release`` checks before it
+    triggers). A null value is the key's default (:data:`CONF_DEFAULTS`): a null ``reason`` is empty. A bad
+    value is never echoed whole.
 
     :raises InvalidConf: naming the key.
     """
@@ -76,6 +79,18 @@ def check_conf(conf: Any) -> None:
     if conf.get("force") and not reason.strip():
         raise InvalidConf("conf 'force' is true but 'reason' is empty: a forced release must say why. "
                           'Fix: trigger again with {"force": true, "reason": "..."}.')
+
+
+CONF_DEFAULTS: dict[str, Any] = {"reason": "", "force": False, "dry_run": False}
+"""What a conf key that is absent or null means. The params allow null (so Airflow's trigger form does not mark
+them required), and ``airflow dags trigger`` or the REST API may send ``"reason": null``: null is empty."""
+
+
+def recorded_conf(params: dict[str, Any]) -> dict[str, Any]:
+    """A run's params as the release record keeps them: a null ``reason``, ``force`` or ``dry_run`` becomes
+    its default (``""``, false); other keys (a rollback's ``model``, ``version``) are kept as they are."""
+    return {key: CONF_DEFAULTS[key] if value is None and key in CONF_DEFAULTS else value
+            for key, value in params.items()}
 
 
 def check_before_build(rc: ReleaseContext) -> None:

@@ -51,9 +51,10 @@ def test_dag_test_refuses_a_conf_that_is_not_an_object_before_a_run_exists(env: 
         assert session.query(DagRun).filter(DagRun.dag_id == dag.dag_id).count() == before
 
 
-def test_the_build_task_refuses_force_without_a_reason_at_once_and_without_retries(env: Path) -> None:
+@pytest.mark.parametrize("reason", [pytest.param("  ", id="blank"), pytest.param(None, id="null")])
+def test_the_build_task_refuses_force_without_a_reason_at_once_and_without_retries(env: Path, reason: Any) -> None:
     build_only = get_dag(f"release__{MODEL}").partial_subset("build", include_downstream=False)  # no deploy side
-    dag_run = build_only.test(run_conf={"force": True, "reason": "  "})
+    dag_run = build_only.test(run_conf={"force": True, "reason": reason})  # the params accept a null reason
 
     assert dag_run.state == "failed"
     assert task_states(dag_run)["build"] == "failed"

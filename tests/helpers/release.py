@@ -78,14 +78,35 @@ def xcom_values(dag_run: Any) -> dict[str, Any]:
         return {f"{row.task_id}.{row.key}": row.value for row in rows}
 
 
+def check_outcome(dag_run: Any, outcome: str) -> dict[str, Any] | None:
+    """Check the last two tasks of a finished release or rollback whose record says ``outcome``: ``record`` is
+    green whenever it recorded; ``outcome`` is green when the release did what was asked, else red, having pushed
+    its error (``release <outcome>: <reasons>``) first. Return what ``outcome`` pushed (None when green)."""
+    from model_delivery.records import SUCCESS_OUTCOMES
+
+    states = task_states(dag_run)
+    assert states["record"] == "success", states
+    pushed = xcom_values(dag_run).get("outcome.return_value")
+    if outcome in SUCCESS_OUTCOMES:
+        assert states["outcome"] == "success" and dag_run.state == "success", states
+        return None
+    assert states["outcome"] == "failed" and dag_run.state == "failed", states
+    assert pushed is not None and pushed["outcome"] == outcome, pushed
+    assert pushed["error"] == f"release {outcome}: " + "; ".join(pushed["reasons"]), pushed
+    return pushed
+
+
 def rolled_back_record(dag_run: Any, failed: str, not_run: str) -> dict[str, Any]:
-    """Check that ``failed`` failed, ``not_run`` never ran and the run rolled back by itself; return the record."""
+    """Check that ``failed`` failed, ``not_run`` never ran and the run rolled back by itself (``record`` green,
+    ``outcome`` red with the reasons); return the record."""
     assert dag_run.state == "failed"
     states = task_states(dag_run)
     assert states[failed] == "failed" and states["rollback"] == "success", states
     assert states[not_run] == "upstream_failed", states
     record = load_record(dag_run.dag_id.removeprefix("release__"), dag_run.run_id)
     assert record["outcome"] == "rolled-back", record.get("reasons")
+    pushed = check_outcome(dag_run, "rolled-back")
+    assert pushed is not None and pushed["reasons"] == record["reasons"] and failed in pushed["error"]
     return record
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,7 @@ def test_bad_data_stops_the_release_before_deploy(env, how: str, dataset: str, e
     assert states["deploy_staging"] == "upstream_failed"
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "failed"
+    check_outcome(dag_run, "failed")
     stage = record["stages"]["validate_data"]
     reasons = " ".join(record["reasons"])
     for text in expected:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
         set_gate(models_dir, C=1.0, gate={"thresholds": THRESHOLDS})
         first = run_release(MODEL, {"reason": "champion"})
         assert first.state == "success"
+        assert check_outcome(first, "released") is None  # record and outcome green
         yield models_dir, load_record(MODEL, first.run_id)
 
 
@@ -62,6 +63,9 @@ def test_a_worse_model_is_rejected_against_the_champion(env) -> None:
     assert task_states(dag_run)["deploy_staging"] == "upstream_failed"
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "rejected"
+    pushed = check_outcome(dag_run, "rejected")  # record green; outcome red, with the gate's reasons
+    assert pushed is not None and pushed["error"].startswith("release rejected: gate: gate rejected version ")
+    assert "accuracy regressed against production" in pushed["error"]
     gate = record["gate"]
     assert gate["verdict"] == "rejected"
     assert gate["baseline_version"] == champion["artifact"]["version"]
@@ -116,6 +120,8 @@ def test_force_needs_a_reason_and_is_recorded(env) -> None:
     set_gate(models_dir, C=0.3, gate={})
     no_reason = run_release(MODEL, {"force": True, "reason": ""})
     assert no_reason.state == "failed"
+    pushed = check_outcome(no_reason, "failed")
+    assert pushed is not None and "conf 'force' is true but 'reason' is empty" in pushed["error"]
     refused = load_record(MODEL, no_reason.run_id)["stages"]
     assert "conf 'force' is true but 'reason' is empty" in refused["build"]["error"]  # the first task, not the gate
     assert "gate" not in refused

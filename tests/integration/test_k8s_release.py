@@ -26,7 +26,7 @@ from tests.helpers.k8s_pods import PodRunner
 from tests.helpers.k8s_specs import use_kubernetes
 from tests.helpers.models import edit_spec, free_port
 from tests.helpers.oci_registry import oci_registry
-from tests.helpers.release import environ, load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, environ, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +106,7 @@ def test_a_failed_production_rollout_is_rolled_back_to_the_recorded_previous_ver
     assert states["deploy_production"] == "failed" and states["rollback"] == "success", states
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "rolled-back"
+    check_outcome(dag_run, "rolled-back")
     assert any(r.startswith("deploy_production:") and "exceeded its progress deadline" in r for r in record["reasons"])
     assert record["stages"]["rollback"]["result"]["action"] == "reapplied-previous"
     assert record["artifact"]["digest"] != before

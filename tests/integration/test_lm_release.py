@@ -18,7 +18,14 @@ import yaml
 
 from tests.helpers.lm import kill_session
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, rolled_back_record, run_release, task_states
+from tests.helpers.release import (
+    check_outcome,
+    load_record,
+    release_env,
+    rolled_back_record,
+    run_release,
+    task_states,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +114,7 @@ def test_a_worse_lm_is_rejected_on_perplexity_and_production_keeps_serving(env: 
     assert states["gate"] == "failed" and states["deploy_staging"] in ("upstream_failed", "skipped")
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "rejected"
+    check_outcome(dag_run, "rejected")
     gate = record["gate"]
     assert gate["verdict"] == "rejected" and gate["baseline_version"] == served.version
     failed = {c["metric"]: c for c in gate["checks"] if c["kind"] == "regression" and not c["ok"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.models import edit_spec
-from tests.helpers.release import load_record, release_env, run_release
+from tests.helpers.release import check_outcome, load_record, release_env, run_release
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +54,7 @@ def test_a_rejected_release_reaches_the_webhook(tmp_path: Path, airflow_db: Path
         del os.environ["AIRFLOW_CONN_RELEASE_WEBHOOK"]
 
     assert dag_run.state == "failed"
+    assert check_outcome(dag_run, "rejected") is not None  # the outcome task failed (once) and notified
     assert len(received) == 1
     message = received[0]
     assert message["path"] == "/hooks/releases"

@@ -16,6 +16,7 @@ import yaml
 
 from tests.helpers.models import edit_spec
 from tests.helpers.release import (
+    check_outcome,
     kill_release_when,
     load_record,
     mark_failed,
@@ -66,6 +67,7 @@ def test_release_delivers_the_demo_model_to_a_live_server(env: Path) -> None:
     assert set(states.values()) == {"success"}, states
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "released"
+    assert check_outcome(dag_run, "released") is None and "outcome" in states
     assert record["conf"] == {"reason": "first release", "force": False, "dry_run": False}
     assert record["gate"]["verdict"] == "first-release"
     assert record["gate"]["reasons"] == ["no production version exists: thresholds alone decided"]
@@ -114,7 +116,7 @@ def test_rerunning_the_same_release_ends_early_as_no_change(env: Path) -> None:
 
     assert dag_run.state == "success"
     states = task_states(dag_run)
-    assert states["build"] == states["detect_change"] == states["record"] == "success"
+    assert states["build"] == states["detect_change"] == states["record"] == states["outcome"] == "success"
     for task in ("validate_data", "evaluate", "gate", "deploy_staging", "deploy_production", "promote"):
         assert states[task] == "skipped", task
     record = load_record(MODEL, dag_run.run_id)
@@ -172,7 +174,7 @@ def test_dry_run_checks_everything_and_changes_nothing(env: Path) -> None:
 
     assert dag_run.state == "success"
     states = task_states(dag_run)
-    for task in ("build", "validate_data", "evaluate", "gate", "record"):
+    for task in ("build", "validate_data", "evaluate", "gate", "record", "outcome"):
         assert states[task] == "success", (task, states)
     for task in ("deploy_staging", "smoke", "deploy_production", "verify", "promote", "rollback"):
         assert states[task] == "skipped", (task, states)
@@ -213,6 +215,8 @@ def test_smoke_failure_rolls_back_and_production_keeps_serving(env: Path) -> Non
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "rolled-back"
     assert any(reason.startswith("smoke:") and "[7]" in reason for reason in record["reasons"]), record["reasons"]
+    pushed = check_outcome(dag_run, "rolled-back")  # record green, outcome red saying why
+    assert pushed is not None and pushed["error"].startswith("release rolled-back: smoke: ") and "[7]" in pushed["error"]
     assert record["stages"]["rollback"]["result"]["action"] == "stopped-candidate"
     assert record["artifact"]["digest"] != before.digest
     # Production is exactly as it was: same registry alias, same server answering.

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.helpers.models import edit_spec
-from tests.helpers.release import get_dag, load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, get_dag, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,7 @@ def test_rollback_to_the_previous_version(env) -> None:
     assert dag_run.state == "success"
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "reverted"
+    check_outcome(dag_run, "reverted")
     assert record["reasons"] == ["version 3 → version 2"]
     assert record["stages"]["smoke"]["status"] == record["stages"]["verify"]["status"] == "success"
     assert aliases() == ("2", "3")
@@ -82,6 +83,7 @@ def test_rolling_back_to_what_already_serves_is_a_no_op(env) -> None:
     assert states["deploy_staging"] == "skipped"
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "no-change"
+    check_outcome(dag_run, "no-change")
     assert "already production" in record["reasons"][0]
     assert aliases() == before
     assert serving(models_dir) == digests["1"]
@@ -102,6 +104,9 @@ def test_an_unknown_version_is_refused_before_anything_changes(env, conf: dict, 
     assert states["deploy_staging"] == "upstream_failed"
     record = load_record(MODEL, dag_run.run_id)
     assert record["outcome"] == "refused"
+    pushed = check_outcome(dag_run, "refused")
+    assert pushed is not None and message in pushed["error"]
+    assert record["conf"]["reason"] == ""  # no reason given: the param's null default, recorded as empty
     assert message in record["reasons"][0] and "Fix:" in record["reasons"][0]
     assert aliases() == before and serving(models_dir) == digest
 

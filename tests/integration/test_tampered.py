@@ -10,7 +10,7 @@ import yaml
 
 from model_delivery import release
 from model_delivery.exceptions import TamperedArtifact
-from tests.helpers.release import load_record, release_env, run_release, task_states
+from tests.helpers.release import check_outcome, load_record, release_env, run_release, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,7 @@ def test_release_refuses_a_stored_artifact_that_was_changed(env: Path) -> None:
     assert states["deploy_staging"] == "upstream_failed"
     record = load_record(MODEL, second.run_id)
     assert record["outcome"] == "failed"
+    check_outcome(second, "failed")
     assert record["stages"]["build"]["error_type"] == "TamperedArtifact"
     assert "model.joblib" in record["stages"]["build"]["error"]
     assert "Fix:" in record["stages"]["build"]["error"]
