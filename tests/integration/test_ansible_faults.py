@@ -92,11 +92,13 @@ else:
 """
 
 
+# Each kill place is here at least once, and each step with each way out that matters for it. Dropped to
+# keep the suite in its time budget (each point costs about 40 s alone, 90 s in the parallel suite):
+# stage:before-done and shift:before-playbook, whose recovery is the ledger's, the same on every target
+# (test_local_faults.py has them), and whose kill place another step has here.
 POINTS = [
     Point("stage", "before-playbook", "rollback"),
     Point("stage", "mid-playbook", "retry"),
-    Point("stage", "before-done", "rollback"),
-    Point("shift", "before-playbook", "retry"),
     Point("shift", "mid-playbook", "rollback"),
     Point("shift", "mid-playbook", "retry"),
     Point("shift", "before-verify", "rollback"),
@@ -253,7 +255,7 @@ def table(rows: list[dict]) -> str:
 
 
 def test_every_kill_point_leaves_production_consistent(fleet: FaultFleet, capsys: pytest.CaptureFixture[str]) -> None:
-    """Ten kill points, chained: each starts from the production the one before left."""
+    """Eight kill points, chained: each starts from the production the one before left."""
     production = fleet.versions[0]
     started = time.perf_counter()
     _release(fleet.target(), production, "fault-0")
