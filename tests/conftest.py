@@ -35,6 +35,7 @@ os.environ.update(
 os.environ.pop("MODEL_DELIVERY_MODELS_DIR", None)
 os.environ.pop("MODEL_DELIVERY_ARTIFACT_ROOT", None)
 os.environ.pop("MODEL_DELIVERY_TRACKING_URI", None)
+os.environ.pop("MODEL_DELIVERY_RECORDS_ROOT", None)
 
 
 def run_airflow(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -111,6 +112,25 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     config.option.loadscopereorder = False
     return FileGroups(config, log)  # type: ignore[arg-type]
+
+
+FILE_SECONDS: dict[str, float] = {}
+"""Seconds spent in each test file (set-up, call and tear-down of its tests), summed where the reports arrive."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    FILE_SECONDS[path] = FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    """The slowest test files (what LONGEST_FIRST and the suite's time budget are judged by)."""
+    if not FILE_SECONDS or getattr(config, "workerinput", None) is not None:
+        return
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    write(f"slowest files (of {len(FILE_SECONDS)}, {sum(FILE_SECONDS.values()):.0f} s of test time in all):")
+    for path, seconds in sorted(FILE_SECONDS.items(), key=lambda item: -item[1])[:20]:
+        write(f"{seconds:9.1f}s {path}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
