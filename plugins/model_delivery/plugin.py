@@ -1,9 +1,10 @@
-"""The Airflow plugin of model-delivery: the "Model releases" page in the Airflow UI.
+"""The Airflow plugin of model-delivery: the "Model releases" page in the Airflow UI, and run notes.
 
 It mounts a FastAPI app on the api-server at ``/model-releases`` (``fastapi_apps``) and adds
 "Model releases" to the UI's navigation (``external_views``; shown inside the UI at
 ``/plugin/model-releases``). Every route requires an Airflow login: see
-``model_delivery.page.releases_app``.
+``model_delivery.page.releases_app``. Its listener (``model_delivery.run_notes``) writes each
+release's outcome as its run's note when the scheduler ends the run.
 
 Airflow imports this file in every process (scheduler, workers, DAG processor), so it imports
 nothing heavy: the app is built on its first request.
@@ -17,6 +18,7 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 
 from model_delivery.page import URL_PREFIX
+from model_delivery.run_notes import run_notes
 
 
 class LazyApp:
@@ -51,6 +53,7 @@ class ModelDeliveryPlugin(AirflowPlugin):
     """Registers the "Model releases" page and its JSON API."""
 
     name = "model_delivery"
+    listeners = [run_notes]  # the release's outcome as its run note (model_delivery.run_notes)
     fastapi_apps = [{"app": releases_app, "url_prefix": URL_PREFIX, "name": "Model releases"}]
     external_views = [
         {

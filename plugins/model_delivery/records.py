@@ -53,13 +53,18 @@ class ReleaseRecord:
         record.setdefault("stages", {})[stage] = entry
         self.store.write_json(self.path, record)
 
-    def finalize(self, *, dag_id: str, conf: dict[str, Any], page_url: str | None = None) -> dict[str, Any]:
-        """Decide the outcome from the stage entries and write ``release.json`` and ``report.md``."""
+    def finalize(self, *, dag_id: str, conf: dict[str, Any], page_url: str | None = None,
+                 triggered_by: str | None = None) -> dict[str, Any]:
+        """Decide the outcome from the stage entries and write ``release.json`` and ``report.md``.
+
+        :param triggered_by: the Airflow user who triggered the run (None for a scheduled or asset-triggered run).
+        """
         record = self.load()
         stages = record.get("stages", {})
         outcome, reasons = decide_outcome(stages)
         record.update(
             dag_id=dag_id,
+            triggered_by=triggered_by,
             conf=conf,
             outcome=outcome,
             reasons=reasons,

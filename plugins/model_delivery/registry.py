@@ -143,6 +143,12 @@ class Registry:
     def get(self, name: str, version: str) -> ModelVersion:
         return _version(self.client.get_model_version(name, version))
 
+    def params(self, version: ModelVersion) -> dict[str, str]:
+        """The build params logged on the version's MLflow run (empty when it has none)."""
+        if not version.run_id:
+            return {}
+        return dict(self.client.get_run(version.run_id).data.params or {})
+
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first (empty when the model is unknown)."""
         found = self.client.search_model_versions(f"name={_quote(name)}")

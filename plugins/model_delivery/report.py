@@ -59,6 +59,7 @@ def _summary(record: dict[str, Any]) -> list[str]:
         ["Outcome", f"**{record.get('outcome', 'in progress')}**"],
         ["Gate verdict", gate.get("verdict")],
         ["Run", f"`{record.get('dag_id')}` / `{record['run_id']}`"],
+        ["Triggered by", record.get("triggered_by") or "the schedule or an asset (no user)"],
         ["Reason given", conf.get("reason")],
         ["Forced", conf.get("force", False)],
         ["Registry version", artifact.get("version")],

@@ -39,7 +39,8 @@ class RecordReleaseOperator(BaseOperator):
 
         params = context.get("params") or {}
         rc = ReleaseContext(model=self.model, run_id=context["run_id"], dag_id=self.dag_id, log=self.log.info)
-        record = rc.record.finalize(dag_id=self.dag_id, conf=recorded_conf({key: params[key] for key in params}))
+        record = rc.record.finalize(dag_id=self.dag_id, conf=recorded_conf({key: params[key] for key in params}),
+                                    triggered_by=getattr(context["dag_run"], "triggering_user_name", None))
         if rc.ledger.release(rc.model, rc.run_id):
             self.log.warning("gave back the deploy lease that this run still held")
         self.log.info("release %s of %s: %s; report %s", rc.run_id, self.model, record["outcome"], record["report"])

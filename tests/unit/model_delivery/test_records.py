@@ -153,6 +153,7 @@ def test_render_report_shows_outcome_stages_metrics_and_reasons() -> None:
 
     assert report.startswith("# Release of `demo` version 4: **rolled-back**")
     assert "| Reason given | try C=0.5 |" in report
+    assert "| Triggered by | the schedule or an asset (no user) |" in report
     assert ("| Built on | Python 3.11.7 (x86_64); numpy 2.4.6, scikit-learn 1.9.1; BLAS openblas 0.3.30 Haswell, "
             "1 thread |") in report
     assert f"`{'sha256:' + 'c' * 64}`" in report
