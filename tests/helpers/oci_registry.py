@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers.ansible_fleet import ensure_debian_packages
 from tests.helpers.models import free_port
@@ -205,3 +206,13 @@ def auth_front(registry: OciRegistry, username: str, password: str, *, scheme: s
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """A registry for one test module; a failure, not a skip, when docker-registry is missing and not installable."""
+    try:
+        with oci_registry(tmp_path_factory.mktemp("oci-registry")) as started:
+            yield started
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

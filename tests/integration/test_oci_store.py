@@ -17,7 +17,6 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,12 @@ from model_server.manifest import (
     manifest_digest,
     verify_directory,
 )
-from tests.helpers.oci_registry import OciRegistry, auth_front, oci_registry
+from tests.helpers.oci_registry import OciRegistry, auth_front
 from tests.helpers.processes import serving_env
 
+pytest_plugins = ("tests.helpers.oci_registry",)  # the module-scoped `registry` fixture
 SCRIPT = Path(__file__).resolve().parents[2] / "include" / "kubernetes" / "fetch_artifact.py"
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    try:
-        with oci_registry(tmp_path_factory.mktemp("oci-registry")) as started:
-            yield started
-    except RuntimeError as exc:  # docker-registry missing and not installable here: a failure, not a skip
-        pytest.fail(str(exc))
 
 
 def make_artifact(base: Path, seed: int) -> tuple[Path, str, bytes]:
