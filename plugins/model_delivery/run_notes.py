@@ -15,6 +15,8 @@ is kept after the outcome. Anything that goes wrong here is logged and never fai
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
@@ -69,22 +71,56 @@ def _record(model: str, run_id: str) -> dict[str, Any] | None:
 
 
 def note_outcome(dag_run: DagRun) -> str | None:
-    """Set the run's note from its release record; the note set, or None (not a release, or no outcome yet)."""
+    """Note the run's outcome from its release record; the note (or None: not a release, or no outcome yet).
+
+    In the scheduler the run is attached to the scheduler's session: the note joins its transaction. Elsewhere
+    (``dag.test()``) the run is detached and its state not yet committed: a thread writes the note in a session
+    of its own once the run's final state is in the DB (a second writer now would wait on the first).
+    """
     try:
+        from sqlalchemy.orm import object_session
+
         model = model_of(dag_run.dag_id, dag_run.conf if isinstance(dag_run.conf, dict) else None)
         if model is None:
             return None
         record = _record(model, dag_run.run_id)
         if not record or not record.get("outcome"):
             return None
-        earlier = dag_run.note
-        if earlier and earlier.startswith(str(record["outcome"])):
-            return str(earlier)  # already noted (a run decided twice)
-        dag_run.note = note_text(record, earlier)
-        return str(dag_run.note)
+        if object_session(dag_run) is not None:
+            return _set_note(dag_run, record)
+        thread = threading.Thread(target=_note_when_committed, args=(dag_run.dag_id, dag_run.run_id, record),
+                                  name=f"run-note-{dag_run.run_id}", daemon=True)
+        thread.start()
+        return note_text(record)
     except Exception:  # noqa: BLE001 - a note must never fail the scheduler
         log.exception("could not note the outcome of %s", getattr(dag_run, "run_id", "?"))
         return None
+
+
+def _set_note(dag_run: Any, record: dict[str, Any]) -> str:
+    earlier = dag_run.note
+    if earlier and str(earlier).startswith(str(record["outcome"])):
+        return str(earlier)  # already noted (a run decided twice)
+    dag_run.note = note_text(record, earlier)
+    return str(dag_run.note)
+
+
+def _note_when_committed(dag_id: str, run_id: str, record: dict[str, Any], attempts: int = 120) -> None:
+    try:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+
+        for _ in range(attempts):
+            with create_session() as session:
+                run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one_or_none()
+                if run is not None and str(run.state) in ("success", "failed", "DagRunState.SUCCESS",
+                                                          "DagRunState.FAILED"):
+                    _set_note(run, record)
+                    return
+            time.sleep(0.25)
+        log.warning("run %s of %s never reached a final state in the DB: not noted", run_id, dag_id)
+    except Exception:  # noqa: BLE001
+        log.exception("could not note the outcome of %s", run_id)
 
 
 class RunNotes:

@@ -61,13 +61,44 @@ def ensure_chromium() -> Path:
     return CHROMIUM
 
 
+def js_error(event: dict[str, Any]) -> str | None:
+    """What went wrong in the page, if this DevTools event says so: an uncaught exception, ``console.error`` or
+    ``console.assert``, or an error the browser logged (a script that failed to load); the automatic favicon
+    request is not the page's."""
+    method, params = event.get("method"), event.get("params") or {}
+    if method == "Runtime.exceptionThrown":
+        details = params.get("exceptionDetails") or {}
+        exception = details.get("exception") or {}
+        return f"exception: {exception.get('description') or details.get('text')} ({details.get('url', '')}:" \
+               f"{details.get('lineNumber', '?')})"
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args") or [])
+        return f"console.{params['type']}: {args}"
+    if method == "Log.entryAdded":
+        entry = params.get("entry") or {}
+        if entry.get("level") == "error" and not str(entry.get("url", "")).endswith("/favicon.ico"):
+            return f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}".rstrip()
+    return None
+
+
 @dataclass
 class Page:
-    """One browser tab over the DevTools websocket."""
+    """One browser tab over the DevTools websocket. ``errors`` keeps every JS error of the tab (see
+    :func:`js_error`) across navigations; ``responses`` every HTTP response (``Network.responseReceived``)."""
 
     ws: Any
     events: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    responses: list[dict[str, Any]] = field(default_factory=list)
     _next: int = 0
+
+    def _received(self, message: dict[str, Any]) -> None:
+        self.events.append(message)
+        error = js_error(message)
+        if error:
+            self.errors.append(error)
+        if message.get("method") == "Network.responseReceived":
+            self.responses.append(message["params"]["response"])
 
     def call(self, method: str, timeout: float = 60, **params: Any) -> dict[str, Any]:
         self._next += 1
@@ -82,7 +113,7 @@ class Page:
                     raise AssertionError(f"{method} failed: {message['error']}")
                 result: dict[str, Any] = message.get("result", {})
                 return result
-            self.events.append(message)
+            self._received(message)
         raise AssertionError(f"no answer to {method} within {timeout} s")
 
     def _wait_event(self, name: str, timeout: float) -> dict[str, Any]:
@@ -95,7 +126,7 @@ class Page:
                 raise AssertionError(f"no {name} within {timeout} s")
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(Exception):
-                self.events.append(json.loads(self.ws.recv()))
+                self._received(json.loads(self.ws.recv()))
 
     def set_cookie(self, name: str, value: str, url: str) -> None:
         assert self.call("Network.setCookie", name=name, value=value, url=url, path="/").get("success", True)
@@ -113,6 +144,32 @@ class Page:
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result["result"].get("value")
+
+    def drain(self, seconds: float = 0.5) -> None:
+        """Read the events still in flight for ``seconds`` (console messages, late responses)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                self._received(json.loads(self.ws.recv()))
+            except Exception:  # noqa: BLE001 - a timeout: nothing more came
+                break
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        """Evaluate ``expression`` until it is truthy; its last value (falsy after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        value = self.evaluate(expression)
+        while not value and time.monotonic() < deadline:
+            time.sleep(0.2)
+            value = self.evaluate(expression)
+        return value
+
+    def emulate(self, *, width: int, height: int, dark: bool) -> None:
+        """A viewport of ``width`` x ``height`` CSS pixels (a phone's below 600) and ``prefers-color-scheme``."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=width < 600)
+        self.call("Emulation.setEmulatedMedia", media="",
+                  features=[{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}])
 
     def text(self) -> str:
         return str(self.evaluate("document.body ? document.body.innerText : ''"))
@@ -153,6 +210,8 @@ def chromium(profile: Path, *, width: int = 1400, height: int = 1800) -> Iterato
         page = Page(ws)
         page.call("Page.enable")
         page.call("Network.enable")
+        page.call("Runtime.enable")
+        page.call("Log.enable")
         yield page
     finally:
         if ws is not None:

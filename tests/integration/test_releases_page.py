@@ -135,7 +135,6 @@ def test_the_page_in_a_browser_shows_versions_and_metrics(history: History, tmp_
         assert page.open(f"{url}/model-releases/?window=7") == 200
         text = page.text()
         shot = page.screenshot("model-releases.png")
-        plots = page.evaluate("document.querySelectorAll('section.model svg.plot').length")
         metric_row = page.evaluate(
             f"[...document.querySelectorAll('tr[data-scope=\"{MODEL}\"] td')].map(td => td.innerText)")
         version_rows = page.evaluate("[...document.querySelectorAll('tr[data-version]')].map(r => r.dataset.version)")
@@ -143,13 +142,75 @@ def test_the_page_in_a_browser_shows_versions_and_metrics(history: History, tmp_
     assert shot.stat().st_size > 10_000
     assert "Model releases" in text and "Delivery metrics, last 7 days" in text
     assert "production v1" in text and f"previous v{history.records['fixed']['artifact']['version']}" in text
-    assert plots == 3
     # scope, coverage, runs, failures, failure rate, MTTF, MTTR, deployment frequency, lead time, CFR
     assert metric_row[0] == MODEL and metric_row[2:4] == ["5", "2"]
     assert metric_row[1] == f"{history.document['coverage']['models'][MODEL]['coverage']:.1%}"
     assert metric_row[-1] == "66.7% (2/3)"
     assert version_rows == sorted(version_rows, key=int, reverse=True) and "1" in version_rows
     assert sorted(run_rows) == sorted(f"run-{safe_segment(r['run_id'])}" for r in history.records.values())
+
+
+CHARTS = """(() => [...document.querySelectorAll('section.model')].map(section => ({
+  model: section.dataset.model,
+  charts: [...section.querySelectorAll('.chart[data-chart]')].map(el => ({
+    chart: el.dataset.chart, rendered: el.dataset.rendered || null, svg: el.querySelectorAll('svg').length,
+    text: [...el.querySelectorAll('svg text')].map(t => t.textContent),
+    smallest: Math.min(...[...el.querySelectorAll('svg text')].map(t => parseFloat(getComputedStyle(t).fontSize))),
+    width: el.getBoundingClientRect().width})),
+})))()"""
+TOOLTIP = """(() => { const el = document.querySelector('section.model .chart[data-chart="%s"]');
+  const chart = echarts.getInstanceByDom(el);
+  chart.dispatchAction({type: 'showTip', seriesIndex: 0, dataIndex: %d});
+  return [...el.querySelectorAll('div')].filter(d => !d.querySelector('svg') && d.innerText.trim())
+    .map(d => d.innerText).join(' | '); })()"""
+
+
+@pytest.mark.parametrize("width", [1440, 390])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_each_model_has_three_charts_drawn_by_the_vendored_library(history: History, tmp_path: Path, width: int,
+                                                                   scheme: str) -> None:
+    """The charts are drawn in the browser from the page's JSON by the ECharts the plugin serves (no CDN): three
+    per model, with axis titles, text of 11 px or more, tooltips, one spelling per outcome, the colour scheme
+    the browser asks for, and no JS error; the page fits the width. Screenshots: test-artifacts/."""
+    url = history.server.url
+    with chromium(tmp_path / "profile", width=width, height=1400) as page:
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        page.emulate(width=width, height=1400, dark=scheme == "dark")
+        assert page.open(f"{url}/model-releases/?window=7") == 200
+        drawn = page.wait_for("document.querySelectorAll('section.model .chart[data-rendered] svg').length >= 3")
+        charts = page.evaluate(CHARTS)
+        shot = page.screenshot(f"model-releases-charts-{width}-{scheme}.png")
+        tooltip = page.wait_for(TOOLTIP % ("trend", 0), timeout=10)
+        bar_tooltip = page.wait_for(TOOLTIP % ("releases", 0), timeout=10)
+        fits = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        colours = page.evaluate("[getComputedStyle(document.body).backgroundColor,"
+                                " getComputedStyle(document.querySelector('section.model')).backgroundColor]")
+        outcomes = page.evaluate("[...document.querySelectorAll('table.releases td.outcome')].map(td => td.innerText)")
+        page.drain()
+        errors = list(page.errors)
+        library = [r for r in page.responses if "/model-releases/static/vendor/echarts-" in r["url"]]
+    assert drawn, f"the charts were not drawn: {charts}"
+    assert errors == [], errors
+    assert [(r["status"], {k.lower(): v for k, v in r["headers"].items()}.get("cache-control")) for r in library] == [
+        (200, "private, max-age=31536000, immutable")]
+    assert [m["model"] for m in charts] == [MODEL]
+    by_name = {c["chart"]: c for c in charts[0]["charts"]}
+    assert sorted(by_name) == ["failures", "releases", "trend"]
+    for name, chart in by_name.items():
+        assert chart["rendered"] == scheme and chart["svg"] >= 1, (name, chart)
+        assert chart["smallest"] >= 11, (name, chart["smallest"])
+        assert chart["width"] <= width - 16, (name, chart["width"])
+    assert {"model version (oldest first)", "accuracy (registry tag)", "production"} <= set(by_name["trend"]["text"])
+    for name in ("releases", "failures"):
+        assert {"day (UTC)", "runs per day", "rolled back"} <= set(by_name[name]["text"]), (name, by_name[name]["text"])
+    assert "released" in by_name["releases"]["text"] and "reverted" in by_name["failures"]["text"]
+    assert "rolled back" in outcomes and not [o for o in outcomes if "-" in o], outcomes
+    assert tooltip.startswith("v1") and "accuracy: 0." in tooltip, tooltip
+    assert "released: " in bar_tooltip or "rejected: " in bar_tooltip, bar_tooltip
+    assert fits[0] <= fits[1], f"the page is {fits[0]} px wide in a {fits[1]} px window"
+    dark_page = {"light": ("rgb(246, 248, 250)", "rgb(255, 255, 255)"), "dark": ("rgb(13, 17, 23)", "rgb(22, 27, 34)")}
+    assert tuple(colours) == dark_page[scheme]
+    assert shot.stat().st_size > 10_000
 
 
 def test_a_signed_out_browser_is_sent_to_the_login_and_back(history: History, tmp_path: Path) -> None:
@@ -188,7 +249,11 @@ def test_the_page_is_in_the_airflow_ui_navigation(history: History, tmp_path: Pa
 
 
 def test_an_airflow_run_link_in_the_embedded_page_opens_the_run_in_the_ui(history: History, tmp_path: Path) -> None:
-    """Airflow sandboxes the iframe without top navigation: the link must still open the run in the UI itself."""
+    """Airflow sandboxes the iframe without top navigation: the link must still open the run in the UI itself.
+
+    Clicked once the page has loaded (as a person would) and the UI has mirrored the iframe's address into its
+    own (/plugin/model-releases/model-releases/, on the iframe's load event); before that the UI's own update
+    of its address may land after the click's."""
     url = history.server.url
     revert = history.records["revert"]
     with chromium(tmp_path / "profile") as page:
@@ -199,6 +264,7 @@ def test_an_airflow_run_link_in_the_embedded_page_opens_the_run_in_the_ui(histor
         while time.monotonic() < deadline and not clicked:
             clicked = page.evaluate(
                 "(() => { const f = document.querySelector('iframe'); const d = f && f.contentDocument;"
+                " if (!d || d.readyState !== 'complete' || !location.pathname.endsWith('/model-releases/')) return null;"
                 f" const row = d && d.getElementById('run-{safe_segment(revert['run_id'])}');"
                 " const a = row && row.querySelector('a[data-airflow]');"
                 " if (!a) return null; a.click(); return a.getAttribute('href') })()")
@@ -213,6 +279,73 @@ def test_an_airflow_run_link_in_the_embedded_page_opens_the_run_in_the_ui(histor
         page.screenshot("model-releases-airflow-run-link.png")
     assert where == clicked == f"/dags/model_rollback/runs/{quote(revert['run_id'], safe='')}", (where, clicked)
     assert revert["run_id"] in body  # the UI's own run page, not the iframe
+
+
+def test_a_version_shows_its_build_serving_files_signature_and_checks(history: History, tmp_path: Path) -> None:
+    records = history.records
+    champion = records["champion"]
+    with history.server.client() as client:
+        detail = client.get(f"/model-releases/api/models/{MODEL}/versions/1").json()
+        missing = client.get(f"/model-releases/api/models/{MODEL}/versions/999")
+    build = champion["stages"]["build"]["result"]
+    # v1 is production again because the manual rollback put it back: that run is shown (report, outcome);
+    # its lineage, gate and smoke are those of the release that built and judged it
+    assert detail["digest"] == champion["artifact"]["digest"]
+    assert detail["run_id"] == records["revert"]["run_id"] and detail["checked_by"] == champion["run_id"]
+    assert detail["params"]["C"] == "1.0"
+    assert detail["lineage"]["git_sha"] == build["git_sha"] and detail["lineage"]["spec_digest"] == build["spec_digest"]
+    assert detail["lineage"]["data"]["train"]["sha256"] == build["data"]["train"]["sha256"]
+    assert detail["serving"]["runtime"] == "model_server" and detail["serving"]["flavor"] == "sklearn"
+    assert [t["name"] for t in detail["serving"]["outputs"]] == ["predict", "predict_proba"]
+    assert {f["path"] for f in detail["files"]} >= {"serving.json", "model.joblib"}
+    assert all(f["size"] > 0 and len(f["sha256"]) == 64 for f in detail["files"])
+    assert detail["signature"]["bundle"] is False and detail["signature"]["mode"] == "off"
+    assert {c["metric"] for c in detail["checks"]["gate"]} >= {"accuracy"} and detail["checks"]["smoke"]["smoke"]["passed"]
+    assert detail["checks"]["smoke"]["smoke"]["latency_ms"]["p95"] > 0
+    assert missing.status_code == 404 and "no version '999'" in missing.text
+    url = history.server.url
+    with chromium(tmp_path / "profile") as page:
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        assert page.open(f"{url}/model-releases/models/{MODEL}/versions/1") == 200
+        text = page.text()
+        report = page.evaluate("document.querySelector('iframe.report').getAttribute('src')")
+        page.screenshot("model-releases-version.png")
+    assert "Serving" in text and "model.joblib" in text and "unsigned" in text and build["git_sha"] in text
+    assert report.endswith(f"/releases/{safe_segment(records['revert']['run_id'])}/report")
+
+
+def test_two_versions_compare_side_by_side(history: History, tmp_path: Path) -> None:
+    worse = history.records["worse"]["artifact"]["version"]
+    with history.server.client() as client:
+        both = client.get(f"/model-releases/api/models/{MODEL}/compare", params={"a": "1", "b": worse}).json()
+    assert (both["a"], both["b"]) == ("1", worse)
+    assert {r["name"]: (r["a"], r["b"]) for r in both["params"]}["C"] == ("1.0", "0.02")
+    assert "model.joblib" in both["files"]["changed"] and both["files"]["added"] == both["files"]["removed"] == []
+    assert any(not r["same"] for r in both["metrics"])
+    url = history.server.url
+    with chromium(tmp_path / "profile") as page:
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        assert page.open(f"{url}/model-releases/models/{MODEL}/compare?a=1&b={worse}") == 200
+        differs = page.evaluate("[...document.querySelectorAll('table.compare-params tr.differs')]"
+                                ".map(r => r.dataset.name)")
+        page.screenshot("model-releases-compare.png")
+    assert differs == ["C"]
+
+
+def test_every_run_carries_its_outcome_as_its_airflow_note(history: History) -> None:
+    """The Grid tells the story: the scheduler's listener (here, dag.test()'s) notes each run's outcome."""
+    with history.server.client() as client:
+        notes = {step: client.get(f"/api/v2/dags/{record['dag_id']}/dagRuns/{quote(record['run_id'], safe='')}")
+                 .json()["note"] for step, record in history.records.items()}
+    for step, record in history.records.items():
+        assert notes[step] and notes[step].startswith(f"{record['outcome']}"), (step, notes[step])
+    assert "smoke" in notes["smoke_fails"] and '"this one fails its smoke test"' in notes["smoke_fails"]
+    # who asked: dag.test() triggers as the user dag_test; the record and the page say so
+    assert "asked by dag_test" in notes["champion"] and history.records["champion"]["triggered_by"] == "dag_test"
+    with history.server.client() as client:
+        rows = client.get(f"/model-releases/api/models/{MODEL}").json()["releases"]
+    champion = next(r for r in rows if r["run_id"] == history.records["champion"]["run_id"])
+    assert (champion["triggered_by"], champion["reason"]) == ("dag_test", "champion")
 
 
 # -- the page: actions, through Airflow's REST API as the signed-in user --------------------------------------

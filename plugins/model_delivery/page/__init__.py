@@ -1,7 +1,8 @@
 """The "Model releases" page in the Airflow UI (an Airflow 3 plugin: ``model_delivery.plugin``).
 
 This module is imported by release records for :func:`page_url`, so it stays tiny: the app is in
-``releases_app``, its data in ``releases_data``, the plots in ``releases_svg``.
+``releases_app``, its data in ``releases_data``, the charts' data in ``releases_charts``
+(drawn in the browser by the ECharts vendored under ``static/vendor/``).
 """
 
 from __future__ import annotations

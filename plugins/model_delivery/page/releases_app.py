@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from model_delivery.page.releases_data import Links, PageData
 
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+STATIC_CACHE = "private, max-age=31536000, immutable"
+"""Static files are versioned by path (``vendor/<pkg>-<version>/``); private: they are served behind the login."""
 DEFAULT_WINDOW = 30
 DAY_SECONDS = 86400.0
 SEGMENT_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -96,44 +99,95 @@ def metrics_view(document: dict[str, Any] | None, window: int, models: list[str]
     return {"generated_at": document.get("generated_at"), "rows": rows, "airflow": document.get("airflow") or {}}
 
 
-def plots(model: dict[str, Any], window: int, today: datetime) -> dict[str, str]:
-    """The model's three plots: metric trend, releases per day by outcome, failures and rollbacks per day."""
-    from model_delivery.page.releases_svg import per_day, stacked_bars, trend
-
-    points = [(parse_time(p["at"]), float(p["value"]), str(p["version"])) for p in model["trend"]]
-    releases = [r for r in model["releases"] if r["kind"] == "release"]
-    failures = {"failed": "failed", "rolled-back": "rolled back", "reverted": "reverted"}
-    return {
-        "trend": trend(points, title=f"{model['primary_metric'] or 'metric'} of {model['model']} by version",
-                       production=model["production"]),
-        "releases": stacked_bars(per_day(releases, lambda r: r["outcome"]), end=today.date(), days=window,
-                                 title=f"releases of {model['model']} per day by outcome"),
-        "failures": stacked_bars(per_day(model["releases"], lambda r: failures.get(r["outcome"])), end=today.date(),
-                                 days=window, title=f"failures and rollbacks of {model['model']} per day",
-                                 colours={"failed": "#6d1b1b", "rolled back": "#c62828", "reverted": "#6a1b9a"}),
-    }
+def static_file(path: str) -> Path | None:
+    """The file under ``static/`` that ``path`` names, or None: nothing outside that folder (no ``..``, no
+    absolute path, no symlink out of it), no folder, no hidden file."""
+    if not path or "\\" in path or "\x00" in path or any(part.startswith(".") for part in path.split("/")):
+        return None
+    root = STATIC.resolve()
+    candidate = (root / path).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
 
 
 def render_page(data: "PageData", models: list[str], *, window: int, title: str) -> str:
-    """The whole page as HTML (Jinja2, autoescaped; the SVG plots are generated here and marked safe)."""
+    """The whole page as HTML (Jinja2, autoescaped). Each model's chart data is embedded as JSON (``tojson``
+    escapes ``<``, ``>``, ``&`` and quotes), which the vendored ECharts draws in the browser."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
-    from markupsafe import Markup
+
+    from model_delivery.page.releases_charts import ECHARTS, chart_data, outcome_key, outcome_label
 
     today = datetime.now(UTC)
     views = []
     for name in models:
         view = data.model(name)
-        view["plots"] = {k: Markup(v) for k, v in plots(view, window, today).items()}  # noqa: S704 - escaped in releases_svg
+        view["charts"] = chart_data(view, window=window, today=today)
         views.append(view)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
     env.filters["short"] = lambda digest: (digest or "")[:19] + ("…" if digest and len(digest) > 19 else "")
     env.filters["num"] = lambda v: "—" if v is None else f"{v:.4f}"
     env.filters["delta"] = lambda v: "—" if v is None else f"{v:+.4f}"
     env.filters["when"] = fmt_when
+    env.filters["outcome"] = outcome_label
+    env.filters["outcome_key"] = outcome_key
     return env.get_template("releases.html").render(
         title=title, models=views, metrics=metrics_view(data.metrics(), window, models), window=window,
         windows=WINDOWS, links=data.links, prefix=data.links.prefix, generated=today.isoformat(timespec="seconds"),
+        echarts=f"{data.links.prefix}/static/{ECHARTS}",
     )
+
+
+def fmt_bytes(value: float | None) -> str:
+    """``3.6 KiB``, ``1.0 GiB``; an em dash for None."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover - the loop returns at GiB
+
+
+def render_version(data: "PageData", model: str, version: str, *, against: str | None = None) -> str | None:
+    """One version's page, or two versions side by side (``against``); None when a version is unknown."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from model_delivery.page.version_detail import side_by_side, version_detail
+
+    detail = version_detail(data, model, version)
+    other = version_detail(data, model, against) if against is not None else None
+    if detail is None or (against is not None and other is None):
+        return None
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["num"] = lambda v: "—" if v is None else f"{v:.4f}" if isinstance(v, int | float) else str(v)
+    env.filters["bytes"] = fmt_bytes
+    versions, _ = data.versions(model)
+    compare = side_by_side(detail, other) if other is not None else None
+    title = f"{model} v{version}" + (f" against v{against}" if against else "")
+    return env.get_template("version.html").render(
+        title=title, model=model, v=detail, compare=compare, prefix=data.links.prefix,
+        others=[mv.version for mv in reversed(versions) if mv.version != version])
+
+
+def _version_view(request: Any, user: Any, model: str, version: str, *, against: str | None = None,
+                  html: bool = False) -> Any:
+    """A version (or two, side by side) as HTML or JSON; 404 naming the version the registry does not have."""
+    from model_delivery.page.version_detail import side_by_side, version_detail
+
+    data = _page_data(request)
+    name = _one_model(data, user, model)
+    if html:
+        page = render_version(data, name, version, against=against)
+        if page is None:
+            raise _http_error(404, f"{model} has no version {version!r}" + (f" or {against!r}" if against else ""))
+        return page
+    left = version_detail(data, name, version)
+    right = version_detail(data, name, against) if against is not None else None
+    if left is None or (against is not None and right is None):
+        raise _http_error(404, f"{model} has no version {version!r}" + (f" or {against!r}" if against else ""))
+    return side_by_side(left, right) if right is not None else left
 
 
 def _links(request: Any) -> "Links":
@@ -219,6 +273,17 @@ def _metrics_for(request: Any, user: Any) -> dict[str, Any]:
     return document
 
 
+async def _sign_in_first(request: Any, exc: Any) -> Any:
+    """A browser that is not signed in (it asks for HTML) goes to Airflow's login, then back here; an API client
+    keeps the 401."""
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import RedirectResponse
+
+    if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse(login_url(request), status_code=303)
+    return await http_exception_handler(request, exc)
+
+
 def login_url(request: Any) -> str:
     """Airflow's login page, with this page (path and query, never another host) as where to come back."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -227,14 +292,33 @@ def login_url(request: Any) -> str:
     return get_auth_manager().get_url_login(next_url=back)
 
 
+def _version_routes(app: Any, Request: Any, UserDep: Any, HTMLResponse: Any) -> None:  # noqa: N803 - FastAPI types
+    """A version's page and JSON, and two versions side by side."""
+
+    @app.get("/models/{model}/versions/{version}", response_class=HTMLResponse)
+    def version_page(request: Request, model: str, version: str, user: UserDep) -> str:
+        return _version_view(request, user, model, version, html=True)
+
+    @app.get("/models/{model}/compare", response_class=HTMLResponse)
+    def compare_page(request: Request, model: str, a: str, b: str, user: UserDep) -> str:
+        return _version_view(request, user, model, a, against=b, html=True)
+
+    @app.get("/api/models/{model}/versions/{version}")
+    def api_version(request: Request, model: str, version: str, user: UserDep) -> Any:
+        return _version_view(request, user, model, version)
+
+    @app.get("/api/models/{model}/compare")
+    def api_compare(request: Request, model: str, a: str, b: str, user: UserDep) -> Any:
+        return _version_view(request, user, model, a, against=b)
+
+
 def create_app() -> "FastAPI":
     """The app; every route requires an authenticated Airflow user (``get_user`` of the core API)."""
     import json
 
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI, Query, Request
-    from fastapi.exception_handlers import http_exception_handler
-    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     UserDep = Annotated[Any, Depends(get_user)]
@@ -242,14 +326,7 @@ def create_app() -> "FastAPI":
     app = FastAPI(title="Model releases", dependencies=[Depends(get_user)],
                   docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _sign_in_first(request: Request, exc: StarletteHTTPException) -> Any:
-        """A browser that is not signed in (it asks for HTML) goes to Airflow's login, then back here; an API
-        client keeps the 401."""
-        if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
-            return RedirectResponse(login_url(request), status_code=303)
-        return await http_exception_handler(request, exc)
-
+    app.add_exception_handler(StarletteHTTPException, _sign_in_first)
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: UserDep, window: WindowQuery = DEFAULT_WINDOW) -> str:
         data = _page_data(request)
@@ -269,6 +346,19 @@ def create_app() -> "FastAPI":
     def record(request: Request, model: str, segment: str, user: UserDep) -> Any:
         return JSONResponse(json.loads(_release_file(request, user, model, segment, "release.json")))
 
+    @app.get("/static/{path:path}")
+    def static(path: str, user: UserDep) -> FileResponse:
+        """Only files under ``static/`` (the vendored charting library), cached for a year: a new version is a
+        new path."""
+        import mimetypes
+
+        found = static_file(path)
+        if found is None:
+            raise _http_error(404, "no such static file")
+        media = "text/javascript" if found.suffix == ".js" else (mimetypes.guess_type(found.name)[0] or "text/plain")
+        return FileResponse(found, media_type=media,
+                            headers={"Cache-Control": STATIC_CACHE, "X-Content-Type-Options": "nosniff"})
+
     @app.get("/api/models")
     def api_models(request: Request, user: UserDep) -> dict[str, Any]:
         return _models_summary(request, user)
@@ -281,5 +371,7 @@ def create_app() -> "FastAPI":
     @app.get("/api/metrics")
     def api_metrics(request: Request, user: UserDep) -> dict[str, Any]:
         return _metrics_for(request, user)
+
+    _version_routes(app, Request, UserDep, HTMLResponse)
 
     return app

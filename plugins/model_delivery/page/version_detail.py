@@ -90,8 +90,11 @@ def version_detail(data: PageData, model: str, version: str) -> dict[str, Any] |
     mv = next((v for v in versions if v.version == version), None)
     if mv is None:
         return None
-    mine = [r for r in data.records(model) if (r.get("artifact") or {}).get("version") == version]
-    record = shown_run(mine, mv.tags.get("run_id"))
+    mine = [r for r in data.records(model) if (r.get("artifact") or {}).get("version") == version]  # newest first
+    record = shown_run(mine, mv.tags.get("run_id"))  # the report, the outcome: what made the state shown
+    built = next((r for r in mine if r.get("run_id") == mv.tags.get("run_id")), None) or next(
+        (r for r in reversed(mine) if _result(r, "build")), None)  # lineage: the run that built it
+    judged = next((r for r in mine if (r.get("gate") or {}).get("checks")), None) or built  # gate and smoke
     try:
         params = data.registry.params(mv)
     except Exception as exc:  # noqa: BLE001 - the rest of the page still shows
@@ -105,13 +108,14 @@ def version_detail(data: PageData, model: str, version: str) -> dict[str, Any] |
         "aliases": sorted(mv.aliases),
         "metrics": {k.removeprefix("metric."): float(v) for k, v in mv.tags.items() if k.startswith("metric.")},
         "params": params,
-        "lineage": lineage(record),
+        "lineage": lineage(built),
         "serving": {"runtime": spec.serving.runtime if spec else None, **serving},
         "files": files,
         "files_by_path": {f["path"]: {"sha256": f["sha256"], "size": f["size"]} for f in files},
         "size_bytes": sum(f["size"] for f in files),
         "signature": {"mode": spec.signing.mode if spec else None, "bundle": _has_signature(data, model, mv.digest)},
-        "checks": checks(record),
+        "checks": checks(judged),
+        "checked_by": (judged or {}).get("run_id"),
         "run_id": (record or {}).get("run_id"),
         "outcome": (record or {}).get("outcome"),
         "report_url": data.links.report(model, str(record["run_id"])) if record else None,

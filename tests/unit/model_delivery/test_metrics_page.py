@@ -1,4 +1,5 @@
-"""The "Model releases" page's pieces without a server: plots, cells, rows, links, and a light plugin."""
+"""The "Model releases" page's pieces without a server: cells, rows, links, and a light plugin (the charts:
+test_releases_charts.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +23,10 @@ from model_delivery.page.releases_data import (
     version_trend,
     versus_champion,
 )
-from model_delivery.page.releases_svg import per_day, stacked_bars, trend
 from model_delivery.records import ReleaseRecord
 from model_delivery.store import ArtifactStore
 from tests.conftest import PROJECT
 from tests.unit.model_delivery.test_metrics import END, HISTORY
-
-
-def test_trend_plots_one_point_per_evaluation_and_rings_production() -> None:
-    points = [(datetime(2026, 3, d, tzinfo=UTC), v, str(n)) for n, (d, v) in enumerate([(1, 0.9), (2, 0.95), (3, 0.93)], 1)]
-    svg = trend(points, title="accuracy of <m>", production="2")
-    assert svg.startswith("<svg") and svg.count("<circle") == 3
-    assert svg.count('class="production"') == 1 and "v2: 0.9500" in svg
-    assert "<m>" not in svg and "accuracy of &lt;m&gt;" in svg
-    assert "no evaluated version yet" in trend([], title="t")
-
-
-def test_stacked_bars_count_each_day_by_series() -> None:
-    counts = {date(2026, 3, 9): {"released": 2, "rejected": 1}, date(2026, 3, 1): {"failed": 1}}
-    svg = stacked_bars(counts, end=date(2026, 3, 10), days=7, title="releases")
-    assert svg.count('data-series="released"') == 1 and svg.count('data-series="rejected"') == 1
-    assert 'data-series="failed"' not in svg  # before the window
-    assert "2026-03-04" in svg and "2026-03-10" in svg
-    assert "nothing in the last 7 days" in stacked_bars({}, end=date(2026, 3, 10), days=7, title="releases")
-
-
-def test_per_day_groups_runs_by_finishing_day_and_skips_the_unnamed() -> None:
-    runs = [{"finished_at": "2026-03-01T10:00:00+00:00", "outcome": "failed"},
-            {"finished_at": "2026-03-01T23:00:00+00:00", "outcome": "released"},
-            {"finished_at": None, "outcome": "failed"}]
-    assert per_day(runs, lambda r: r["outcome"] if r["outcome"] != "released" else None) == {
-        date(2026, 3, 1): {"failed": 1}}
 
 
 @pytest.mark.parametrize(
@@ -162,13 +135,6 @@ def test_the_trend_has_one_point_per_version_and_marks_production_by_its_alias()
         ("1", 0.9, False), ("2", 0.95, True), ("3", 0.5, False)]
     assert points[1]["at"] == "2026-03-02T10:00:00+00:00" and points[0]["at"] is None
     assert version_trend(versions, None, records) == []
-    svg = trend([(None, p["value"], p["version"]) for p in points], title="t", production="2")
-    assert svg.count("<circle") == 3 and svg.count('class="production"') == 1
-
-
-def test_one_value_is_labelled_once_on_the_y_axis() -> None:
-    svg = trend([(None, 0.9, "1"), (None, 0.9, "2")], title="t")
-    assert svg.count(">0.9</text>") == 1
 
 
 @pytest.mark.parametrize(("count", "per_day", "seconds", "text"), [
@@ -202,3 +168,30 @@ def test_a_version_links_the_run_that_released_it_and_lists_only_what_stands() -
     assert [(d["run_id"], d["stage"], d["live"]) for d in row["deployments"]] == [
         ("released-2", "deploy_production", True)]
     assert shown_run(records[1:], "rolled-2")["run_id"] == "rolled-2"  # never released: the run that built it
+
+
+def test_two_versions_side_by_side_name_what_differs() -> None:
+    from model_delivery.page.version_detail import files_changed, side_by_side
+
+    def detail(version: str, c: str, train: str, files: dict[str, str]) -> dict[str, Any]:
+        return {"version": version, "metrics": {"accuracy": 0.9 if version == "1" else 0.95}, "params": {"C": c},
+                "lineage": {"git_sha": "abc", "spec_digest": f"sha256:{version}", "data": {"train": {"sha256": train}}},
+                "files_by_path": {p: {"sha256": h, "size": 1} for p, h in files.items()}}
+
+    a = detail("1", "1.0", "t1", {"model.joblib": "m1", "serving.json": "s", "old.txt": "o"})
+    b = detail("2", "0.5", "t1", {"model.joblib": "m2", "serving.json": "s", "new.txt": "n"})
+    both = side_by_side(a, b)
+    assert [(r["name"], r["a"], r["b"], r["same"]) for r in both["params"]] == [("C", "1.0", "0.5", False)]
+    assert [(r["name"], r["same"]) for r in both["data"]] == [("train", True)]
+    assert {r["name"]: r["same"] for r in both["lineage"]} == {"git_sha": True, "spec_digest": False}
+    assert both["files"] == {"added": ["new.txt"], "removed": ["old.txt"], "changed": ["model.joblib"],
+                             "same": ["serving.json"]}
+    assert files_changed({}, {}) == {"added": [], "removed": [], "changed": [], "same": []}
+
+
+@pytest.mark.parametrize(("size", "text"), [(None, "—"), (512, "512 B"), (3648, "3.6 KiB"), (5 * 2**30, "5.0 GiB"),
+                                             (3 * 2**40, "3072.0 GiB")])
+def test_sizes_read_in_binary_units(size: int | None, text: str) -> None:
+    from model_delivery.page.releases_app import fmt_bytes
+
+    assert fmt_bytes(size) == text
