@@ -146,6 +146,13 @@ def _release_and_rollback_at_once(url: str, password: str, models: Path, client_
         for dag_id, run_id in now.values():
             ci.wait(client, dag_id, run_id, timeout=600, out=open(os.devnull, "w"))  # noqa: SIM115
         runs.update(now)
+    # The scheduler's listener (model_delivery.run_notes) noted each run's outcome, in its own transaction.
+    notes = {name: client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json().get("note")
+             for name, (dag_id, run_id) in runs.items()}
+    for name, (_dag_id, run_id) in runs.items():
+        outcome = _record(models.parent, run_id).get("outcome")
+        assert notes[name] and notes[name].startswith(f"{outcome}"), (name, outcome, notes[name])
+        assert "asked by admin" in notes[name], notes[name]
     return runs
 
 
