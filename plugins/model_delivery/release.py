@@ -631,9 +631,10 @@ def smoke(rc: ReleaseContext, candidate: dict[str, Any], deployment: dict[str, A
         report = run_smoke(
             deployment["url"], spec.name, load_golden(rc.model_dir / spec.smoke.golden), repeats=spec.smoke.repeats,
             budget_ms=spec.smoke.latency_budget_ms, expect_digest=candidate["digest"], token=token,
+            protocol=spec.smoke.protocol, grpc_address=deployment.get("grpc_url"),
         )
-    rc.log("smoke against %s: %d requests, %s, passed=%s", report["url"], report["requests"],
-           latency_summary(report.get("latency_ms") or {}), report["passed"])
+    rc.log("smoke against %s (%s): %d requests, %s, passed=%s", report["url"], report.get("protocol", "openai"),
+           report["requests"], latency_summary(report.get("latency_ms") or {}), report["passed"])
     if not report["passed"]:
         raise SmokeTestFailed(f"smoke test of {deployment['url']} failed: " + "; ".join(report["failures"]), result=report)
     return report

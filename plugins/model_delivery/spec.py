@@ -292,6 +292,13 @@ class SmokeSpec(_Strict):
         4, ge=1, le=256, description="Language model: streams in flight at once while TTFT and TPOT are measured "
         "(`repeats` streams of each golden prompt in all).",
     )
+    protocol: Literal["rest", "grpc"] = Field(
+        "rest",
+        description="How the golden requests are sent to the model server: `rest` (the Open Inference Protocol "
+        "over HTTP, JSON) or `grpc` (the same protocol over gRPC, `inference.GRPCInferenceService`; needs "
+        "`serving.grpc: true`). The answers are checked alike either way, and the record names the protocol. "
+        "`model_server` runtime only.",
+    )
 
 
 class ServingSpec(_Strict):
@@ -307,6 +314,13 @@ class ServingSpec(_Strict):
         description="Arguments of the runtime's server, each as `--key value` (`_` becomes `-`; `true` is a bare "
         "flag). For vllm: max_model_len, dtype, kv_cache_memory_bytes, enforce_eager, ...",
     )
+    grpc: bool = Field(
+        False,
+        description="Also serve the Open Inference Protocol over gRPC (`model_server` runtime only): each server "
+        "gets a gRPC port beside its HTTP port (`--grpc-port`, same token and limits), and the target exposes one: "
+        "the local front on `deploy.local.grpc_port`, the HAProxy gRPC frontend "
+        "(`deploy.ansible.load_balancer.grpc_front`), the Service port `grpc` on Kubernetes.",
+    )
     token_conn_id: str | None = Field(
         None, min_length=1,
         description="Airflow connection whose password field is the bearer token the model servers require "
@@ -315,6 +329,14 @@ class ServingSpec(_Strict):
         "test and verify send it. Empty: no authentication. E.g. `model_delivery_serving_token`. The kubernetes "
         "target reads it from deploy.kubernetes.token_secret.",
     )
+
+    @field_validator("args")
+    @classmethod
+    def _no_grpc_port(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        if any(key.replace("-", "_") == "grpc_port" for key in value):
+            raise ValueError("grpc_port is chosen by the deploy target: use serving.grpc: true and remove it from "
+                             "serving.args")
+        return value
 
     @field_validator("runtime")
     @classmethod
@@ -545,6 +567,7 @@ class ModelSpec(_Strict):
                    else "use task language-model, or serving.runtime model_server")
             raise _FieldError("serving.runtime", f"task {self.task!r} cannot be served by runtime "
                               f"{self.serving.runtime!r} (it speaks {protocol}). Fix: {fix}")
+        self._check_grpc(protocol)
         if self.task == "language-model" and self.gate.slices:
             raise _FieldError("gate.slices", "gate.slices judge the rows of a table; a language model is judged "
                               "on its held-out blocks as a whole. Fix: remove gate.slices")
@@ -567,6 +590,36 @@ class ModelSpec(_Strict):
             raise _FieldError("deploy.kubernetes.image", "the kubernetes target needs 'image' (the serving image) or "
                               "'model_image'. Fix: name the image that runs python -m model_server")
         return self
+
+    def _check_grpc(self, protocol: str) -> None:
+        """``serving.grpc`` and ``smoke.protocol: grpc`` only for a runtime of the Open Inference Protocol, the
+        second only with the first, and the local target's gRPC front port with ``serving.grpc`` only."""
+        runtime = self.serving.runtime
+        if self.smoke.protocol == "grpc" and protocol != "open-inference":
+            raise _FieldError("smoke.protocol", f"smoke.protocol grpc sends the Open Inference Protocol over gRPC, but "
+                              f"runtime {runtime!r} speaks {protocol}. Fix: use smoke.protocol rest")
+        if self.serving.grpc and protocol != "open-inference":
+            raise _FieldError("serving.grpc", f"runtime {runtime!r} speaks {protocol} over HTTP only; gRPC is served "
+                              "by the model_server runtime. Fix: set serving.grpc false (or remove it)")
+        if self.smoke.protocol == "grpc" and not self.serving.grpc:
+            raise _FieldError("smoke.protocol", "smoke.protocol grpc needs servers that speak gRPC. Fix: set "
+                              "serving.grpc: true, or use smoke.protocol rest")
+        local = self.deploy.local
+        if self.deploy.target == "local" and local is not None:
+            if self.serving.grpc and local.grpc_port is None:
+                raise _FieldError("deploy.local.grpc_port", "serving.grpc is true, and the local front needs a stable "
+                                  "port for gRPC clients. Fix: set deploy.local.grpc_port to a free port (not "
+                                  "deploy.local.port)")
+            if local.grpc_port is not None and not self.serving.grpc:
+                raise _FieldError("deploy.local.grpc_port", "deploy.local.grpc_port is set but serving.grpc is false, "
+                                  "so no server would answer on it. Fix: set serving.grpc: true, or remove "
+                                  "deploy.local.grpc_port")
+        ansible = self.deploy.ansible
+        if self.deploy.target == "ansible" and ansible is not None and self.serving.grpc \
+                and ansible.load_balancer.grpc_front is None:
+            raise _FieldError("deploy.ansible.load_balancer.grpc_front", "serving.grpc is true, and verify sends its "
+                              "golden requests through the load balancer's gRPC frontend. Fix: set "
+                              "deploy.ansible.load_balancer.grpc_front to its host:port")
 
     @property
     def dag_id(self) -> str:
@@ -787,12 +840,16 @@ LOOPBACK = ("127.0.0.1", "localhost")
 def claimed_ports(spec: ModelSpec) -> list[tuple[str, str, int]]:
     """The fixed ports the spec's deploy target claims on a machine: ``(field, host, port)``.
 
-    Only the local target binds a fixed port on a shared machine (its front, ``deploy.local.port``); an Ansible
+    Only the local target binds fixed ports on a shared machine (its front, ``deploy.local.port``, and with
+    ``serving.grpc`` its gRPC front, ``deploy.local.grpc_port``); an Ansible
     host's ports are the inventory's, and a Kubernetes Service's port is its own per model.
     """
     local = spec.deploy.local
     if spec.deploy.target == "local" and local is not None:
-        return [("deploy.local.port", local.host, local.port)]
+        ports = [("deploy.local.port", local.host, local.port)]
+        if local.grpc_port is not None:
+            ports.append(("deploy.local.grpc_port", local.host, local.grpc_port))
+        return ports
     return []
 
 
@@ -927,6 +984,14 @@ the traffic shift, through the production address (`verify`):
 the candidate's digest (the `X-Model-Digest` header), and the p95 latency over
 `smoke.repeats` rounds must be within `smoke.latency_budget_ms`.
 
+With `smoke.protocol: grpc` (and `serving.grpc: true`) the same cases go over gRPC
+(`inference.GRPCInferenceService/ModelInfer`, the inputs as raw contents) to the deployment's
+gRPC address: the candidate's gRPC port for `smoke`, the target's gRPC front for `verify`
+(`deploy.local.grpc_port`, `deploy.ansible.load_balancer.grpc_front`, the Service port `grpc`).
+Each answer is turned into the JSON body REST gives (outputs with `name`, `datatype`, `shape`,
+flat `data`) and checked by the same rules; the digest is the `x-model-digest` trailing
+metadata. The stage's record says `protocol: grpc` and `url: grpc://host:port`.
+
 The golden file is read when the spec loads (at most 4 MiB), as the smoke stage will read
 it: a malformed file makes the spec invalid, naming `smoke.golden`, the case and its field,
 so the model's DAG does not load (the other models' DAGs do).
@@ -934,8 +999,8 @@ so the model's DAG does not load (the other models' DAGs do).
 ## Fixed ports
 
 Two models must not claim the same fixed port on one machine: with the `local` target, each
-model's `deploy.local.port` (on the same `deploy.local.host`, a wildcard address overlapping
-every other) is its own. Each spec alone is valid, so both DAGs load; the build task refuses
+model's `deploy.local.port`, and its `deploy.local.grpc_port` with `serving.grpc` (on the same
+`deploy.local.host`, a wildcard address overlapping every other) is its own. Each spec alone is valid, so both DAGs load; the build task refuses
 a release of either in its first seconds, naming both models, until one moves to another
 port.
 """

@@ -5,6 +5,16 @@ pipes every new TCP connection to the upstream named in the JSON state file::
 
     {"upstream": {"host": "127.0.0.1", "port": 12345}, "...": "other keys are ignored"}
 
+With ``--grpc-port M`` it listens on a second port too, for gRPC (HTTP/2) clients, and pipes each of its
+connections to ``grpc_upstream`` (the same server's ``--grpc-port``), written by the same switch::
+
+    {"upstream": {"host": "127.0.0.1", "port": 12345}, "grpc_upstream": {"host": "127.0.0.1", "port": 12346}}
+
+It is a layer-4 forwarder: it does not parse HTTP/2, so a gRPC channel (one long-lived connection carrying
+many calls) stays on the server it was opened to until it closes; calls on channels opened after a switch go
+to the new server. A server told to drain (SIGUSR1) still answers the calls of its open channels; stop it
+after a drain period, as for HTTP, and clients reconnect through the front to the new one.
+
 The state is looked up once per new connection (re-read only when the file's inode, size or
 times change). Switching colours is one atomic rewrite of the file (:func:`write_state`): new
 connections go to the new upstream, connections already open stay on the old one until they close,
@@ -13,7 +23,8 @@ so keep the old server up for a drain period before stopping it, and tell it to 
 (for example a file written in place, half-way) is ignored and the previous upstream kept.
 
 When there is no upstream, or it refuses the connection, the client gets a raw
-``HTTP/1.1 503 Service Unavailable`` with a JSON body, and the connection is closed.
+``HTTP/1.1 503 Service Unavailable`` with a JSON body, and the connection is closed. On the gRPC port the
+connection is closed without an answer (gRPC clients report ``UNAVAILABLE`` and retry).
 """
 
 from __future__ import annotations
@@ -49,7 +60,8 @@ class Upstream:
 
 
 def write_state(
-    path: str | os.PathLike[str], upstream_host: str | None, upstream_port: int | None, **extra: Any
+    path: str | os.PathLike[str], upstream_host: str | None, upstream_port: int | None, *,
+    grpc_port: int | None = None, **extra: Any
 ) -> None:
     """Atomically write the front's state file (temporary file in the same directory + ``os.replace``).
 
@@ -57,17 +69,25 @@ def write_state(
     :param upstream_host: where new connections go; ``None`` (with ``upstream_port=None``) for
         no upstream, so that the front answers 503.
     :param upstream_port: the upstream's TCP port.
+    :param grpc_port: the upstream's gRPC port (on ``upstream_host``), where the front's gRPC port forwards;
+        None: the front's gRPC port, if it has one, refuses connections.
     :param extra: other JSON-serializable keys to record (the front ignores them), e.g. ``color``.
     """
-    if "upstream" in extra:
-        raise ValueError("pass the upstream as upstream_host/upstream_port, not as an extra key")
+    if "upstream" in extra or GRPC_KEY in extra:
+        raise ValueError("pass the upstream as upstream_host/upstream_port/grpc_port, not as an extra key")
     if (upstream_host is None) != (upstream_port is None):
         raise ValueError("give both upstream_host and upstream_port, or neither (no upstream)")
-    upstream = None
+    if grpc_port is not None and upstream_host is None:
+        raise ValueError("a grpc_port needs an upstream_host (the server it is a port of)")
+    upstream = grpc = None
     if upstream_host is not None:
         upstream = {"host": upstream_host, "port": upstream_port}
         parse_state({"upstream": upstream})  # refuse to write what the front would not accept
-    text = json.dumps({**extra, "upstream": upstream}, indent=2, sort_keys=True) + "\n"
+    if grpc_port is not None:
+        grpc = {"host": upstream_host, "port": grpc_port}
+        parse_state({GRPC_KEY: grpc}, GRPC_KEY)
+    doc = {**extra, "upstream": upstream, **({GRPC_KEY: grpc} if grpc else {})}
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -89,35 +109,41 @@ def write_state(
             os.close(dir_fd)
 
 
-def parse_state(doc: Any) -> Upstream | None:
-    """Return the upstream of a state document, or ``None`` when it has none.
+GRPC_KEY = "grpc_upstream"
+"""The key of the state file naming where the front's gRPC port forwards."""
+
+
+def parse_state(doc: Any, key: str = "upstream") -> Upstream | None:
+    """Return the upstream of a state document (``key``: ``upstream``, or :data:`GRPC_KEY` for the gRPC port),
+    or ``None`` when it has none.
 
     :raises ValueError: when the document is not a valid state.
     """
     if not isinstance(doc, dict):
         raise ValueError(f"state must be a JSON object; got {type(doc).__name__}")
-    upstream = doc.get("upstream")
+    upstream = doc.get(key)
     if upstream is None:
         return None
     host = upstream.get("host") if isinstance(upstream, dict) else None
     port = upstream.get("port") if isinstance(upstream, dict) else None
     if not isinstance(host, str) or not host or not isinstance(port, int) or isinstance(port, bool):
-        raise ValueError(f"state 'upstream' must be {{'host': str, 'port': int}}; got {upstream!r}")
+        raise ValueError(f"state {key!r} must be {{'host': str, 'port': int}}; got {upstream!r}")
     if not 0 < port < 65536:
-        raise ValueError(f"state upstream port {port} is not a TCP port")
+        raise ValueError(f"state {key} port {port} is not a TCP port")
     return Upstream(host, port)
 
 
-def read_state(path: str | os.PathLike[str]) -> Upstream | None:
-    """Read and parse a state file (raises ``OSError`` or ``ValueError``)."""
-    return parse_state(json.loads(Path(path).read_text(encoding="utf-8")))
+def read_state(path: str | os.PathLike[str], key: str = "upstream") -> Upstream | None:
+    """Read and parse a state file (raises ``OSError`` or ``ValueError``); ``key`` as :func:`parse_state`'s."""
+    return parse_state(json.loads(Path(path).read_text(encoding="utf-8")), key)
 
 
 class StateWatcher:
-    """The current upstream, re-read from the state file only when the file changed."""
+    """The current upstream (of ``key``), re-read from the state file only when the file changed."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], key: str = "upstream") -> None:
         self.path = Path(path)
+        self.key = key
         self.upstream: Upstream | None = None
         self.problem = f"state file {self.path} not read yet"
         self._key: tuple[int, ...] | None = None
@@ -136,7 +162,7 @@ class StateWatcher:
         if key == self._key and not force:
             return self.upstream
         try:
-            upstream = read_state(self.path)
+            upstream = read_state(self.path, self.key)
         except (OSError, ValueError) as exc:  # includes a half-written file (JSONDecodeError)
             if key != self._key:
                 logger.warning(
@@ -144,12 +170,12 @@ class StateWatcher:
                 )
             self._key = key
             return self.upstream
-        self._set(upstream, f"state file {self.path} names no upstream", key=key)
+        self._set(upstream, f"state file {self.path} names no {self.key}", key=key)
         return upstream
 
     def _set(self, upstream: Upstream | None, problem: str, key: tuple[int, ...]) -> None:
         if upstream != self.upstream:
-            logger.info("upstream switched from %s to %s", self.upstream or "none", upstream or "none")
+            logger.info("%s switched from %s to %s", self.key, self.upstream or "none", upstream or "none")
         elif upstream is None and problem != self.problem:
             logger.info("no upstream: %s", problem)
         self.upstream, self._key = upstream, key
@@ -176,10 +202,16 @@ async def _close(*writers: asyncio.StreamWriter) -> None:
 
 
 class Front:
-    """The proxy: one :meth:`handle` call per client connection."""
+    """The proxy: one :meth:`handle` call per client connection.
 
-    def __init__(self, state_path: str | os.PathLike[str], *, connect_timeout: float = 5.0) -> None:
-        self.watcher = StateWatcher(state_path)
+    :param key: the state's key of the upstream (``upstream``; :data:`GRPC_KEY` for the gRPC port, whose
+        refusals close the connection instead of answering HTTP/1.1 503).
+    """
+
+    def __init__(self, state_path: str | os.PathLike[str], *, connect_timeout: float = 5.0,
+                 key: str = "upstream") -> None:
+        self.watcher = StateWatcher(state_path, key)
+        self.http = key == "upstream"
         self.connect_timeout = connect_timeout
         self.connections: set[asyncio.Task[Any]] = set()
 
@@ -190,8 +222,10 @@ class Front:
             self.connections.add(task)
         try:
             streams, problem = await self._connect()
-            if streams is None:
+            if streams is None and self.http:
                 await self._reject(reader, writer, problem)
+            elif streams is None:
+                logger.warning("gRPC connection closed: no ready upstream: %s", problem)
             else:
                 await self._splice(reader, writer, *streams)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -265,22 +299,35 @@ class Front:
                     pass
 
 
-async def serve(host: str, port: int, state: str | os.PathLike[str], *, drain_timeout: float = 10.0) -> None:
-    """Run the front until SIGTERM or SIGINT, then let open connections finish (up to ``drain_timeout``)."""
-    front = Front(state)
-    front.watcher.current()
-    server = await asyncio.start_server(front.handle, host, port, backlog=1024)
-    bound = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
-    logger.info("listening on %s, state %s", bound, front.watcher.path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    if front.connections:
-        logger.info("stopping: waiting for %d open connection(s)", len(front.connections))
-        await asyncio.wait(set(front.connections), timeout=drain_timeout)
+async def serve(host: str, port: int, state: str | os.PathLike[str], *, drain_timeout: float = 10.0,
+                grpc_port: int | None = None) -> None:
+    """Run the front until SIGTERM or SIGINT, then let open connections finish (up to ``drain_timeout``).
+
+    :param grpc_port: also listen here, forwarding to the state's ``grpc_upstream``.
+    """
+    listeners = [(port, Front(state))]
+    if grpc_port is not None:
+        listeners.append((grpc_port, Front(state, key=GRPC_KEY)))
+    servers = []
+    try:
+        for listen_port, front in listeners:
+            front.watcher.current()
+            server = await asyncio.start_server(front.handle, host, listen_port, backlog=1024)
+            servers.append(server)
+            bound = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+            logger.info("listening on %s (%s), state %s", bound, "HTTP" if front.http else "gRPC", front.watcher.path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+    connections = {task for _, front in listeners for task in front.connections}
+    if connections:
+        logger.info("stopping: waiting for %d open connection(s)", len(connections))
+        await asyncio.wait(connections, timeout=drain_timeout)
     logger.info("stopped")
 
 
@@ -296,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         "--state", required=True, help='JSON state file: {"upstream": {"host": ..., "port": ...}}'
     )
     parser.add_argument(
+        "--grpc-port", type=int, default=None,
+        help="also listen on this port for gRPC clients, forwarding to the state's grpc_upstream",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds, on stop (default: %(default)s)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -306,9 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s model_server.front %(levelname)s %(message)s",
     )
     try:
-        asyncio.run(serve(args.host, args.port, args.state, drain_timeout=args.drain_timeout))
+        asyncio.run(serve(args.host, args.port, args.state, drain_timeout=args.drain_timeout,
+                          grpc_port=args.grpc_port))
     except OSError as exc:
-        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+        ports = f"{args.port}" + (f" or {args.grpc_port}" if args.grpc_port is not None else "")
+        logger.error("cannot listen on %s:%s: %s", args.host, ports, exc)
         return 1
     return 0
 

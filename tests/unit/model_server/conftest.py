@@ -10,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,3 +221,19 @@ def make_artifact(tmp_path: Path) -> Callable[..., str]:
 def child_env() -> dict[str, str]:
     """The environment for a child process, with ``model_server`` on ``PYTHONPATH``."""
     return subprocess_env()
+
+
+@contextmanager
+def serving_threads(servers: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Serve each of ``servers`` (socketserver servers) on a thread of its own; shut them down at exit."""
+    threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in servers.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=10)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from model_server.front import StateWatcher, Upstream, read_state, write_state
+from tests.unit.model_server.conftest import serving_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -62,17 +63,8 @@ class _NamedServer(ThreadingHTTPServer):
 def upstreams() -> Iterator[dict[str, _NamedServer]]:
     """Three real HTTP servers, A, B and C, each answering with its own name."""
     servers = {name: _NamedServer(name) for name in "ABC"}
-    threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in servers.values()]
-    for thread in threads:
-        thread.start()
-    try:
+    with serving_threads(servers):
         yield servers
-    finally:
-        for server in servers.values():
-            server.shutdown()
-            server.server_close()
-        for thread in threads:
-            thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -32,6 +32,16 @@ class LoadBalancerSpec(BaseModel):
         pattern=r"^https?://",
         description="The address clients use (HAProxy's frontend); `verify` sends the golden requests there.",
     )
+    grpc_front: str | None = Field(
+        None, pattern=r"^[^/\s]+:[0-9]{1,5}$",
+        description="With `serving.grpc: true`: `host:port` of HAProxy's gRPC frontend (HTTP/2, `bind ... proto h2`, to "
+        "`grpc_backend`, see docs/deploy-ansible.md); `verify` sends the golden requests there with "
+        "`smoke.protocol: grpc`.",
+    )
+    grpc_backend: str | None = Field(
+        None, description="With `serving.grpc: true`: HAProxy backend of the hosts' gRPC ports; default: "
+        "`<backend>_grpc`. The same server names as `backend`: a host is drained and put back in both."
+    )
 
 
 class AnsibleTargetSpec(BaseModel):

@@ -202,6 +202,15 @@ class AnsibleTarget:
     def front_url(self) -> str:
         return self.config.load_balancer.front_url.rstrip("/")
 
+    @property
+    def front_grpc(self) -> str | None:
+        """``host:port`` of the load balancer's gRPC frontend (None without ``serving.grpc``)."""
+        return self.config.load_balancer.grpc_front if self.spec.serving.grpc else None
+
+    def _grpc(self, address: str | None) -> dict[str, Any]:
+        """``{"grpc_url": address}`` with ``serving.grpc``, for results; else nothing."""
+        return {"grpc_url": address} if self.spec.serving.grpc and address else {}
+
     # -- state -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -297,10 +306,13 @@ class AnsibleTarget:
             "model_server_lb_socket": lb.runtime_api,
             "model_server_lb_backend": lb.backend or self.model,
             "model_server_lb_host": lb.lb_host,
+            "model_server_grpc": self.spec.serving.grpc,
             "model_server_ready_timeout": self.ready_timeout,
             "model_server_drain_timeout": cfg.drain_timeout_seconds,
             **self._runtime_vars(),
         }
+        if self.spec.serving.grpc:
+            extra["model_server_lb_grpc_backend"] = lb.grpc_backend or f"{lb.backend or self.model}_grpc"
         if cfg.remote_root:
             extra["model_server_root"] = cfg.remote_root
         return extra
@@ -626,9 +638,10 @@ class AnsibleTarget:
             common = {"version": candidate.version, "digest": candidate.digest, "hosts": sorted(result.stats),
                       "changed": result.changed, "ansible": result.to_dict()}
             if staged:
-                return {"url": staged[1]["url"], "staging_host": staged[0], **common,
+                return {"url": staged[1]["url"], **self._grpc(staged[1].get("grpc_url")), "staging_host": staged[0],
+                        **common,
                         "note": f"delivered to {len(result.stats)} host(s); started on {staged[0]} without traffic"}
-            return {"url": self.front_url, "staging_host": None, **common,
+            return {"url": self.front_url, **self._grpc(self.front_grpc), "staging_host": None, **common,
                     "note": "every host already serves this digest; nothing was started"}
 
     def shift(self, run_id: str) -> dict[str, Any]:
@@ -661,29 +674,32 @@ class AnsibleTarget:
                     result={"failed": result.problems(), "rolled_back": restored, "ansible": result.to_dict()},
                 )
             self._verify_front(wanted)
+            self._verify_grpc_front(wanted)
             run["status"] = "shifted"
             previous = state["active"]
             state["active"] = {**wanted, "run_id": run_id, "at": now()}
-            return {"url": self.front_url, "version": wanted["version"], "digest": wanted["digest"],
-                    "hosts": sorted(result.stats), "updated": list(run["touched"]), "changed": result.changed,
+            return {"url": self.front_url, **self._grpc(self.front_grpc), "version": wanted["version"],
+                    "digest": wanted["digest"], "hosts": sorted(result.stats), "updated": list(run["touched"]), "changed": result.changed,
                     "previous": (previous or {}).get("version"), "serial": self.config.serial,
                     "ansible": result.to_dict(),
                     "note": f"{len(run['touched'])} host(s) switched, batch size {self.config.serial}"}
 
     def _verify_front(self, wanted: dict[str, Any]) -> None:
         """The load balancer's front answers with the candidate's digest, several times in a row."""
-        deadline = time.monotonic() + 30
-        in_a_row, last = 0, "no answer"
-        while time.monotonic() < deadline:
-            served = self.runtime.served_digest(self.front_url, self.model, timeout=5)
-            last = f"digest {served}" if served else "no answer"
-            good = served == wanted["digest"]
-            in_a_row = in_a_row + 1 if good else 0
-            if in_a_row >= 5:
-                return
-            time.sleep(0.05 if good else 0.5)
-        raise DeployFailed(f"the load balancer {self.front_url} does not answer with {wanted['digest']} after the "
-                           f"rollout (last: {last}). Check deploy.ansible.load_balancer.front_url and the backend.")
+        _answers_in_a_row(lambda: self.runtime.served_digest(self.front_url, self.model, timeout=5), wanted["digest"],
+                          f"the load balancer {self.front_url}",
+                          "deploy.ansible.load_balancer.front_url and the backend")
+
+    def _verify_grpc_front(self, wanted: dict[str, Any]) -> None:
+        """With ``serving.grpc``: the gRPC frontend answers new channels with the candidate's digest, 5 in a row."""
+        if self.front_grpc is None:
+            return
+        from model_delivery.smoke import grpc_served_digest
+
+        front = self.front_grpc
+        _answers_in_a_row(lambda: grpc_served_digest(front, timeout=5), wanted["digest"],
+                          f"the load balancer's gRPC frontend {front}",
+                          "deploy.ansible.load_balancer.grpc_front and the gRPC backend")
 
     def _restore(self, state: dict[str, Any], run_id: str) -> list[str]:
         """rollback.yml on every host the run touched; returns them. Also stops the staging instance.
@@ -747,3 +763,21 @@ class AnsibleTarget:
         state = self._read()
         return {"front_url": self.front_url, "hosts": state["hosts"], "active": state["active"],
                 "serving": self._serving(state), "runs": state["runs"]}
+
+
+def _answers_in_a_row(probe: Any, digest: str, what: str, check: str, times: int = 5, seconds: float = 30) -> None:
+    """``probe()`` (a served digest, or None) gives ``digest`` ``times`` times in a row within ``seconds``.
+
+    :raises DeployFailed: naming ``what`` answered last and what to ``check``.
+    """
+    deadline = time.monotonic() + seconds
+    in_a_row, last = 0, "no answer"
+    while time.monotonic() < deadline:
+        served = probe()
+        last = f"digest {served}" if served else "no answer"
+        good = served == digest
+        in_a_row = in_a_row + 1 if good else 0
+        if in_a_row >= times:
+            return
+        time.sleep(0.05 if good else 0.5)
+    raise DeployFailed(f"{what} does not answer with {digest} after the rollout (last: {last}). Check {check}.")

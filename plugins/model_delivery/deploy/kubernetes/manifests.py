@@ -11,6 +11,7 @@ Objects and their roles:
 ``Deployment <name>-candidate``        the staged candidate (``track: candidate``); a canary when it
                                        also carries ``serving: "true"``
 ``Service <name>``                     production traffic: every pod with ``serving: "true"``
+                                       (ports ``http``, and ``grpc`` with ``serving.grpc``)
 ``Service <name>-candidate``           the candidate's pods only (smoke tests)
 ``PodDisruptionBudget <name>``         keeps production pods through voluntary evictions
 ``ConfigMap <name>-fetch``             the init container's fetch-and-verify script, and the public
@@ -85,6 +86,8 @@ class Release:
     """The artifact's size when the store knows it: it sizes the weights volume and the startup probe."""
     signing: PodSigning | None = None
     """The signature check of the init container (None: signing is off)."""
+    grpc: bool = False
+    """``serving.grpc``: the server also speaks gRPC, on the container port named ``grpc``."""
 
     @property
     def hex(self) -> str:
@@ -242,6 +245,14 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
             "failureThreshold": failures}
 
 
+def _grpc_probe(period: int, failures: int) -> dict[str, Any]:
+    """Readiness of the gRPC port: a TCP connect. Kubernetes' native ``grpc`` probe calls grpc.health.v1.Health,
+    which the model server does not implement (it serves inference.GRPCInferenceService only), so that probe would
+    never pass; a container has one readiness probe, and HTTP keeps the startup and liveness probes (both ports are
+    served by one process, on one event loop)."""
+    return {"tcpSocket": {"port": "grpc"}, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures}
+
+
 def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str, Any]:
     baked = spec.model_image is not None
     artifact = spec.model_image_artifact_path if baked else f"{MODELS_MOUNT}/{release.hex}"
@@ -251,9 +262,14 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
     runtime = get_runtime(release.runtime)
     if runtime.shared_memory:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    args = dict(release.runtime_args)
+    ports = [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}]
+    if release.grpc:
+        args["grpc_port"] = spec.container_grpc_port
+        ports.append({"name": "grpc", "containerPort": spec.container_grpc_port, "protocol": "TCP"})
     command = runtime.command(python=runtime.container_python, artifact=artifact, digest=release.digest,
                               model=release.model, version=release.version, host="0.0.0.0",
-                              port=spec.container_port, args=dict(release.runtime_args))
+                              port=spec.container_port, args=args)
     env = {"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **runtime.container_env("/tmp")}
     env_list: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in env.items()]
     if spec.token_secret and runtime.token_env:  # the bearer token, by reference to the Secret only
@@ -265,7 +281,7 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
         "imagePullPolicy": spec.image_pull_policy,
         "command": command[:3],
         "args": command[3:],
-        "ports": [{"name": "http", "containerPort": spec.container_port, "protocol": "TCP"}],
+        "ports": ports,
         "env": env_list,
         "resources": resources(spec.resources),
         # The server answers its live path only once it has loaded the model (ours after verifying the
@@ -273,8 +289,9 @@ def _server_container(spec: KubernetesTargetSpec, release: Release) -> dict[str,
         "startupProbe": _probe(runtime.live_path, PROBE_PERIOD,
                                math.ceil(startup_seconds(spec, release) / PROBE_PERIOD)),
         # a probe sends no token: with one, a runtime whose ready path needs it is probed on its live path
-        "readinessProbe": _probe(runtime.ready_path if not (spec.token_secret and runtime.ready_needs_token)
-                                 else runtime.live_path, PROBE_PERIOD, 3),
+        "readinessProbe": _grpc_probe(PROBE_PERIOD, 3) if release.grpc else _probe(
+            runtime.ready_path if not (spec.token_secret and runtime.ready_needs_token) else runtime.live_path,
+            PROBE_PERIOD, 3),
         "livenessProbe": _probe(runtime.live_path, 10, 3),
         "securityContext": container_security(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -384,21 +401,26 @@ def deployment(spec: KubernetesTargetSpec, release: Release, track: str = STABLE
     }
 
 
-def services(spec: KubernetesTargetSpec, model: str) -> list[dict[str, Any]]:
-    """The production Service (every serving pod) and the candidate Service (the candidate only)."""
-    port = {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+def services(spec: KubernetesTargetSpec, model: str, grpc: bool = False) -> list[dict[str, Any]]:
+    """The production Service (every serving pod) and the candidate Service (the candidate only); with ``grpc``
+    each also has the port ``grpc`` (HTTP/2 in clear text: ``appProtocol: kubernetes.io/h2c``)."""
+    http = {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+    ports = [http]
+    if grpc:
+        ports.append({"name": "grpc", "port": spec.service.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                      "appProtocol": "kubernetes.io/h2c"})
     production = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(base_name(model), spec.namespace, common_labels(model)),
         "spec": {"type": spec.service.type, "selector": {"app.kubernetes.io/name": base_name(model),
-                                                         f"{PREFIX}serving": "true"}, "ports": [port]},
+                                                         f"{PREFIX}serving": "true"}, "ports": ports},
     }
     candidate = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(f"{base_name(model)}-candidate", spec.namespace, common_labels(model)),
-        "spec": {"type": "ClusterIP", "selector": selector(model, CANDIDATE), "ports": [port]},
+        "spec": {"type": "ClusterIP", "selector": selector(model, CANDIDATE), "ports": [dict(p) for p in ports]},
     }
     return [production, candidate]
 
@@ -425,11 +447,11 @@ def disruption_budget(spec: KubernetesTargetSpec, model: str) -> dict[str, Any]:
     }
 
 
-def shared_objects(spec: KubernetesTargetSpec, model: str, signing: PodSigning | None = None
+def shared_objects(spec: KubernetesTargetSpec, model: str, signing: PodSigning | None = None, grpc: bool = False
                    ) -> list[dict[str, Any]]:
-    """Objects every version shares, applied before any Deployment."""
+    """Objects every version shares, applied before any Deployment (``grpc``: the Services' gRPC port)."""
     shared = [] if spec.model_image is not None else [config_map(spec, model, signing)]
-    return [*shared, *services(spec, model), disruption_budget(spec, model)]
+    return [*shared, *services(spec, model, grpc), disruption_budget(spec, model)]
 
 
 def role_rules() -> list[dict[str, Any]]:

@@ -159,6 +159,11 @@ class ServiceSpec(_Strict):
     """The Services in front of the pods."""
 
     port: int = Field(80, ge=1, le=65535, description="Port of the Services (production and candidate).")
+    grpc_port: int = Field(
+        9000, ge=1, le=65535,
+        description="With `serving.grpc: true`: the Services' port `grpc` (to the pods' `grpc` port; appProtocol "
+        "kubernetes.io/h2c).",
+    )
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Production Service type.")
 
 
@@ -227,6 +232,11 @@ class KubernetesTargetSpec(_Strict):
         default_factory=lambda: ServiceSpec.model_validate({}), description="The Services."
     )
     container_port: int = Field(8080, ge=1024, le=65535, description="Port the model server listens on in the pod.")
+    container_grpc_port: int = Field(
+        9000, ge=1024, le=65535,
+        description="With `serving.grpc: true`: port the model server's gRPC listens on in the pod (container port "
+        "`grpc`, probed for readiness by a TCP connect).",
+    )
     run_as_user: int = Field(10001, ge=1, description="Non-root user id the containers run as.")
     artifact_fetch: ArtifactFetchSpec = Field(
         default_factory=lambda: ArtifactFetchSpec.model_validate({}),
@@ -257,6 +267,16 @@ class KubernetesTargetSpec(_Strict):
         "http://{name}.{namespace}.svc.cluster.local:{port}",
         description="URL of the production Service for the verify stage; placeholders as staging_url.",
     )
+    staging_grpc: str = Field(
+        "{name}-candidate.{namespace}.svc.cluster.local:{grpc_port}",
+        description="With `serving.grpc: true`: `host:port` the smoke test reaches the candidate's gRPC port at "
+        "(`smoke.protocol: grpc`); placeholders as staging_url, and `{grpc_port}` (service.grpc_port).",
+    )
+    production_grpc: str = Field(
+        "{name}.{namespace}.svc.cluster.local:{grpc_port}",
+        description="With `serving.grpc: true`: `host:port` of the production Service's gRPC port for the verify "
+        "stage; placeholders as staging_grpc.",
+    )
 
     @field_validator("max_surge")
     @classmethod
@@ -276,5 +296,14 @@ class KubernetesTargetSpec(_Strict):
                 url.format(name="n", namespace="ns", port=1)
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"{url!r}: only {{name}}, {{namespace}} and {{port}} may be used ({exc})") from None
+        for address in (self.staging_grpc, self.production_grpc):
+            try:
+                address.format(name="n", namespace="ns", port=1, grpc_port=2)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{address!r}: only {{name}}, {{namespace}}, {{port}} and {{grpc_port}} may be used "
+                                 f"({exc})") from None
+        if self.container_grpc_port == self.container_port:
+            raise ValueError(f"container_grpc_port and container_port are both {self.container_port}: give gRPC "
+                             "its own port")
         return self
 

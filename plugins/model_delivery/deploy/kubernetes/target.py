@@ -100,7 +100,8 @@ class KubernetesTarget:
         return self._cluster
 
     def url(self, template: str) -> str:
-        return template.format(name=m.base_name(self.model), namespace=self.k8s.namespace, port=self.k8s.service.port)
+        return template.format(name=m.base_name(self.model), namespace=self.k8s.namespace, port=self.k8s.service.port,
+                               grpc_port=self.k8s.service.grpc_port)
 
     @property
     def staging_url(self) -> str:
@@ -117,7 +118,8 @@ class KubernetesTarget:
         files = self._files(digest)
         return m.Release(self.model, version, digest, self._oci_ref(digest) or artifact_uri(root, self.model, digest),
                          serving.runtime, tuple(sorted(serving.args.items())),
-                         None if files is None else sum(files.values()), self.pod_signing)
+                         None if files is None else sum(files.values()), self.pod_signing,
+                         grpc=self.spec.serving.grpc)
 
     @cached_property
     def pod_signing(self) -> m.PodSigning | None:
@@ -173,7 +175,8 @@ class KubernetesTarget:
 
     def objects(self, release: m.Release, track: str) -> list[dict[str, Any]]:
         """What a step applies, in order: the shared objects, then the track's Deployment."""
-        return [*m.shared_objects(self.k8s, self.model, release.signing), m.deployment(self.k8s, release, track)]
+        return [*m.shared_objects(self.k8s, self.model, release.signing, release.grpc),
+                m.deployment(self.k8s, release, track)]
 
     def _apply(self, objects: list[dict[str, Any]], run_id: str, step: str, release: m.Release) -> None:
         """Server-side apply of ``objects``, journaled (a kill half-way is settled by the next step)."""
@@ -248,8 +251,12 @@ class KubernetesTarget:
         return self._delete(m.CANDIDATE, run_id)
 
     def _summary(self, release: m.Release, url: str, status: RolloutStatus | None, note: str) -> dict[str, Any]:
-        return {"url": url, "version": release.version, "digest": release.digest, "namespace": self.k8s.namespace,
-                "rollout": status.message if status else None, "note": note}
+        summary = {"url": url, "version": release.version, "digest": release.digest, "namespace": self.k8s.namespace,
+                   "rollout": status.message if status else None, "note": note}
+        if release.grpc:  # the same Service's gRPC port (smoke.protocol: grpc)
+            template = self.k8s.staging_grpc if url == self.staging_url else self.k8s.production_grpc
+            summary["grpc_url"] = self.url(template)
+        return summary
 
     # -- the protocol ---------------------------------------------------------------------------
 

@@ -15,6 +15,11 @@ the next step that touches the model first finishes or undoes what a killed one 
 (:meth:`LocalTarget.recover`): a server started but never recorded is stopped, a switch
 that did not finish is put back, so the front serves what the ledger calls active.
 
+With ``serving.grpc``, each server also gets a fresh gRPC port (``--grpc-port``), and the front listens on
+``deploy.local.grpc_port`` too, forwarding each new TCP connection (HTTP/2) to the active server's gRPC port:
+one rewrite of its state file switches both ports at once. A gRPC channel opened before a switch stays on
+the old server until it closes (the front works at layer 4); channels opened after go to the new one.
+
 Servers and the front start with an allow-listed environment (``runtimes.server_env``), never the
 worker's whole one. With ``serving.token_conn_id``, each server gets the bearer token in its
 runtime's variable, and the readiness checks send it; the front, a TCP proxy, needs none: the
@@ -41,7 +46,7 @@ from model_delivery.procs import stop as _stop
 from model_delivery.records import now
 from model_delivery.runtimes import server_env
 from model_delivery.settings import PROJECT_ROOT
-from model_server.front import read_state, write_state
+from model_server.front import GRPC_KEY, read_state, write_state
 from model_server.manifest import parse_digest
 
 if TYPE_CHECKING:
@@ -125,6 +130,7 @@ class LocalTarget:
         self.config = config
         self.runtime = get_runtime(serving.runtime if serving else "model_server")
         self.runtime_args = dict(serving.args) if serving else {}
+        self.grpc = bool(getattr(serving, "grpc", False)) and config.grpc_port is not None
         self.state_dir = state_dir
         self.store = store
         self.ledger = ledger or Ledger(f"sqlite:///{state_dir / 'ledger.db'}")
@@ -158,6 +164,15 @@ class LocalTarget:
     def front_url(self) -> str:
         return f"http://{self.config.host}:{self.config.port}"
 
+    @property
+    def front_grpc(self) -> str | None:
+        """``host:port`` of the front's gRPC port (None without ``serving.grpc``)."""
+        return f"{self.config.host}:{self.config.grpc_port}" if self.grpc else None
+
+    def _urls(self) -> dict[str, Any]:
+        """The front's addresses, for results: ``url``, and ``grpc_url`` with ``serving.grpc``."""
+        return {"url": self.front_url, **({"grpc_url": self.front_grpc} if self.grpc else {})}
+
     # -- state -------------------------------------------------------------------------------
 
     def _reconcile(self, state: dict[str, Any]) -> str | None:
@@ -177,7 +192,10 @@ class LocalTarget:
                     self._route(None)
                     return f"the front of {self.model} pointed at a server no deploy finished; it has no upstream again"
                 return None
-            if upstream is not None and (upstream.host, upstream.port) == (active["host"], active["port"]):
+            grpc = read_state(self.front_state, GRPC_KEY)
+            grpc_ok = not self.grpc or (grpc.port if grpc is not None else None) == active.get("grpc_port")
+            if upstream is not None and (upstream.host, upstream.port) == (active["host"], active["port"]) \
+                    and grpc_ok:
                 return None
         self._route(active)
         note = (f"an interrupted switch had left the front of {self.model} on another server; it serves the "
@@ -305,11 +323,18 @@ class LocalTarget:
                       run_id: str) -> dict[str, Any]:
         host = self.config.host
         port = free_port(host)
+        grpc_port = None
+        args = dict(self.runtime_args)
+        if self.grpc:
+            grpc_port = free_port(host)
+            while grpc_port == port:
+                grpc_port = free_port(host)
+            args["grpc_port"] = grpc_port
         log_path = self.state_dir / "logs" / f"v{candidate.version}-{port}.log"
         self.runtime.check_artifact(artifact_dir, candidate.digest)
         cmd = self.runtime.command(python=self.runtime.python(), artifact=str(artifact_dir), digest=candidate.digest,
                                    model=self.model, version=candidate.version, host=host, port=port,
-                                   args=self.runtime_args)
+                                   args=args)
         url = f"http://{host}:{port}"
         try:
             env = server_env(os.environ, runtime=self.runtime, fixed=self.runtime.env(self.state_dir / "runtime"),
@@ -321,6 +346,8 @@ class LocalTarget:
         proc = _spawn(cmd, log_path, env)
         slot = {"run_id": run_id, "version": candidate.version, "digest": candidate.digest, "host": host,
                 "port": port, "pid": proc.pid, "url": url, "log": str(log_path), "started_at": now(), "ready": False}
+        if grpc_port is not None:
+            slot.update(grpc_port=grpc_port, grpc_url=f"{host}:{grpc_port}")
         state["candidates"][run_id] = slot
         self._save(state)  # recorded before it is waited for: a kill now leaves a server the ledger knows
         try:
@@ -340,16 +367,28 @@ class LocalTarget:
         return bool(front) and _alive(front.get("pid"), f"--port {self.config.port}")
 
     def _check_front_port_free(self) -> None:
-        """The front is not running: refuse when another process listens on its port."""
-        with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), timeout=1):
-            raise DeployFailed(
-                f"port {self.config.port} on {self.config.host} is taken by another process, so the front for "
-                f"{self.model} cannot start. Fix: free it, or set another deploy.local.port in model.yaml."
-            )
+        """The front is not running: refuse when another process listens on its port (or its gRPC port)."""
+        ports = [("deploy.local.port", self.config.port)]
+        if self.grpc and self.config.grpc_port is not None:
+            ports.append(("deploy.local.grpc_port", self.config.grpc_port))
+        for field, port in ports:
+            with contextlib.suppress(OSError), socket.create_connection((self.config.host, port), timeout=1):
+                raise DeployFailed(
+                    f"port {port} on {self.config.host} is taken by another process, so the front for "
+                    f"{self.model} cannot start. Fix: free it, or set another {field} in model.yaml."
+                )
 
     def _ensure_front(self, state: dict[str, Any]) -> None:
+        wanted_grpc = self.config.grpc_port if self.grpc else None
         if self._front_alive(state):
-            return
+            if (state["front"] or {}).get("grpc_port") == wanted_grpc:
+                return
+            # serving.grpc or deploy.local.grpc_port changed: the running front listens on the old ports.
+            # New connections are refused for the moment it takes to start it again; open ones are cut.
+            _logger.warning("the front of %s listens with gRPC port %s, the spec asks for %s: restarting it",
+                            self.model, state["front"].get("grpc_port"), wanted_grpc)
+            _stop(state["front"].get("pid"), f"--port {self.config.port}")
+            state["front"] = None
         self._check_front_port_free()
         self.front_state = self.state_dir / "front.json"  # this worker starts the front: its own file
         self.front_state.parent.mkdir(parents=True, exist_ok=True)
@@ -358,14 +397,18 @@ class LocalTarget:
         log_path = self.state_dir / "logs" / "front.log"
         cmd = [sys.executable, "-m", "model_server.front", "--host", self.config.host, "--port",
                str(self.config.port), "--state", str(self.front_state)]
+        if wanted_grpc is not None:
+            cmd += ["--grpc-port", str(wanted_grpc)]
         proc = _spawn(cmd, log_path, server_env(os.environ, pythonpath=str(SERVING_PATH)))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise DeployFailed(f"front proxy for {self.model} exited: {_tail(log_path)}")
             with contextlib.suppress(OSError), socket.create_connection((self.config.host, self.config.port), 1):
+                if wanted_grpc is not None:
+                    socket.create_connection((self.config.host, wanted_grpc), 1).close()
                 state["front"] = {"host": self.config.host, "port": self.config.port, "pid": proc.pid,
-                                  "state_file": str(self.front_state)}
+                                  "state_file": str(self.front_state), "grpc_port": wanted_grpc}
                 return
             time.sleep(0.1)
         raise DeployFailed(f"front proxy for {self.model} did not listen on port {self.config.port} in 30 s")
@@ -386,10 +429,13 @@ class LocalTarget:
         if slot is None:
             write_state(self.front_state, None, None)
             return
-        write_state(self.front_state, slot["host"], slot["port"], version=slot["version"], digest=slot["digest"])
+        grpc_port = slot.get("grpc_port") if self.grpc else None
+        write_state(self.front_state, slot["host"], slot["port"], grpc_port=grpc_port, version=slot["version"],
+                    digest=slot["digest"])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.runtime.served_digest(self.front_url, self.model, token=self.token) == slot["digest"]:
+            if self.runtime.served_digest(self.front_url, self.model, token=self.token) == slot["digest"] \
+                    and self._grpc_front_serves(slot):
                 if self.runtime.drain_signals:
                     self._signal(slot, signal.SIGUSR2)
                     if previous is not None and previous.get("pid") != slot.get("pid"):
@@ -397,6 +443,15 @@ class LocalTarget:
                 return
             time.sleep(0.1)
         raise DeployFailed(f"front {self.front_url} did not switch to version {slot['version']} within 30 s")
+
+    def _grpc_front_serves(self, slot: dict[str, Any]) -> bool:
+        """Without gRPC, True; with it, whether a new gRPC channel through the front reaches ``slot``'s digest."""
+        if not self.grpc or not slot.get("grpc_port"):  # a version started before serving.grpc: none to check
+            return True
+        from model_delivery.smoke import grpc_served_digest
+
+        assert self.front_grpc is not None
+        return grpc_served_digest(self.front_grpc, timeout=2.0) == slot["digest"]
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -414,7 +469,7 @@ class LocalTarget:
             serving = f"version {active['version']}" if active else "nothing"
             note = (f"would start version {candidate.version} on a free port of {self.config.host}, then switch "
                     f"{self.front_url} from {serving} to it" + ("" if front_up else " (starting the front)"))
-        return {"version": candidate.version, "digest": candidate.digest, "url": self.front_url,
+        return {"version": candidate.version, "digest": candidate.digest, **self._urls(),
                 "serving": active["version"] if active else None, "artifact_verified": True, "note": note}
 
     def stage(self, candidate: Candidate, run_id: str) -> dict[str, Any]:
@@ -428,7 +483,8 @@ class LocalTarget:
         signature = self._check_signature(candidate.digest, artifact_dir)
         with self._locked() as state:
             for slot in (state["candidates"].get(run_id), state["active"]):
-                if slot and slot["digest"] == candidate.digest and self._slot_alive(slot):
+                if slot and slot["digest"] == candidate.digest and self._slot_alive(slot) \
+                        and (not self.grpc or slot.get("grpc_port")):
                     state["candidates"][run_id] = slot
                     return {**slot, **signature,
                             "note": f"version {slot['version']} with this digest is already running"}
@@ -457,7 +513,7 @@ class LocalTarget:
             self._ensure_front(state)
             if active and active["pid"] == candidate["pid"]:
                 self._route(candidate)
-                return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
+                return {**self._urls(), "version": candidate["version"], "digest": candidate["digest"],
                         "note": "already serving"}
             if state["standby"] and state["standby"]["pid"] != (active or {}).get("pid"):
                 self._journaled_stop(run_id, state["standby"])
@@ -469,7 +525,7 @@ class LocalTarget:
             self._save(state)
             self.ledger.done(entry)
             standby = state["standby"]
-            return {"url": self.front_url, "version": candidate["version"], "digest": candidate["digest"],
+            return {**self._urls(), "version": candidate["version"], "digest": candidate["digest"],
                     "standby": standby["version"] if standby else None, "note": "front switched"}
 
     def retire(self, run_id: str) -> dict[str, Any]:
@@ -511,6 +567,7 @@ class LocalTarget:
         state = self._read()
         return {
             "front_url": self.front_url,
+            **({"front_grpc": self.front_grpc} if self.grpc else {}),
             "active": state["active"],
             "active_alive": self._slot_alive(state["active"]),
             "standby": state["standby"],
