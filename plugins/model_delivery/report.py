@@ -205,14 +205,15 @@ def render_markdown(record: dict[str, Any]) -> str:
     for part in (_summary, _data_checks, _metrics, _gate, _smoke, _stages):
         lines += part(record)
     if record.get("page_url"):
-        lines += ["", f"Model releases page: {record['page_url']}"]
+        lines += ["", f"[Model releases page]({record['page_url']})"]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def render_html(markdown: str, title: str) -> str:
-    """The markdown report as a standalone HTML page."""
+    """The markdown report as a standalone HTML page, its URLs clickable."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    # linkify: the servers' and stores' URLs in the text become links (http, https and file only)
+    body = MarkdownIt("commonmark", {"html": False, "linkify": True}).enable(["table", "linkify"]).render(markdown)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

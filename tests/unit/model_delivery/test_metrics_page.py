@@ -95,8 +95,19 @@ def test_every_record_links_to_its_row_on_the_page(tmp_path: Path, monkeypatch: 
     final = record.finalize(dag_id="release__demo", conf={})
     url = "https://airflow.example.com/model-releases/models/demo#run-manual__2026-01-01T00_00_00_00_00"
     assert final["page_url"] == url == page_url("demo", "manual__2026-01-01T00:00:00+00:00")
-    assert url in (tmp_path / "store" / "demo" / "releases" / "manual__2026-01-01T00_00_00_00_00" / "report.md").read_text()
+    folder = tmp_path / "store" / "demo" / "releases" / "manual__2026-01-01T00_00_00_00_00"
+    assert url in (folder / "report.md").read_text()
+    assert f'<a href="{url}">Model releases page</a>' in (folder / "report.html").read_text()  # clickable
     assert page_url() == "https://airflow.example.com/model-releases/"
+
+
+def test_urls_in_the_report_are_links() -> None:
+    from model_delivery.report import render_html
+
+    page = render_html("- deploy_production: http://127.0.0.1:8600 (version 3)\n- a [page](/model-releases/)\n", "t")
+    assert '<a href="http://127.0.0.1:8600">http://127.0.0.1:8600</a>' in page
+    assert '<a href="/model-releases/">page</a>' in page
+    assert "<script>" not in render_html("<script>alert(1)</script>\n", "t")  # raw HTML stays text
 
 
 def test_the_plugin_registers_the_page_and_imports_nothing_heavy(tmp_path: Path) -> None:
