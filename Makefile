@@ -45,10 +45,10 @@ lint: setup
 # file whole on one worker (its tests share module fixtures and run in order), the longest first
 # (tests/conftest.py); TEST_WORKERS=0 runs them in this process, one after the other. The 25 slowest
 # tests and the 20 slowest files are listed at the end (to keep LONGEST_FIRST true and the run under its
-# 40-minute budget). Four workers on two cores: with three, a quarter of the CPU stood idle while tests
-# waited on servers, HAProxy and Airflow (58 core-minutes of work in a 39-minute run).
+# 40-minute budget). Three workers: four made every test slower (the CPU is the limit: a fresh run took
+# 48m54s with four, where three had taken 41m37s for a smaller suite).
 # vLLM's own virtualenv is created in the background meanwhile (the LM tests wait for it).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 test: lint
 	@mkdir -p .local

@@ -248,6 +248,34 @@ def test_the_page_is_in_the_airflow_ui_navigation(history: History, tmp_path: Pa
     assert frame[0].endswith("/model-releases/") and MODEL in frame[1] and "production v1" in frame[1]
 
 
+def test_the_embedded_page_follows_the_colour_mode_of_airflow(history: History, tmp_path: Path) -> None:
+    """Inside the UI the page takes Airflow's own colour mode (its theme switch), not the system's, and follows a
+    switch while it is open."""
+    url = history.server.url
+    frame_theme = ("(() => { const f = document.querySelector('iframe'); const d = f && f.contentDocument;"
+                   " return d && d.readyState === 'complete' && d.querySelector('section.model')"
+                   " ? [document.documentElement.className, d.documentElement.dataset.theme,"
+                   " getComputedStyle(d.body).backgroundColor] : null })()")
+    with chromium(tmp_path / "profile") as page:  # the system's scheme is light
+        page.set_cookie("_token", history.server.token, f"{url}/")
+        assert page.open(f"{url}/plugin/model-releases") == 200
+        page.evaluate("localStorage.setItem('theme', 'dark')")  # Airflow's theme switch, as it stores it
+        assert page.open(f"{url}/plugin/model-releases") == 200
+        deadline, dark = time.monotonic() + 60, None
+        while time.monotonic() < deadline and not (dark and dark[1] == "dark"):
+            dark = page.evaluate(frame_theme)
+            time.sleep(0.3)
+        page.screenshot("model-releases-in-airflow-dark.png")
+        page.evaluate("document.documentElement.classList.replace('dark', 'light')")  # switched back to light
+        light = None
+        while time.monotonic() < deadline and not (light and light[1] == "light"):
+            light = page.evaluate(frame_theme)
+            time.sleep(0.3)
+    assert dark is not None and "dark" in dark[0].split() and dark[1] == "dark", dark
+    assert dark[2] == "rgb(13, 17, 23)"  # the dark background
+    assert light is not None and light[1] == "light" and light[2] == "rgb(246, 248, 250)", light
+
+
 def test_an_airflow_run_link_in_the_embedded_page_opens_the_run_in_the_ui(history: History, tmp_path: Path) -> None:
     """Airflow sandboxes the iframe without top navigation: the link must still open the run in the UI itself.
 
