@@ -43,8 +43,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def valid(model_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((model_dir / "model.yaml").read_text())
+def valid(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The example's valid spec, from a copy of its own: the tests before this one write anything into
+    ``model_dir``'s model.yaml (read from there, it was whatever the last example left, e.g. ``[]``)."""
+    pristine = copy_models(tmp_path_factory.mktemp("fuzz-valid") / "models", ("breast_cancer",)) / "breast_cancer"
+    spec: dict[str, Any] = yaml.safe_load((pristine / "model.yaml").read_text())
+    assert isinstance(spec, dict) and spec.get("deploy"), spec
+    return spec
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
