@@ -59,15 +59,12 @@ def note_text(record: dict[str, Any], earlier: str | None = None) -> str:
 
 
 def _record(model: str, run_id: str) -> dict[str, Any] | None:
-    import json
-
+    """The run's release record, or None when it has none (yet)."""
+    from model_delivery.records import ReleaseRecord
     from model_delivery.settings import get_settings
 
-    path = get_settings().open_store().layout.release_dir(model, run_id) / "release.json"
-    if not path.exists():
-        return None
-    record: dict[str, Any] = json.loads(path.read_text())
-    return record
+    record = ReleaseRecord(get_settings().open_store(), model, run_id)
+    return record.load() if record.path.exists() else None
 
 
 def note_outcome(dag_run: DagRun) -> str | None:
@@ -109,12 +106,12 @@ def _note_when_committed(dag_id: str, run_id: str, record: dict[str, Any], attem
     try:
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState
 
         for _ in range(attempts):
             with create_session() as session:
                 run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one_or_none()
-                if run is not None and str(run.state) in ("success", "failed", "DagRunState.SUCCESS",
-                                                          "DagRunState.FAILED"):
+                if run is not None and run.state in (DagRunState.SUCCESS, DagRunState.FAILED):
                     _set_note(run, record)
                     return
             time.sleep(0.25)

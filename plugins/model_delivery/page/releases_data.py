@@ -122,10 +122,10 @@ def version_rows(versions: list[Any], records: list[dict[str, Any]], serving: di
         serving_roles = [role for role, slot in serving.get("slots", {}).items()
                          if slot and str(slot.get("version")) == mv.version]
         built = shown_run(mine, mv.tags.get("run_id"))
+        rows_of = [(r, release_row(r, links)) for r in mine]
         deployments = [{**d, "run_id": r.get("run_id"), "live": d["stage"] == "deploy_production" and "active" in serving_roles}
-                       for r in mine for d in release_row(r, links)["deployments"]
-                       if _deployment_stands(r, d["stage"])]
-        promoted = [release_row(r, links)["promoted_at"] for r in mine]
+                       for r, row in rows_of for d in row["deployments"] if _deployment_stands(r, d["stage"])]
+        promoted = [row["promoted_at"] for _, row in rows_of]
         rows.append({
             "version": mv.version,
             "aliases": sorted(mv.aliases),
