@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,19 @@ def airflow_db() -> Path:
     result = run_airflow("db", "migrate", check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return AIRFLOW_HOME / "airflow.db"
+
+
+@pytest.fixture(autouse=True)
+def _no_ansible_patches_left() -> Iterator[None]:
+    """Fail the test that leaves Ansible's process-wide patches behind (a later ``import torch`` in its worker breaks)."""
+    yield
+    from tests.helpers.ansible_module import undo_ansible_patches, unpatched
+
+    left = unpatched()
+    if left:
+        undo_ansible_patches()
+        pytest.fail(f"the test left Ansible's patches of {', '.join(left)} in the process, and a later `import torch` "
+                    "fails on them; load Ansible modules with tests.helpers.ansible_module.load_ansible_module")
 
 
 LONGEST_FIRST = (

@@ -37,15 +37,11 @@ MODEL = "breast_cancer"
 
 
 def _statuses(target: AnsibleTarget, socket: str) -> dict[str, str]:
-    from importlib.util import module_from_spec, spec_from_file_location
-
+    from tests.helpers.ansible_module import load_ansible_module
     from tests.helpers.models import PROJECT
 
-    spec = spec_from_file_location("md_haproxy_grpc_test", PROJECT / "include" / "ansible" / "roles" / "model_server"
-                                   / "library" / "md_haproxy.py")
-    assert spec is not None and spec.loader is not None
-    md = module_from_spec(spec)
-    spec.loader.exec_module(md)
+    md = load_ansible_module(PROJECT / "include" / "ansible" / "roles" / "model_server" / "library" / "md_haproxy.py",
+                             "md_haproxy_grpc_test")
     return {f"{backend}/{host}": md.server_stat(socket, backend, host)["status"]
             for backend in (MODEL, f"{MODEL}_grpc") for host in ("host1", "host2")}
 

@@ -10,7 +10,6 @@ gRPC backend's health check takes a stopped server out of rotation.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import tritonclient.grpc as grpcclient
 from sklearn.datasets import load_breast_cancer
 
 from model_delivery.deploy.ansible.haproxy import LbServer, haproxy_config
+from tests.helpers.ansible_module import load_ansible_module
 from tests.helpers.models import PROJECT, free_port
 from tests.helpers.processes import serving_env, stop_processes
 
@@ -39,11 +39,7 @@ DEADLINE = 60.0
 
 def _md_haproxy() -> Any:
     path = PROJECT / "include" / "ansible" / "roles" / "model_server" / "library" / "md_haproxy.py"
-    spec = importlib.util.spec_from_file_location("md_haproxy_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_ansible_module(path, "md_haproxy_under_test")
 
 
 def _servers(tmp_path: Path) -> list[LbServer]:
