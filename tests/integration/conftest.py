@@ -1,4 +1,4 @@
-"""Fixtures the Ansible test files share: HAProxy installed, and the model server's wheels (once per worker)."""
+"""Fixtures the Ansible test files share: HAProxy installed, and the model server's wheels (once per run)."""
 
 from __future__ import annotations
 
@@ -21,5 +21,12 @@ def haproxy_installed() -> None:
 
 
 @pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return wheelhouse(tmp_path_factory.mktemp("wheels"))
+def wheels(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Downloaded by the first worker that asks, under a lock the others wait on; the rest reuse it."""
+    from filelock import FileLock
+
+    from tests.conftest import run_root
+
+    root = run_root(tmp_path_factory, worker_id)
+    with FileLock(root / "wheels.lock"):
+        return wheelhouse(root / "wheels")

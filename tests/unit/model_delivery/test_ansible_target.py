@@ -313,5 +313,62 @@ def test_pull_from_a_store_hosts_cannot_mount_is_refused_naming_the_fix(target_e
     model_dir, settings = target_env
     edit_spec(model_dir, lambda spec: spec["deploy"]["ansible"].update(artifact_transfer="pull"))
     target = get_target(load_spec(model_dir), settings, ArtifactStore("memory://bucket/models"))
+    assert isinstance(target, AnsibleTarget)
     with pytest.raises(DeployFailed, match=r"artifact_transfer is 'pull'.*Fix: use artifact_transfer: push"):
         target._release_vars({"version": "1", "digest": "sha256:" + "a" * 64})
+
+
+def test_push_packs_the_small_files_and_the_manifest_into_one_archive(target_env: tuple[Path, Settings],
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transfer and one unpack per host for the small files; a large file is left to be copied on its own."""
+    import tarfile
+
+    from model_delivery.deploy.ansible import target as target_module
+
+    model_dir, settings = target_env
+    src = tmp_path / "build"
+    (src / "tokenizer").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (src / "weights.bin").write_bytes(b"\1" * 64)
+    stored = ArtifactStore(settings.artifact_root).put_directory(MODEL, src)
+    monkeypatch.setattr(target_module, "BUNDLE_FILE_MAX", 16)
+    target = make_target(target_env)
+
+    release = target._release_vars({"version": "1", "digest": stored.digest})["model_delivery_release"]
+
+    delivery = release["delivery"]
+    assert delivery["transfer"] == "push"
+    assert delivery["bundled"] == ["config.json", "tokenizer/vocab.txt", "MANIFEST.json"]
+    with tarfile.open(delivery["bundle"]) as archive:
+        members = archive.getmembers()
+        assert [m.name for m in members] == delivery["bundled"]
+        assert all(m.uid == 0 and m.mode == 0o644 and m.isfile() for m in members)
+        fetched = Path(release["artifact_src"])
+        for member in members:
+            extracted = archive.extractfile(member)
+            assert extracted is not None and extracted.read() == (fetched / member.name).read_bytes()
+    assert not Path(delivery["bundle"]).is_relative_to(fetched)  # beside the verified files, not among them
+
+
+def test_every_playbook_run_gets_the_model_server_package_as_one_archive(target_env: tuple[Path, Settings]) -> None:
+    import tarfile
+
+    from model_delivery.deploy.ansible.target import SERVING_PACKAGE
+
+    seen: dict[str, Any] = {}
+    target = make_target(target_env)
+    original = target.build_command
+
+    def spy(playbook: str, inventory: Path, vars_file: Path, **kwargs: Any) -> list[str]:
+        archive = Path(json.loads(vars_file.read_text())["model_server_package_archive"])
+        with tarfile.open(archive) as tar:
+            seen["names"] = sorted(tar.getnames())
+            seen["app"] = tar.extractfile("app.py").read()  # type: ignore[union-attr]
+        return original(playbook, inventory, vars_file, **kwargs)
+
+    target.build_command = spy  # type: ignore[method-assign]
+    assert target.run_playbook("retire.yml", {}).ok
+    assert seen["names"] == sorted(p.name for p in SERVING_PACKAGE.glob("*.py"))
+    assert seen["app"] == (SERVING_PACKAGE / "app.py").read_bytes()
