@@ -67,14 +67,23 @@ def container_args(spec: ModelSpec, upload_to: str | None) -> list[str]:
     return [*args, "--upload-to", upload_to] if upload_to else args
 
 
-def staging_uris(spec: ModelSpec, settings: Settings, run_id: str, try_number: int) -> tuple[str, str]:
-    """The build's staging directory: as Airflow reads it, and as the build container writes it."""
+def staging_uris(spec: ModelSpec, settings: Settings, run_id: str, try_number: int) -> tuple[str, str, str | None]:
+    """The build's staging directory: as Airflow reads it, as the build container writes it, and the connection
+    Airflow reads it with.
+
+    Under the artifact root, or under the records root when the artifact root is an OCI registry (a registry
+    holds artifacts only; the container cannot upload loose files to it).
+    """
     from model_delivery.store import safe_segment
+    from model_delivery.store.layout import is_registry, records_location
 
     assert spec.build.container is not None
+    root, conn_id = settings.artifact_root, settings.artifact_conn_id
+    if is_registry(root):
+        root, conn_id = records_location(root, conn_id, settings.home, settings.records_root)
     rel = f"{spec.name}/.builds/{safe_segment(run_id)}-try{try_number}"
-    inside = (spec.build.container.store_uri or settings.artifact_root).rstrip("/")
-    return f"{settings.artifact_root.rstrip('/')}/{rel}", f"{inside}/{rel}"
+    inside = (spec.build.container.store_uri or root).rstrip("/")
+    return f"{root.rstrip('/')}/{rel}", f"{inside}/{rel}", conn_id
 
 
 def pod_operator(spec: ModelSpec, task_id: str, upload_to: str) -> Any:
@@ -200,9 +209,9 @@ class ContainerBuildOperator(BuildModelOperator):
             from airflow.sdk import ObjectStoragePath
 
             try_number = int(self._airflow_context["ti"].try_number)
-            ours, theirs = staging_uris(spec, rc.settings, rc.run_id, try_number)
+            ours, theirs, conn_id = staging_uris(spec, rc.settings, rc.run_id, try_number)
             pod_operator(spec, self.task_id, theirs).execute(self._airflow_context)
-            staging = ObjectStoragePath(ours, conn_id=rc.settings.artifact_conn_id)
+            staging = ObjectStoragePath(ours, conn_id=conn_id)
             try:
                 outputs = import_outputs(spec, staging, work_dir)
             finally:

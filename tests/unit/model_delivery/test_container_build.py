@@ -144,7 +144,7 @@ def test_outputs_handed_back_by_the_build_container_become_the_same_artifact(
     settings = Settings(home=tmp_path / "home", models_dir=model_dir.parent,
                         artifact_root=builds.store_root, artifact_conn_id=None,
                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    ours, theirs = staging_uris(spec, settings, "manual__2026-11-26T10:00:00+00:00", 1)
+    ours, theirs, _ = staging_uris(spec, settings, "manual__2026-11-26T10:00:00+00:00", 1)
     assert ours == theirs == f"{builds.store_root}/breast_cancer/.builds/manual__2026-11-26T10_00_00_00_00-try1"
     process = builds.v1.digest if kernel is None else manifest_digest(
         build_manifest(run_build(spec, model_dir, tmp_path / "process", log=lambda line: None).model_dir))
@@ -208,3 +208,25 @@ def test_a_failing_entrypoint_fails_the_container(tmp_path: Path) -> None:
                            "--upload-to", f"file://{tmp_path}/staging"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 7
     assert not (tmp_path / "staging").exists()
+
+
+@pytest.mark.parametrize(("records_root", "expected_root", "expected_conn"), [
+    (None, "file://{home}/records", None),
+    ("s3://team-records/md", "s3://team-records/md", None),
+])
+def test_with_a_registry_as_the_store_the_build_stages_under_the_records_root(
+    tmp_path: Path, records_root: str | None, expected_root: str, expected_conn: str | None
+) -> None:
+    """An OCI registry holds artifacts only: the build container hands its outputs back through the records root."""
+    spec = spec_with({"image": "registry.example/b:1"})
+    settings = Settings(home=tmp_path / "home", models_dir=tmp_path, artifact_root="oci://127.0.0.1:5000/models",
+                        artifact_conn_id="registry", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                        records_root=records_root)
+
+    ours, theirs, conn_id = staging_uris(spec, settings, "manual__1", 2)
+
+    root = expected_root.format(home=tmp_path / "home")
+    assert ours == theirs == f"{root}/breast_cancer/.builds/manual__1-try2"
+    assert conn_id == expected_conn  # the registry's connection is not the records store's
+    with_store_uri = spec_with({"image": "registry.example/b:1", "store_uri": "s3://mounted/records"})
+    assert staging_uris(with_store_uri, settings, "manual__1", 2)[1] == "s3://mounted/records/breast_cancer/.builds/manual__1-try2"
