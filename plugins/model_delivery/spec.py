@@ -762,7 +762,14 @@ def _check_files(spec: ModelSpec, model_dir: Path, path: Path) -> None:
                 "Fix: name a file inside the model folder, by a relative path (no '..' out of it, no absolute path, "
                 "no symlink that leads out)."
             )
-        if not (model_dir / rel).is_file():
+        try:
+            present = (model_dir / rel).is_file()
+        except OSError as exc:  # a name longer than the filesystem allows (pathlib raises only for such errors)
+            raise InvalidModelSpec(
+                f"{path}: field '{field}' names {_clip(repr(rel))}, which cannot name a file ({exc.strerror}). "
+                "Fix: name a file inside the model folder, by a relative path."
+            ) from None
+        if not present:
             raise InvalidModelSpec(
                 f"{path}: field '{field}' names {_clip(repr(rel))}, which does not exist in {model_dir}. "
                 "Fix: add the file or correct the name."
