@@ -441,7 +441,7 @@ class LoadReport:
 class LoadGenerator:
     """Requests through the load balancer until stopped: new connection each, 5 s timeout, bounded."""
 
-    def __init__(self, url: str, model: str, request: dict[str, Any], *, interval: float = 0.02,
+    def __init__(self, url: str, model: str, request: dict[str, Any], *, interval: float = 0.05,
                  max_requests: int = 50_000, max_seconds: float = 900, path: str | None = None,
                  timeout: float = 5.0) -> None:
         self.url = f"{url}{path or f'/v2/models/{model}/infer'}"
