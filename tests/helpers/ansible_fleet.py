@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 VENV_BIN = Path(sys.executable).parent
-_WHEELHOUSE_LOCK = threading.Lock()
 
 
 def ensure_debian_packages(binaries: dict[str, str]) -> None:
@@ -109,21 +108,20 @@ def _shared_venvs(venv: Path | None) -> dict[str, Any]:
 
 def wheelhouse(dest: Path) -> Path:
     """The model server's pinned wheels and the signature verifier's, downloaded once, so that every host
-    installs its virtualenvs offline."""
-    with _WHEELHOUSE_LOCK:
-        marker = dest / ".complete"
-        if marker.exists():
-            return dest
-        dest.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "-r", str(PROJECT / "include" / "serving" / "requirements.txt"),
-               "-r", str(PROJECT / "include" / "serving" / "signing-requirements.txt"),
-               "-c", str(PROJECT / "constraints.txt"), "-d", str(dest)]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"pip download of the serving wheels failed:\n{result.stderr[-3000:]}")
-        marker.write_text("ok\n")
+    installs its virtualenvs offline. Callers serialise (the ``wheels`` fixture holds a file lock)."""
+    marker = dest / ".complete"
+    if marker.exists():
         return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+           "-r", str(PROJECT / "include" / "serving" / "requirements.txt"),
+           "-r", str(PROJECT / "include" / "serving" / "signing-requirements.txt"),
+           "-c", str(PROJECT / "constraints.txt"), "-d", str(dest)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download of the serving wheels failed:\n{result.stderr[-3000:]}")
+    marker.write_text("ok\n")
+    return dest
 
 
 @dataclass

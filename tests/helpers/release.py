@@ -54,9 +54,8 @@ def run_release(model: str, conf: dict[str, Any] | None = None) -> Any:
 
 def load_record(model: str, run_id: str) -> dict[str, Any]:
     from model_delivery.settings import get_settings
-    from model_delivery.store import ArtifactStore
 
-    store = ArtifactStore(get_settings().artifact_root)
+    store = get_settings().open_store()  # a file root, or an oci:// one (records under the records root)
     return json.loads((store.release_dir(model, run_id) / "release.json").read_text())
 
 

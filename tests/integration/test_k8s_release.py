@@ -20,7 +20,7 @@ import httpx
 import pytest
 from kubernetes.client import ApiClient
 
-from model_delivery.store.oci import OciRepository
+from model_delivery.store.oci import OciRepository, tag_for
 from tests.helpers.k8s_apiserver import connection_env, running
 from tests.helpers.k8s_pods import PodRunner
 from tests.helpers.k8s_specs import use_kubernetes
@@ -139,4 +139,35 @@ def test_the_pods_pull_the_artifact_from_an_oci_registry_by_digest(cluster: Any,
         pulled = [(m, p) for m, p, status in registry.requests() if m == "GET" and status == 200]
         assert ("GET", f"/v2/models/{MODEL}/manifests/{uri.split('@')[1]}") in pulled  # by its OCI digest
         assert OciRepository(repository, insecure=True).exists(digest)
+        assert production_digest(runner) == digest
+
+
+def test_with_an_oci_artifact_root_the_pods_pull_from_it_by_digest(cluster: Any, tmp_path: Path) -> None:
+    """``MODEL_DELIVERY_ARTIFACT_ROOT=oci://…``: the build stores in the registry, nothing is pushed at staging, and
+    each pod's init container resolves the artifact in that repository from its digest, pulls and verifies it."""
+    models_dir, api, runner = cluster
+    with oci_registry(tmp_path / "registry") as registry:
+        root = registry.uri("store")
+
+        def from_the_root(spec: dict[str, Any]) -> None:
+            spec["deploy"]["kubernetes"]["artifact_fetch"] = {"registry_insecure": True}  # no registry to push to
+            spec["build"]["params"].update(C=0.25, max_iter=1002)  # a new version
+
+        edit_spec(models_dir / MODEL, from_the_root)
+        api.script("breast-cancer-candidate", ["complete"])
+        api.script("breast-cancer", ["progressing", "complete"])
+
+        with environ({"MODEL_DELIVERY_ARTIFACT_ROOT": root}):
+            dag_run = run_release(MODEL, {"reason": "the store is a registry"})
+            assert dag_run.state == "success", (task_states(dag_run), runner.log[-20:])
+            digest = load_record(MODEL, dag_run.run_id)["artifact"]["digest"]
+
+        applied = api.stored("deployments", "breast-cancer", NAMESPACE)
+        (init,) = applied["spec"]["template"]["spec"]["initContainers"]
+        args = init["args"]
+        assert args[args.index("--uri") + 1] == root and args[args.index("--digest") + 1] == digest
+        assert "--insecure" in args and "--blobs" not in args
+        requests = registry.requests()
+        assert ("GET", f"/v2/store/manifests/{tag_for(digest)}", 200) in requests  # resolved from the digest
+        assert any("init fetch-artifact: exit 0: fetch_artifact: verified" in line for line in runner.log[-40:])
         assert production_digest(runner) == digest

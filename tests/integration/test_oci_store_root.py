@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from model_delivery.cli import main as cli_main
-from model_delivery.exceptions import TamperedArtifact
+from model_delivery.exceptions import DeployFailed, TamperedArtifact
 from model_delivery.settings import get_settings
 from model_delivery.signing import read_bundle, sign_directory
 from model_delivery.store import ArtifactStore, UnsupportedByStore, open_store
@@ -318,3 +318,32 @@ def test_a_release_of_the_example_model_stores_fetches_and_verifies_in_the_regis
     paths = [path for _, path, _ in registry.requests()[since:]]
     assert f"/v2/release/manifests/{tag_for(digest)}" in paths
     assert any(p.startswith("/v2/release/blobs/sha256:") for p in paths)  # fetched (evaluate, deploy) from it
+
+
+def test_ansible_push_from_an_oci_root_fetches_verified_and_the_host_installs_it(registry: OciRegistry,
+                                                                                tmp_path: Path) -> None:
+    """Up to ``ansible-playbook``: the Ansible target fetches the artifact from the registry (verified) into its
+    cache and packs the small files; a host given them installs it (``install-artifact``, as the role runs it).
+    Pull is refused naming the fix: hosts mount a filesystem store, not a registry."""
+    from tests.helpers.host_runtime import install_artifact, make_runtime
+    from tests.helpers.models import edit_spec
+    from tests.unit.model_delivery.test_ansible_target import _host_receives, ansible_env, make_target
+
+    env = ansible_env(tmp_path, registry.uri("ansible"))
+    store = env[1].open_store()
+    assert isinstance(store, OciArtifactStore)
+    digest = store.put_directory("breast_cancer", make_model(tmp_path, seed=8)).digest
+    target = make_target(env)
+
+    release = target._release_vars({"version": "1", "digest": digest})["model_delivery_release"]
+
+    assert release["delivery"]["transfer"] == "push" and "model.bin" in release["delivery"]["bundled"]
+    assert verify_directory(release["artifact_src"], digest)  # the controller's cache, fetched from the registry
+    host = tmp_path / "host"
+    done = install_artifact(make_runtime(tmp_path / "runtime"), _host_receives(release, host), host / "a", digest)
+    assert done.returncode == 0, done.stderr
+    assert verify_directory(host / "a", digest)
+
+    edit_spec(env[0], lambda spec: spec["deploy"]["ansible"].update(artifact_transfer="pull"))
+    with pytest.raises(DeployFailed, match="artifact_transfer is 'pull'.*Fix: use artifact_transfer: push"):
+        make_target(env)._release_vars({"version": "1", "digest": digest})

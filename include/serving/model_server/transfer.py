@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import queue
@@ -233,43 +234,82 @@ def copy_verified(src: Path, dst: Path, entry: dict[str, Any], chunk_size: int |
     return copied
 
 
-PIPE_READ = 1024 * 1024  # one read of copy_hashing: a reader and a writer each hold a few of these
+PIPE_READ = 1024 * 1024  # one read of copy_hashing: its stages hold a few of these between them
 PIPE_DEPTH = 4
 
 
-class _PartWriter(threading.Thread):
-    """The second stage of :func:`copy_hashing`: hash each part of what the reader read, write it, give the buffer back."""
+class _Stage(threading.Thread):
+    """A stage of :func:`copy_hashing`'s pipeline: each ``(position, buffer, length)`` in order, then pass it on.
 
-    def __init__(self, dst_fd: int, size: int, part_size: int, done: Callable[[int], Any] | None) -> None:
-        super().__init__(name="md-copy-write", daemon=True)
-        self.dst_fd, self.size, self.part_size, self.done = dst_fd, size, part_size, done
-        self.free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(PIPE_DEPTH + 2):
-            self.free.put(bytearray(PIPE_READ))
-        self.filled: queue.Queue[tuple[int, bytearray, int] | None] = queue.Queue(maxsize=PIPE_DEPTH)
-        self.parts: list[str] = []
+    At its end (the reader's None, or a failure, after which it drains its inbox so that nobody blocks) it passes
+    None on. ``spare`` gets one more buffer on a failure, so that a reader waiting for a free one sees it.
+    """
+
+    def __init__(self, name: str, work: Callable[[int, memoryview], None],
+                 forward: Callable[[tuple[int, bytearray, int] | None], None], spare: queue.Queue[bytearray]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.forward, self.spare = work, forward, spare
+        self.inbox: queue.Queue[tuple[int, bytearray, int] | None] = queue.Queue(maxsize=PIPE_DEPTH)
         self.failed: BaseException | None = None
 
     def run(self) -> None:
-        part = hashlib.sha256()
         try:
-            while (item := self.filled.get()) is not None:
+            while (item := self.inbox.get()) is not None:
                 position, buffer, length = item
-                view, end = memoryview(buffer)[:length], position + length
-                if self.size > self.part_size:
-                    part.update(view)
-                    if end % self.part_size == 0 or end == self.size:
-                        self.parts.append(part.hexdigest())
-                        part = hashlib.sha256()
-                _pwrite_all(self.dst_fd, view, position)
-                if self.done is not None:
-                    self.done(length)
-                self.free.put(buffer)
+                self.work(position, memoryview(buffer)[:length])
+                self.forward(item)
         except BaseException as exc:  # handed to the reader, which raises it
             self.failed = exc
-            self.free.put(bytearray(PIPE_READ))  # a reader waiting for a buffer sees the failure
-            while self.filled.get() is not None:
+            self.spare.put(bytearray(PIPE_READ))
+            while self.inbox.get() is not None:
                 pass
+        finally:
+            self.forward(None)
+
+
+class _PartHasher:
+    """A stage of :func:`copy_hashing`: the sha256 of each ``part_size`` part, from buffers that never cross a part's end."""
+
+    def __init__(self, size: int, part_size: int) -> None:
+        self.size, self.part_size = size, part_size
+        self.digests: list[str] = []
+        self.current = hashlib.sha256()
+
+    def __call__(self, position: int, view: memoryview) -> None:
+        self.current.update(view)
+        end = position + len(view)
+        if end % self.part_size == 0 or end == self.size:
+            self.digests.append(self.current.hexdigest())
+            self.current = hashlib.sha256()
+
+
+def _write_counted(dst_fd: int, done: Callable[[int], Any] | None, position: int, view: memoryview) -> None:
+    _pwrite_all(dst_fd, view, position)
+    if done is not None:
+        done(len(view))
+
+
+def _give_back(free: queue.Queue[bytearray], item: tuple[int, bytearray, int] | None) -> None:
+    if item is not None:
+        free.put(item[1])
+
+
+def _read_stage(src: Path, src_fd: int, size: int, part_size: int, whole: Any, free: queue.Queue[bytearray],
+                stages: list[_Stage]) -> None:
+    """The first stage of :func:`copy_hashing`: read in order (never across a part's end), hash the whole file,
+    hand each buffer on; stop when a later stage failed."""
+    position = 0
+    while position < size and not any(stage.failed for stage in stages):
+        buffer = free.get()
+        view = memoryview(buffer)[:min(PIPE_READ, size - position, part_size - position % part_size)]
+        length = os.preadv(src_fd, [view], position)
+        if not length:
+            raise ArtifactIntegrityError(f"{src} ended at byte {position} while it was copied, not {size}")
+        whole.update(view[:length])
+        stages[0].inbox.put((position, buffer, length))
+        position += length
+    if os.pread(src_fd, 1, size):
+        raise ArtifactIntegrityError(f"{src} grew past {size} bytes while it was copied")
 
 
 def copy_hashing(src: Path, dst: Path, part_size: int, *, done: Callable[[int], Any] | None = None,
@@ -278,43 +318,45 @@ def copy_hashing(src: Path, dst: Path, part_size: int, *, done: Callable[[int], 
 
     For a file whose digest is not known yet (a put that knows the store cannot hold it): the
     whole file's sha256 and each part's (files larger than ``part_size``) are computed from the
-    very buffers that are written, so ``dst`` holds exactly what they describe. Two threads:
-    this one reads and hashes the whole file (sequential by nature), a second hashes each part
-    and writes; buffers go round between them (memory: ``PIPE_DEPTH + 2`` buffers of
-    :data:`PIPE_READ`).
+    very buffers that are written, so ``dst`` holds exactly what they describe. Three threads, each
+    one sequential by nature: this one reads and hashes the whole file, the next hashes each part,
+    the last writes; buffers go round between them (memory: ``PIPE_DEPTH * 2 + 2`` buffers of
+    :data:`PIPE_READ`). On two cores that is about a core and a half of work where two threads
+    (the part hash and the write on one) had one stage doing two thirds of it.
 
     :return: the whole file's hex sha256, its parts' (empty for a file of one part), its size.
     :raises ArtifactIntegrityError: ``src`` shrank or grew while it was copied.
     """
     whole = hashlib.sha256()
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(PIPE_DEPTH * 2 + 2):
+        free.put(bytearray(PIPE_READ))
     src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src_fd).st_size
         dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        writer = _PartWriter(dst_fd, size, part_size, done)
-        writer.start()
+
+        writer = _Stage("md-copy-write", functools.partial(_write_counted, dst_fd, done),
+                        functools.partial(_give_back, free), free)
+        stages = [writer]
+        parts = _PartHasher(size, part_size)
+        if size > part_size:
+            stages.insert(0, _Stage("md-copy-hash", parts, writer.inbox.put, free))
+        for stage in stages:
+            stage.start()
         try:
-            position = 0
-            while position < size and writer.failed is None:
-                buffer = writer.free.get()
-                view = memoryview(buffer)[:min(PIPE_READ, size - position, part_size - position % part_size)]
-                length = os.preadv(src_fd, [view], position)
-                if not length:
-                    raise ArtifactIntegrityError(f"{src} ended at byte {position} while it was copied, not {size}")
-                whole.update(view[:length])
-                writer.filled.put((position, buffer, length))
-                position += length
-            if os.pread(src_fd, 1, size):
-                raise ArtifactIntegrityError(f"{src} grew past {size} bytes while it was copied")
+            _read_stage(src, src_fd, size, part_size, whole, free, stages)
         finally:
-            writer.filled.put(None)
-            writer.join()
+            stages[0].inbox.put(None)
+            for stage in stages:
+                stage.join()
             os.close(dst_fd)
     finally:
         os.close(src_fd)
-    if writer.failed is not None:
-        raise writer.failed
-    return whole.hexdigest(), writer.parts, size
+    for stage in stages:
+        if stage.failed is not None:
+            raise stage.failed
+    return whole.hexdigest(), parts.digests, size
 
 
 def link_or_clone(src: Path, dst: Path, *, hardlink: bool = False) -> str | None:

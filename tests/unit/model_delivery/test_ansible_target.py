@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def test_spec_section(section: dict[str, Any], error: str | None) -> None:
 
 @pytest.fixture
 def target_env(tmp_path: Path) -> tuple[Path, Settings]:
+    return ansible_env(tmp_path, f"file://{tmp_path / 'store'}")
+
+
+def ansible_env(tmp_path: Path, artifact_root: str) -> tuple[Path, Settings]:
+    """The example model with the ansible target and one local host, and settings with ``artifact_root``."""
     models = copy_models(tmp_path / "models", (MODEL,))
     root = tmp_path / "host1"
     inventory = {"all": {"children": {"model_servers": {"hosts": {"host1": {
@@ -65,14 +71,14 @@ def target_env(tmp_path: Path) -> tuple[Path, Settings]:
     (models / MODEL / "inventory.yml").write_text(yaml.safe_dump(inventory))
     edit_spec(models / MODEL, lambda spec: spec["deploy"].update(
         target="ansible", ansible={"inventory": "inventory.yml", "load_balancer": LB}))
-    settings = Settings(home=tmp_path / "home", models_dir=models, artifact_root=f"file://{tmp_path / 'store'}",
+    settings = Settings(home=tmp_path / "home", models_dir=models, artifact_root=artifact_root,
                         artifact_conn_id=None, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     return models / MODEL, settings
 
 
 def make_target(target_env: tuple[Path, Settings], lines: list[str] | None = None) -> AnsibleTarget:
     model_dir, settings = target_env
-    store = ArtifactStore(settings.artifact_root)
+    store = settings.open_store()  # a file root, or an oci:// one
     log = (lambda fmt, *args: lines.append(fmt % args)) if lines is not None else None
     target = get_target(load_spec(model_dir), settings, store, log=log)
     assert isinstance(target, AnsibleTarget)
@@ -362,7 +368,9 @@ def test_every_playbook_run_gets_the_model_server_package_as_one_archive(target_
     original = target.build_command
 
     def spy(playbook: str, inventory: Path, vars_file: Path, **kwargs: Any) -> list[str]:
-        archive = Path(json.loads(vars_file.read_text())["model_server_package_archive"])
+        variables = json.loads(vars_file.read_text())
+        archive = Path(variables["model_server_package_archive"])
+        seen["source_dir"] = variables["model_server_source_dir"]  # the role's runtime identity hashes these files
         with tarfile.open(archive) as tar:
             seen["names"] = sorted(tar.getnames())
             seen["app"] = tar.extractfile("app.py").read()  # type: ignore[union-attr]
@@ -372,3 +380,88 @@ def test_every_playbook_run_gets_the_model_server_package_as_one_archive(target_
     assert target.run_playbook("retire.yml", {}).ok
     assert seen["names"] == sorted(p.name for p in SERVING_PACKAGE.glob("*.py"))
     assert seen["app"] == (SERVING_PACKAGE / "app.py").read_bytes()
+    assert seen["source_dir"] == str(SERVING_PACKAGE)
+
+
+def _host_receives(release: dict[str, Any], host: Path) -> Path:
+    """What the role does on a host before install-artifact (push): unpack the bundle, copy the other files."""
+    import tarfile
+
+    delivery, incoming = release["delivery"], host / "a.incoming"
+    incoming.mkdir(parents=True)
+    with tarfile.open(delivery["bundle"]) as archive:
+        archive.extractall(incoming, filter="data")
+    src = Path(release["artifact_src"])
+    for entry in json.loads((src / "MANIFEST.json").read_text())["files"]:
+        if entry["path"] not in delivery["bundled"]:
+            (incoming / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / entry["path"], incoming / entry["path"])
+    return incoming
+
+
+def test_a_bundle_tampered_on_the_controller_is_refused_by_the_host(target_env: tuple[Path, Settings],
+                                                                    tmp_path: Path) -> None:
+    """The controller's cache of a fetched artifact is trusted while no file's size, mtime or inode changed: a
+    small file rewritten in place behind that identity goes into the bundle, and the host, which verifies every
+    file against the manifest and the manifest against the digest (``install-artifact``), refuses it."""
+    from tests.helpers.host_runtime import install_artifact, make_runtime
+
+    model_dir, settings = target_env
+    src = tmp_path / "build"
+    src.mkdir()
+    (src / "config.json").write_text('{"layers": 2}\n')
+    (src / "weights.bin").write_bytes(os.urandom(4096))
+    digest = ArtifactStore(settings.artifact_root).put_directory(MODEL, src).digest
+    target = make_target(target_env)
+    runtime = make_runtime(tmp_path / "runtime")
+
+    good = target._release_vars({"version": "1", "digest": digest})["model_delivery_release"]
+    done = install_artifact(runtime, _host_receives(good, tmp_path / "good"), tmp_path / "good" / "a", digest)
+    assert done.returncode == 0, done.stderr  # the control: an untouched bundle installs
+
+    cached = Path(good["artifact_src"]) / "config.json"
+    before = cached.stat()
+    cached.write_text('{"layers": 9}\n')  # same size, and the same mtime given back: the cache's stamp holds
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+    tampered = target._release_vars({"version": "1", "digest": digest})["model_delivery_release"]
+    host = tmp_path / "host"
+    incoming = _host_receives(tampered, host)
+    assert (incoming / "config.json").read_text() == '{"layers": 9}\n'  # the tampered bytes reached the host
+
+    done = install_artifact(runtime, incoming, host / "a", digest)
+
+    assert done.returncode == 1
+    assert f"refusing the copy of {digest}" in done.stderr and "config.json" in done.stderr
+    assert not (host / "a").exists()
+
+
+def test_retire_prunes_the_controllers_cache_but_what_the_hosts_keep_and_what_was_just_used(
+        target_env: tuple[Path, Settings]) -> None:
+    """Every pushed digest left a verified copy and a bundle on the controller; retire removes those of digests
+    the hosts no longer keep, and leaves a digest used within the grace (a stage in flight may not have recorded
+    it yet)."""
+    from model_delivery.deploy.ansible.target import CACHE_GRACE_SECONDS
+
+    target = make_target(target_env)
+    cache = target.state_dir / "artifacts"
+    old, kept, young = (f"{c}" * 64 for c in "abc")
+    for hex_digest in (old, kept, young):
+        (cache / hex_digest).mkdir(parents=True)
+        (cache / hex_digest / "model.bin").write_bytes(b"x")
+        (cache / f".{hex_digest}.verified").write_text("{}")
+        (cache / f"{hex_digest}.bundle.tar").write_bytes(b"tar")
+    (cache / f".{old}.partial").mkdir()  # a fetch killed long ago
+    long_ago = time.time() - CACHE_GRACE_SECONDS - 60
+    for path in cache.iterdir():
+        if young not in path.name:
+            os.utime(path, (long_ago, long_ago))
+    with target._locked() as state:
+        state["delivered"] = [f"sha256:{kept}"]
+        target._save(state)
+
+    done = target.retire("a-run")
+
+    assert done["pruned_from_cache"] == [f"sha256:{old}"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [kept, f".{kept}.verified", f"{kept}.bundle.tar", young, f".{young}.verified", f"{young}.bundle.tar"])
+    assert target.retire("a-run")["pruned_from_cache"] == []

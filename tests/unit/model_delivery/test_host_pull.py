@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,21 +21,16 @@ import pytest
 
 from model_delivery.store import ArtifactStore
 from model_server.manifest import PART_SIZE, verify_directory
+from tests.helpers.host_runtime import install_artifact, make_runtime
 from tests.unit.model_delivery.test_store import _big_file
 
-PROJECT = Path(__file__).resolve().parents[3]
-SUPERVISOR = PROJECT / "include" / "ansible" / "roles" / "model_server" / "files" / "md_supervise.py"
 MODEL = "demo"
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A host's runtime directory as the role installs it: md_supervise.py beside the model_server package."""
-    root = tmp_path_factory.mktemp("runtime")
-    shutil.copy(SUPERVISOR, root / "md_supervise.py")
-    shutil.copytree(PROJECT / "include" / "serving" / "model_server", root / "model_server",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return root
+    return make_runtime(tmp_path_factory.mktemp("runtime"))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +49,8 @@ def _paths(store: ArtifactStore, digest: str) -> tuple[str, str]:
 
 
 def _install(runtime: Path, host: Path, digest: str, blobs: str, folder: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(runtime / "md_supervise.py"), "install-artifact", "--incoming", str(host / "a.incoming"),
-         "--dest", str(host / "a"), "--digest", digest, "--pull-blobs", blobs, "--pull-folder", folder],
-        capture_output=True, text=True, timeout=300, check=False, env={"PATH": os.environ["PATH"]})
+    return install_artifact(runtime, host / "a.incoming", host / "a", digest, "--pull-blobs", blobs,
+                            "--pull-folder", folder)
 
 
 KILL_HALF_WAY = textwrap.dedent("""

@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -275,6 +276,40 @@ def test_copy_hashing_gives_the_digests_of_exactly_the_bytes_it_wrote(tmp_path: 
 
     assert {"path": "weights.bin", "sha256": sha, "size": size, "chunks": chunks} == expected
     assert hashlib.sha256((tmp_path / "copy.bin").read_bytes()).hexdigest() == sha
+
+
+@pytest.mark.parametrize("fault", ["writer-fails", "part-hasher-fails", "source-shrinks", "source-grows"])
+def test_copy_hashing_stops_on_a_failure_in_any_stage_and_says_what(tmp_path: Path, fault: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read, part-hash and write stages run on three threads: a failure in any of them ends the copy with its
+    error (no stage is left waiting), and a source that changes size while it is copied is refused."""
+    import model_server.transfer as transfer
+
+    src = _big_file(tmp_path / "src" / "weights.bin", 3 * PART_SIZE + 12345)
+    written = [0]
+
+    def done(n: int) -> None:
+        written[0] += n
+        if written[0] >= PART_SIZE:
+            if fault == "writer-fails":
+                raise OSError(28, "No space left on device")
+            if fault == "source-shrinks":
+                os.truncate(src, 2 * PART_SIZE)
+            if fault == "source-grows" and src.stat().st_size == 3 * PART_SIZE + 12345:
+                with open(src, "ab") as handle:  # long before the reader reaches the end it was told
+                    handle.write(b"more")
+
+    if fault == "part-hasher-fails":
+        def broken(self: Any, position: int, view: memoryview) -> None:
+            raise MemoryError("part hasher")
+        monkeypatch.setattr(transfer._PartHasher, "__call__", broken)
+    expected = {"writer-fails": (OSError, "No space left"), "part-hasher-fails": (MemoryError, "part hasher"),
+                "source-shrinks": (ArtifactIntegrityError, "ended at byte"),
+                "source-grows": (ArtifactIntegrityError, "grew past")}[fault]
+
+    with pytest.raises(expected[0], match=expected[1]):
+        transfer.copy_hashing(src, tmp_path / "copy.bin", PART_SIZE, done=done)
+    assert not [t for t in threading.enumerate() if t.name.startswith("md-copy-")]
 
 
 def test_a_file_of_a_size_no_blob_has_is_copied_and_hashed_in_one_pass(store: ArtifactStore, store_dir: Path,

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,10 @@ BUNDLE_MAX = 64 << 20
 (one transfer and one unpack per host instead of two module runs per file); larger ones are copied one by one."""
 KEEP_RUNS = 20
 KEEP_ARTIFACTS = 3  # the most recently delivered digests stay on the hosts, for rollbacks
+CACHE_GRACE_SECONDS = 3600.0
+"""The controller's cache of fetched artifacts (push) keeps what the hosts keep, and anything used this recently:
+a stage of another run may have fetched a digest it has not recorded yet."""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _logger = logging.getLogger(__name__)
 
 
@@ -482,8 +487,11 @@ class AnsibleTarget:
             if entry is not None:  # a killed task leaves these behind: the next step removes them (secrets)
                 self.ledger.amend(entry, {"private_dirs": [tmp_name, control_dir]})
             package = _pack(tmp / "model_server.tar", [(path, path.name) for path in sorted(SERVING_PACKAGE.glob("*.py"))])
+            # The package's files and the role's identity of the runtime (which hashes model_server_source_dir)
+            # come from one directory: an inventory cannot name another.
             vars_file = _write_private(tmp / "vars.json", json.dumps(
-                {**self._base_vars(), "model_server_package_archive": str(package), **extra_vars}))
+                {**self._base_vars(), "model_server_package_archive": str(package),
+                 "model_server_source_dir": str(SERVING_PACKAGE), **extra_vars}))
             secrets = self._secrets(tmp)
             cmd = self.build_command(playbook, self._inventory(tmp), vars_file, check=check, secret_args=secrets.args)
             self.log("ansible: running %s%s on group %s (serial %s)", playbook, " in check mode" if check else "",
@@ -533,23 +541,25 @@ class AnsibleTarget:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _artifact(self, digest: str) -> Path:
-        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from (push)."""
+    def _artifact(self, digest: str) -> tuple[Path, dict[str, Any]]:
+        """Fetch (and verify) an artifact from the store into the local cache Ansible copies from (push).
+
+        :return: the verified directory and its manifest.
+        """
         dest = self.state_dir / "artifacts" / parse_digest(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fetched = Path(self.store.fetch(self.model, digest, dest, log=self.log))  # verified against the digest
         manifest = json.loads((fetched / MANIFEST_NAME).read_text())
         self.runtime.check_files([entry["path"] for entry in manifest["files"]], digest)  # vLLM: no pickle to a host
-        return fetched
+        return fetched, manifest
 
     @staticmethod
-    def _bundle(fetched: Path) -> dict[str, Any]:
+    def _bundle(fetched: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         """The small files of a fetched artifact (and its manifest) packed into one archive beside it, for push.
 
         Rebuilt from the verified files on every use; each host verifies every file against the manifest and the
         manifest against the digest before anything is moved into place, whatever way they came.
         """
-        manifest = json.loads((fetched / MANIFEST_NAME).read_text())
         bundled, total = [], 0
         for entry in sorted(manifest["files"], key=lambda e: e["path"]):
             if entry["size"] <= BUNDLE_FILE_MAX and total + entry["size"] <= BUNDLE_MAX:
@@ -618,8 +628,9 @@ class AnsibleTarget:
             src, delivery = self._pull_source(digest)
             fetched = None
         else:
-            src = fetched = self._artifact(digest)
-            delivery = {"transfer": "push", **self._bundle(fetched)}
+            src, manifest = self._artifact(digest)
+            fetched = src
+            delivery = {"transfer": "push", **self._bundle(src, manifest)}
         if check_signature and self.spec.signing.mode != "off":
             delivery.update(self._signature(digest, fetched))
         return {"model_delivery_release": {"version": str(candidate["version"]), "digest": digest,
@@ -782,7 +793,39 @@ class AnsibleTarget:
             if run:
                 run["status"] = "retired"
             staging = (run.get("staging") or {}).get("host")
-            return {"stopped": staging, "kept": keep, "changed": result.changed}
+            pruned = self._prune_cache(keep)
+            return {"stopped": staging, "kept": keep, "changed": result.changed, "pruned_from_cache": pruned}
+
+    def _prune_cache(self, keep: list[str]) -> list[str]:
+        """Remove from the controller's cache (``<state_dir>/artifacts``) the fetched artifacts the hosts no longer
+        keep, with their bundle, stamp and any partial fetch, once none of those was written for
+        :data:`CACHE_GRACE_SECONDS`; return the digests removed."""
+        cache = self.state_dir / "artifacts"
+        if not cache.is_dir():
+            return []
+        kept = {parse_digest(digest) for digest in keep}
+        groups: dict[str, list[Path]] = {}
+        for path in cache.iterdir():
+            found = _HEX64.search(path.name)
+            if found and found.group() not in kept:
+                groups.setdefault(found.group(), []).append(path)
+        cutoff, removed = time.time() - CACHE_GRACE_SECONDS, []
+        for hex_digest, paths in sorted(groups.items()):
+            try:
+                if max(path.lstat().st_mtime for path in paths) > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            for path in paths:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            removed.append(f"sha256:{hex_digest}")
+        if removed:
+            self.log("ansible: removed %d artifact(s) the hosts no longer keep from the controller's cache %s",
+                     len(removed), cache)
+        return removed
 
     def rollback(self, run_id: str) -> dict[str, Any]:
         """Put back what every host this run touched served before; stop its staging instance."""
