@@ -192,7 +192,8 @@ def dedup_and_resume(shards: int, shard: int, work: Path, env: dict[str, str]) -
         ratio_line("store_dedup", changed["uploaded_bytes"] / (shards * shard),
                    f"bytes uploaded for a version changing 1 of {shards} shards / the artifact's bytes"),
         ratio_line("store_resume", resumed["seconds"] / full["seconds"],
-                   "time to finish a put killed at 50% / a full put (goal about 0.5)"),
+                   "time to finish a put killed at 50% / a full put (0.5 only if the stored half cost nothing to "
+                   "re-check: it is hashed in place again; see bench/README.md)"),
     ]
     return lines, {"changed_one_shard": changed, "full_put": full, "killed": killed, "resumed": resumed}
 
