@@ -150,7 +150,6 @@ def test_a_store_that_is_not_mounted_names_the_fix(runtime: Path, tmp_path: Path
 
 
 def test_the_supervisor_refuses_half_of_the_pull_arguments(runtime: Path, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(runtime / "md_supervise.py"), "install-artifact", "--incoming",
-                           str(tmp_path / "i"), "--dest", str(tmp_path / "d"), "--digest", "sha256:" + "2" * 64,
-                           "--pull-blobs", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    done = install_artifact(runtime, tmp_path / "i", tmp_path / "d", "sha256:" + "2" * 64, "--pull-blobs",
+                            str(tmp_path))
     assert done.returncode == 2 and "--pull-blobs and --pull-folder go together" in done.stderr

@@ -432,10 +432,7 @@ def test_the_ansible_target_hands_a_verified_artifact_to_its_playbooks(
     target._release_vars({"version": "2", "digest": digests["unsigned"]}, check_signature=False)
 
 
-# -- the host's side: md_supervise.py install-artifact (not wired into the role yet) -----------------------------
-
-SUPERVISOR = Path(__file__).resolve().parents[3] / "include" / "ansible" / "roles" / "model_server" / "files" / \
-    "md_supervise.py"
+# -- the host's side: md_supervise.py install-artifact, as the role runs it -------------------------------------
 
 
 @pytest.mark.parametrize(("candidate", "refusal"), [
@@ -446,8 +443,7 @@ def test_the_host_supervisor_installs_only_a_verified_signed_copy(
     signed_store: tuple[ArtifactStore, dict[str, str]], tmp_path: Path, key: tuple[bytes, bytes], candidate: str,
     refusal: str | None
 ) -> None:
-    import subprocess
-    import sys
+    from tests.helpers.host_runtime import install_artifact, make_runtime
 
     store, digests = signed_store
     digest = digests[candidate]
@@ -460,10 +456,8 @@ def test_the_host_supervisor_installs_only_a_verified_signed_copy(
     dest = tmp_path / "host" / "artifacts" / "a"
     dest.parent.mkdir()
 
-    done = subprocess.run([sys.executable, str(SUPERVISOR), "install-artifact", "--incoming", str(incoming),
-                           "--dest", str(dest), "--digest", digest, "--signature", str(signature),
-                           "--public-key", str(tmp_path / "host" / "signing.pub")],
-                          capture_output=True, text=True, timeout=120)
+    done = install_artifact(make_runtime(tmp_path / "runtime"), incoming, dest, digest, "--signature", str(signature),
+                            "--public-key", str(tmp_path / "host" / "signing.pub"))
 
     if refusal is None:
         assert done.returncode == 0, done.stderr
